@@ -1,0 +1,52 @@
+"""hf-data-efficiency: DeepSpeed Data Efficiency (curriculum learning and random-LTD) for the Hugging Face stack.
+
+Public names are imported lazily, so ``import hf_data_efficiency`` stays cheap and the config layer
+never pulls in the trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # configs and schedules
+    "DataEfficiencyConfig": ".config",
+    "CurriculumConfig": ".config",
+    "CurriculumMetricConfig": ".config",
+    "RandomLTDConfig": ".config",
+    "LayerTokenLRConfig": ".config",
+    "DifficultySchedule": ".schedules",
+    # curriculum (data sampling)
+    "compute_metrics": ".curriculum.metrics",
+    "CurriculumSampler": ".curriculum.sampler",
+    "SeqlenTransform": ".curriculum.transforms",
+    "seqlen_truncate": ".curriculum.transforms",
+    "seqlen_reshape": ".curriculum.transforms",
+    # random-LTD (data routing)
+    "apply_random_ltd": ".routing.random_ltd",
+    "RandomLTDHandle": ".routing.random_ltd",
+    "register_random_ltd_layer": ".routing.architectures",
+    "RandomLTDScheduler": ".routing.scheduler",
+    "get_layer_token_lr_scheduler": ".routing.lr_schedule",
+    # integration
+    "DataEfficiencyTrainingArguments": ".training_args",
+    "DataEfficiencyTrainer": ".trainer",
+    "DataEfficiencyCallback": ".callbacks",
+}
+
+__all__ = [*sorted(_LAZY), "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
