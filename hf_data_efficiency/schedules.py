@@ -89,10 +89,10 @@ class DifficultySchedule:
             return self.min_difficulty
         sc = self.schedule_config
         if self.schedule_type == "fixed_discrete":
-            for difficulty, max_step in zip(sc["difficulty"], sc["max_step"]):
-                if step <= max_step:
-                    return difficulty
-            return sc["difficulty"][-1]
+            # past the last boundary the last difficulty holds; before it, the first boundary not yet passed wins
+            if step > sc["max_step"][-1]:
+                return sc["difficulty"][-1]
+            return next(d for d, bound in zip(sc["difficulty"], sc["max_step"]) if step <= bound)
         if self.schedule_type == "custom":
             return self.schedule_fn(step)
         return root_pacing(
@@ -109,7 +109,7 @@ class DifficultySchedule:
         """First step from which the difficulty stays at its final value (None for ``custom``)."""
         sc = self.schedule_config
         if self.schedule_type == "fixed_discrete":
-            return int(max(sc["max_step"])) + 1
+            return int(sc["max_step"][-1]) + 1
         if self.schedule_type == "custom":
             return None
         return int(math.ceil(sc["total_curriculum_step"]))
