@@ -1,0 +1,170 @@
+r"""Learning-rate warmup and decay measured in consumed layer-tokens (DeepSpeed leaves this unimplemented).
+
+With random-LTD a step at a short kept length does less work than a full step, so a step-based LR
+schedule warms up and decays too fast early in training. Here progress is the number ``c`` of
+layer-tokens consumed *before* the current optimizer step:
+
+.. math::
+
+    c_k = \sum_{j<k} \ell(j), \qquad
+    \ell(j) = G \cdot \bigl(s_j \, n + M (L - n)\bigr)
+
+with ``G`` the global batch size, ``s_j`` the kept length at step ``j``, ``n`` random-LTD layers out
+of ``L`` and ``M`` the full length (``max_value``): DeepSpeed's consumed layer-token formula. The
+LR of parameter group ``g`` at step ``k`` is ``lr_g = base_lr_g * f(c_k)`` with
+
+* warmup (``c < W``): ``f = c / W`` for ``warmup_type="linear"``, ``f = 1`` for ``"constant"``;
+* decay (``W <= c``), with ``p = min(1, (c - W) / (C - W))`` and ``r`` = ``min_lr_ratio``:
+  ``linear``: ``f = r + (1 - r) (1 - p)``; ``cosine``: ``f = r + (1 - r) (1 + cos(pi p)) / 2``;
+  ``constant``: ``f = 1``.
+
+``C`` is ``total_layer_tokens`` (or the layer-tokens of ``num_training_steps`` steps). The counter
+``c`` is part of the scheduler's ``state_dict``, so it comes back on resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from .scheduler import RandomLTDScheduler
+
+WARMUP_TYPES = ("linear", "constant")
+DECAY_TYPES = ("linear", "cosine", "constant")
+
+
+def layer_token_lr_factor(
+    consumed: float,
+    *,
+    total_layer_tokens: float,
+    warmup_layer_tokens: float = 0,
+    warmup_type: str = "linear",
+    decay_type: str = "linear",
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """LR multiplier ``f(c)`` after ``consumed`` layer-tokens (see the module docstring)."""
+    if consumed < warmup_layer_tokens:
+        return consumed / warmup_layer_tokens if warmup_type == "linear" else 1.0
+    if decay_type == "constant":
+        return 1.0
+    span = total_layer_tokens - warmup_layer_tokens
+    progress = min(1.0, (consumed - warmup_layer_tokens) / span) if span > 0 else 1.0
+    if decay_type == "linear":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LayerTokenLRScheduler(LRScheduler):
+    """LR scheduler stepping once per optimizer step, with warmup/decay progress in consumed layer-tokens.
+
+    ``layer_tokens`` gives the layer-tokens of optimizer step ``j`` (0-based): a
+    :class:`RandomLTDScheduler` (its pure ``layer_tokens_at``) or any callable ``j -> int``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        layer_tokens: RandomLTDScheduler | Callable[[int], int],
+        total_layer_tokens: int,
+        warmup_layer_tokens: int = 0,
+        warmup_type: str = "linear",
+        decay_type: str = "linear",
+        min_lr_ratio: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if warmup_type not in WARMUP_TYPES:
+            raise ValueError(
+                f"layer_token_lr_schedule.warmup_type={warmup_type!r}; allowed: {', '.join(WARMUP_TYPES)}."
+            )
+        if decay_type not in DECAY_TYPES:
+            raise ValueError(f"layer_token_lr_schedule.decay_type={decay_type!r}; allowed: {', '.join(DECAY_TYPES)}.")
+        if not total_layer_tokens or total_layer_tokens <= 0:
+            raise ValueError(f"layer_token_lr_schedule.total_layer_tokens={total_layer_tokens} must be > 0.")
+        if not 0 <= warmup_layer_tokens <= total_layer_tokens:
+            raise ValueError(
+                f"layer_token_lr_schedule.warmup_layer_tokens={warmup_layer_tokens} must lie in "
+                f"[0, total_layer_tokens={total_layer_tokens}]."
+            )
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"layer_token_lr_schedule.min_lr_ratio={min_lr_ratio} must lie in [0, 1].")
+        self._tokens_at = (
+            layer_tokens.layer_tokens_at if isinstance(layer_tokens, RandomLTDScheduler) else layer_tokens
+        )
+        self.total_layer_tokens = int(total_layer_tokens)
+        self.warmup_layer_tokens = int(warmup_layer_tokens)
+        self.warmup_type = warmup_type
+        self.decay_type = decay_type
+        self.min_lr_ratio = float(min_lr_ratio)
+        self.consumed_layer_tokens = 0
+        self._counted_steps = 0
+        super().__init__(optimizer, last_epoch)
+
+    def _advance(self) -> None:
+        # last_epoch k means k optimizer steps are done: c = layer-tokens of steps 0 .. k-1
+        while self._counted_steps < self.last_epoch:
+            self.consumed_layer_tokens += int(self._tokens_at(self._counted_steps))
+            self._counted_steps += 1
+
+    def factor(self) -> float:
+        """Current LR multiplier ``f(c)``."""
+        return layer_token_lr_factor(
+            self.consumed_layer_tokens,
+            total_layer_tokens=self.total_layer_tokens,
+            warmup_layer_tokens=self.warmup_layer_tokens,
+            warmup_type=self.warmup_type,
+            decay_type=self.decay_type,
+            min_lr_ratio=self.min_lr_ratio,
+        )
+
+    def get_lr(self) -> list[float]:
+        self._advance()
+        f = self.factor()
+        return [base * f for base in self.base_lrs]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers only (``torch.load(weights_only=True)`` and JSON safe); the step callable is not saved."""
+        return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "_tokens_at")}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update(state_dict)
+
+
+def get_layer_token_lr_scheduler(
+    optimizer: Optimizer,
+    layer_tokens: RandomLTDScheduler | Callable[[int], int],
+    total_layer_tokens: int | None = None,
+    warmup_layer_tokens: int = 0,
+    warmup_type: str = "linear",
+    decay_type: str = "linear",
+    min_lr_ratio: float = 0.0,
+    num_training_steps: int | None = None,
+    last_epoch: int = -1,
+) -> LayerTokenLRScheduler:
+    """Build a :class:`LayerTokenLRScheduler`.
+
+    Without ``total_layer_tokens``, it is the layer-tokens of ``num_training_steps`` steps of
+    ``layer_tokens`` (a :class:`RandomLTDScheduler`, e.g. ``handle.scheduler``). With a
+    ``RandomLTDConfig.layer_token_lr_schedule`` use ``total_layer_tokens=lr_cfg.total_layer_tokens,
+    warmup_layer_tokens=lr_cfg.warmup_layer_tokens, warmup_type=lr_cfg.warmup_type``.
+    """
+    if total_layer_tokens is None:
+        if num_training_steps is None:
+            raise ValueError("get_layer_token_lr_scheduler needs total_layer_tokens or num_training_steps.")
+        if isinstance(layer_tokens, RandomLTDScheduler):
+            total_layer_tokens = layer_tokens.total_layer_tokens(num_training_steps)
+        else:
+            total_layer_tokens = sum(int(layer_tokens(j)) for j in range(num_training_steps))
+    return LayerTokenLRScheduler(
+        optimizer,
+        layer_tokens,
+        total_layer_tokens,
+        warmup_layer_tokens=warmup_layer_tokens,
+        warmup_type=warmup_type,
+        decay_type=decay_type,
+        min_lr_ratio=min_lr_ratio,
+        last_epoch=last_epoch,
+    )

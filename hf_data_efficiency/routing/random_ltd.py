@@ -1,0 +1,515 @@
+"""Random layerwise token dropping (random-LTD) for Hugging Face transformer layers.
+
+:func:`apply_random_ltd` replaces the ``forward`` of chosen layer *instances* (never the class), so
+``state_dict`` keys, ``save_pretrained`` output and ``output_hidden_states`` shapes stay vanilla and
+:meth:`RandomLTDHandle.remove` restores the model exactly. In training mode each patched layer:
+
+1. draws, per sample, a fresh uniform order-preserving subset of ``kept_length`` positions
+   (``keep_positions`` such as a CLS token at 0 are always in it);
+2. gathers the hidden states and the per-position inputs (``position_ids``, rotary ``(cos, sin)``),
+   restricts the attention mask (2-D by columns, 4-D by rows and columns; ``None`` stays ``None``,
+   since causal attention over an ordered subset is still causal);
+3. runs the original layer on the subset and scatters its output back; dropped tokens pass
+   through unchanged.
+
+A ``kept_length`` at or above the sequence length, and ``model.eval()``, call the original forward
+directly (bit-identical). Sampling happens outside transformers' activation checkpointing (which
+wraps the class ``forward``), so the recomputation sees the same subset; under an external
+checkpoint wrapper torch restores the RNG state, which gives the same subset too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from ..config import RandomLTDConfig
+from .architectures import LayerSpec, find_layers, model_max_positions, unsupported_model_message
+from .scheduler import RandomLTDScheduler
+
+logger = logging.get_logger(__name__)
+
+_PACKED_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k")
+
+
+def sample_kept_indices(
+    batch_size: int,
+    seq_len: int,
+    kept_length: int,
+    keep_positions: Sequence[int] = (),
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sorted ``(batch_size, kept_length)`` positions: per sample a uniform subset that contains ``keep_positions``.
+
+    Uses the torch RNG of ``device`` (or ``generator``), so ``torch.manual_seed`` makes it reproducible.
+    """
+    keep = sorted({p % seq_len for p in keep_positions if -seq_len <= p < seq_len})
+    if kept_length < len(keep):
+        raise ValueError(
+            f"kept_length={kept_length} is smaller than the number of keep_positions {keep}; "
+            "raise min_value or shorten keep_positions."
+        )
+    scores = torch.rand(batch_size, seq_len, device=device, generator=generator)
+    if keep:
+        scores[:, keep] = 2.0  # above every uniform draw, so always selected
+    idx = scores.topk(kept_length, dim=1, sorted=False).indices
+    return idx.sort(dim=1).values
+
+
+def _flat_index(idx: torch.Tensor, seq_len: int) -> torch.Tensor:
+    batch = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+    return (idx + batch * seq_len).reshape(-1)
+
+
+def gather_tokens(hidden: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``hidden[b, idx[b]]`` for a batch-first ``(B, T, ...)`` tensor."""
+    B, T = hidden.shape[:2]
+    flat = hidden.reshape(B * T, *hidden.shape[2:]).index_select(0, _flat_index(idx, T))
+    return flat.view(B, idx.shape[1], *hidden.shape[2:])
+
+
+def scatter_tokens(hidden: torch.Tensor, idx: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
+    """Copy of ``hidden`` with ``sub`` written at ``idx`` (out of place, differentiable in both)."""
+    B, T = hidden.shape[:2]
+    if sub.dtype != hidden.dtype:
+        hidden = hidden.to(sub.dtype)
+    flat = hidden.reshape(B * T, *hidden.shape[2:])
+    out = flat.index_copy(0, _flat_index(idx, T), sub.reshape(-1, *sub.shape[2:]))
+    return out.view_as(hidden)
+
+
+def _gather_seq(t: torch.Tensor, idx: torch.Tensor, seq_len: int, what: str) -> torch.Tensor:
+    """Gather a batch-first per-position tensor ``(1 or B, T, ...)`` along dim 1."""
+    B = idx.shape[0]
+    if t.dim() < 2 or t.shape[0] not in (1, B) or t.shape[1] != seq_len:
+        raise ValueError(
+            f"random-LTD cannot gather {what} of shape {tuple(t.shape)}: expected (1 or {B}, {seq_len}, ...)."
+        )
+    return gather_tokens(t.expand(B, *t.shape[1:]), idx)
+
+
+def restrict_mask(mask: torch.Tensor | None, idx: torch.Tensor, seq_len: int, what: str = "attention_mask"):
+    """Restrict an attention mask to the kept positions ``idx`` (``(B, k)``, sorted).
+
+    ``None`` stays ``None``; a 2-D ``(1 or B, T)`` padding mask is restricted by columns; a 4-D
+    ``(1 or B, heads, T or 1, T)`` bool or additive mask by rows (when it has ``T`` rows) and columns.
+    """
+    if mask is None:
+        return None
+    B, k = idx.shape
+    if mask.shape[0] not in (1, B) or mask.shape[-1] != seq_len or mask.dim() not in (2, 4):
+        raise ValueError(
+            f"random-LTD cannot restrict {what} of shape {tuple(mask.shape)} to a token subset: expected "
+            f"(1 or {B}, {seq_len}) or (1 or {B}, heads, {seq_len} or 1, {seq_len}) for a sequence of {seq_len} tokens "
+            "without past key values."
+        )
+    if mask.dim() == 2:
+        return mask.expand(B, seq_len).gather(1, idx)
+    _, heads, rows, cols = mask.shape
+    if rows not in (1, seq_len):
+        raise ValueError(f"random-LTD cannot restrict {what} with {rows} query rows for a sequence of {seq_len}.")
+    mask = mask.expand(B, heads, rows, cols)
+    if rows == seq_len:
+        mask = mask.gather(2, idx[:, None, :, None].expand(B, heads, k, cols))
+    return mask.gather(3, idx[:, None, None, :].expand(B, heads, mask.shape[2], k))
+
+
+def _is_block_mask(mask: Any) -> bool:
+    return type(mask).__name__ == "BlockMask"
+
+
+def _attention_layer_idx(module: nn.Module) -> int | None:
+    for sub in module.modules():
+        layer_idx = getattr(sub, "layer_idx", None)
+        if isinstance(layer_idx, int):
+            return layer_idx
+    return None
+
+
+def _model_config(model: nn.Module) -> Any:
+    """The transformers config of ``model`` or of the model a DDP/FSDP-style wrapper holds in ``.module``."""
+    return getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
+
+
+@dataclass
+class _Patch:
+    """Per-layer patch record: restores the instance's previous ``forward`` exactly."""
+
+    layer_id: int
+    name: str
+    module: nn.Module
+    spec: LayerSpec
+    keep_positions: tuple[int, ...]
+    signature: inspect.Signature
+    varkw: str | None
+    had_instance_forward: bool
+    previous_forward: Any
+    cache_layer_idx: int | None
+
+
+def _patched_forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    patch = module._random_ltd_patch
+    return module._random_ltd_handle._forward(patch, args, kwargs)
+
+
+class RandomLTDHandle:
+    """Controls random-LTD on a patched model (see :func:`apply_random_ltd`).
+
+    Attributes:
+        kept_length: tokens each patched layer keeps per sample (``None``: no dropping).
+        scheduler: the :class:`RandomLTDScheduler` that :meth:`update` follows (``None`` when not built from a config).
+        layers / layer_ids / layer_names: the patched layer modules, their 0-based indices among the model's
+            registered layers, and their module names.
+        total_layers: number of registered layers in the model.
+        force_gather: benchmark switch; run the gather/scatter path even when nothing is dropped.
+        record_indices: when true, :attr:`last_indices` maps ``layer_id`` to the last ``(B, k)`` kept positions.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        patches: list[_Patch],
+        total_layers: int,
+        scheduler: RandomLTDScheduler | None,
+        kept_length: int | None,
+    ) -> None:
+        self.model = model
+        self._patches = patches
+        self.total_layers = total_layers
+        self.scheduler = scheduler
+        self._kept_length: int | None = None
+        self.kept_length = kept_length
+        self.force_gather = False
+        self.record_indices = False
+        self.last_indices: dict[int, torch.Tensor] = {}
+        self.kept_tokens_seen = 0
+        self.full_tokens_seen = 0
+        self._warned: set[str] = set()
+
+    # ----- properties ----------------------------------------------------------------------
+    @property
+    def kept_length(self) -> int | None:
+        return self._kept_length
+
+    @kept_length.setter
+    def kept_length(self, value: int | None) -> None:
+        if value is not None:
+            if isinstance(value, bool) or int(value) != value or value <= 0:
+                raise ValueError(
+                    f"random_ltd kept_length={value!r} must be a positive integer (or None: no dropping)."
+                )
+            value = int(value)
+        self._kept_length = value
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [p.module for p in self._patches]
+
+    @property
+    def layer_ids(self) -> list[int]:
+        return [p.layer_id for p in self._patches]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [p.name for p in self._patches]
+
+    @property
+    def num_layers(self) -> int:
+        """Number of patched (token-dropping) layers."""
+        return len(self._patches)
+
+    @property
+    def consumed_layer_tokens(self) -> int:
+        """DeepSpeed's counter: ``sum over steps of global_batch_size * (kept * n_ltd + max_value * (total - n_ltd))``."""
+        return self.scheduler.consumed_layer_tokens if self.scheduler is not None else 0
+
+    @property
+    def actual_layer_tokens(self) -> int:
+        """Layer-tokens this process really ran in training-mode forwards (padding included): kept tokens in
+        the patched layers plus full sequences in the others."""
+        n = max(self.num_layers, 1)
+        return self.kept_tokens_seen + self.full_tokens_seen * (self.total_layers - self.num_layers) // n
+
+    # ----- control ---------------------------------------------------------------------------
+    def update(self, global_step: int) -> int | None:
+        """Set :attr:`kept_length` from the scheduler at optimizer step ``global_step`` (0-based; call it
+        before the step's forward passes) and advance the layer-token counter."""
+        if self.scheduler is not None:
+            self.kept_length = self.scheduler.update(global_step)
+        return self.kept_length
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state for checkpoints."""
+        return {
+            "kept_length": self.kept_length,
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "kept_tokens_seen": self.kept_tokens_seen,
+            "full_tokens_seen": self.full_tokens_seen,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.kept_length = state.get("kept_length")
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.kept_tokens_seen = int(state.get("kept_tokens_seen", 0))
+        self.full_tokens_seen = int(state.get("full_tokens_seen", 0))
+
+    def remove(self) -> nn.Module:
+        """Restore every patched layer's original ``forward``; returns the (now vanilla) model."""
+        for p in self._patches:
+            if p.had_instance_forward:
+                p.module.forward = p.previous_forward
+            else:
+                del p.module.forward
+            del p.module._random_ltd_patch
+            del p.module._random_ltd_handle
+        self._patches = []
+        return self.model
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(kept_length={self.kept_length}, layer_ids={self.layer_ids}, "
+            f"total_layers={self.total_layers}, scheduler={self.scheduler!r})"
+        )
+
+    # ----- the patched forward ------------------------------------------------------------
+    def _warn_once(self, reason: str) -> None:
+        if reason not in self._warned:
+            self._warned.add(reason)
+            logger.warning(f"random-LTD: {reason}; running these layers on the full sequence (no tokens dropped).")
+
+    def _forward(self, patch: _Patch, args: tuple, kwargs: dict) -> Any:
+        module = patch.module
+        original = (
+            patch.previous_forward if patch.had_instance_forward else types.MethodType(type(module).forward, module)
+        )
+        k = self._kept_length
+        if not module.training or k is None:
+            return original(*args, **kwargs)
+
+        bound = patch.signature.bind(module, *args, **kwargs)
+        arguments = bound.arguments
+        extra = dict(arguments.get(patch.varkw, {})) if patch.varkw else {}
+        if patch.varkw:
+            arguments[patch.varkw] = extra
+
+        def get(name: str) -> Any:
+            return arguments[name] if name in arguments else extra.get(name)
+
+        def put(name: str, value: Any) -> None:
+            if name in arguments:
+                arguments[name] = value
+            elif name in extra:
+                extra[name] = value
+
+        spec = patch.spec
+        hidden = get(spec.hidden_states_arg)
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() < 3:
+            raise ValueError(
+                f"random-LTD: {type(module).__name__}.{spec.hidden_states_arg} must be a batch-first "
+                f"(batch, seq, hidden) tensor, got {type(hidden).__name__}."
+            )
+        B, T = hidden.shape[:2]
+        kept = min(k, T)
+        self.kept_tokens_seen += B * kept
+        self.full_tokens_seen += B * T
+        if k >= T and not self.force_gather:
+            return original(*args, **kwargs)
+
+        for name in spec.unsupported_args:
+            if get(name) is not None:
+                raise ValueError(
+                    f"random-LTD cannot drop tokens in {type(module).__name__} with {name} (cross-attention) set; "
+                    f"patch only self-attention layers (random_ltd_layer_id) or call model.eval()."
+                )
+        if any(get(name) is not None for name in _PACKED_KWARGS):
+            self._warn_once("packed sequences (cu_seq_lens_* kwargs) cannot be restricted to a token subset")
+            self.kept_tokens_seen += B * (T - kept)
+            return original(*args, **kwargs)
+        if any(_is_block_mask(get(name)) for name in spec.mask_args):
+            self._warn_once("a flex-attention BlockMask cannot be restricted to a token subset")
+            self.kept_tokens_seen += B * (T - kept)
+            return original(*args, **kwargs)
+        config = _model_config(self.model)
+        flash = "flash" in str(getattr(config, "_attn_implementation", "") or "")
+        position_ids = get("position_ids")
+        if flash:
+            window = getattr(config, "sliding_window", None)
+            # as transformers' flash path: one unpadded row whose positions restart means packed sequences
+            packed = (
+                B == 1
+                and isinstance(position_ids, torch.Tensor)
+                and position_ids.shape[-1] == T
+                and all(get(name) is None for name in spec.mask_args)
+                and bool((position_ids.reshape(-1).diff() != 1).any())
+            )
+            if packed or (isinstance(window, int) and window < T):
+                self._warn_once(
+                    "flash attention with packed position_ids or a sliding window shorter than the sequence "
+                    "cannot be restricted to a token subset"
+                )
+                self.kept_tokens_seen += B * (T - kept)
+                return original(*args, **kwargs)
+        for name in spec.cache_args:
+            cache = get(name)
+            if cache is None:
+                continue
+            past = cache.get_seq_length(patch.cache_layer_idx) if patch.cache_layer_idx is not None else 0
+            if past:
+                raise ValueError(
+                    f"random-LTD drops tokens only without past key values, but {name} holds {past} past tokens "
+                    "in training mode; call model.eval() for generation or pass use_cache=False."
+                )
+            put(name, None)  # a token subset must not be written into the KV cache
+        if "use_cache" in arguments or "use_cache" in extra:
+            put("use_cache", False)
+
+        idx = sample_kept_indices(B, T, kept, patch.keep_positions, device=hidden.device)
+        if self.record_indices:
+            self.last_indices[patch.layer_id] = idx
+        put(spec.hidden_states_arg, gather_tokens(hidden, idx))
+        for name in spec.mask_args:
+            put(name, restrict_mask(get(name), idx, T, what=name))
+        for name in spec.sequence_args:
+            value = get(name)
+            if value is None:
+                continue
+            if flash and name == "position_ids":
+                # flash attention reads position_ids only to detect packed sequences; gathered (non-contiguous)
+                # positions would look packed, and the sequences are known not to be packed here
+                put(name, None)
+            elif isinstance(value, torch.Tensor):
+                put(name, _gather_seq(value, idx, T, name))
+            elif isinstance(value, (tuple, list)):
+                put(name, type(value)(_gather_seq(v, idx, T, name) for v in value))
+        output = original(*bound.args[1:], **bound.kwargs)
+        if isinstance(output, torch.Tensor):
+            return scatter_tokens(hidden, idx, output)
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            return type(output)((scatter_tokens(hidden, idx, output[0]), *output[1:]))
+        raise TypeError(
+            f"random-LTD: {type(module).__name__}.forward returned {type(output).__name__}; expected the hidden "
+            "states as a tensor or as the first element of a tuple."
+        )
+
+
+def _resolve_config(cfg: RandomLTDConfig | Mapping[str, Any]) -> RandomLTDConfig:
+    if isinstance(cfg, RandomLTDConfig):
+        return cfg
+    if isinstance(cfg, Mapping):
+        return RandomLTDConfig.from_deepspeed(cfg) if "random_ltd_schedule" in cfg else RandomLTDConfig.from_dict(cfg)
+    raise ValueError(
+        f"apply_random_ltd: config must be a RandomLTDConfig or a DeepSpeed 'random_ltd' dict, got {type(cfg).__name__}."
+    )
+
+
+def apply_random_ltd(
+    model: nn.Module,
+    config: RandomLTDConfig | Mapping[str, Any],
+    *,
+    global_batch_size: int | None = None,
+) -> RandomLTDHandle:
+    """Patch ``model`` in place for random-LTD and return the :class:`RandomLTDHandle` that controls it.
+
+    ``config`` is a :class:`~hf_data_efficiency.RandomLTDConfig` or DeepSpeed's ``random_ltd`` section.
+    Layers are the model's registered layer modules in order (see ``register_random_ltd_layer``);
+    ``random_ltd_layer_id=None`` patches all but the first and the last. ``keep_positions=None`` uses
+    the architecture default (CLS at 0 for BERT/RoBERTa/ViT, nothing for GPT-2 and Llama-family
+    decoders). The handle owns a :class:`RandomLTDScheduler` (kept length starts at ``min_value``;
+    call ``handle.update(step)`` before each optimizer step). ``global_batch_size`` overrides the
+    config's value for the consumed layer-token counter.
+    """
+    cfg = _resolve_config(config)
+    found = find_layers(model)
+    if not found:
+        raise ValueError(unsupported_model_message(model))
+    total = len(found)
+    if cfg.total_layer_num is not None and cfg.total_layer_num != total:
+        raise ValueError(
+            f"random_ltd.total_layer_num={cfg.total_layer_num} disagrees with the model, which has {total} "
+            f"{type(found[0][1]).__name__} layers; set total_layer_num={total} or leave it unset."
+        )
+    if cfg.random_ltd_layer_id is None:
+        if total < 3:
+            raise ValueError(
+                f"random_ltd.random_ltd_layer_id defaults to every layer but the first and the last, but the model "
+                f"has only {total} layers; give random_ltd_layer_id explicitly (ids in 0..{total - 1})."
+            )
+        layer_ids = list(range(1, total - 1))
+    else:
+        layer_ids = sorted(cfg.random_ltd_layer_id)
+        bad = [i for i in layer_ids if not 0 <= i < total]
+        if bad:
+            raise ValueError(
+                f"random_ltd.random_ltd_layer_id={cfg.random_ltd_layer_id} has ids {bad} outside the model's "
+                f"{total} layers; allowed ids: 0..{total - 1}."
+            )
+    if cfg.random_ltd_layer_num is not None and cfg.random_ltd_layer_num != len(layer_ids):
+        raise ValueError(
+            f"random_ltd.random_ltd_layer_num={cfg.random_ltd_layer_num} disagrees with the {len(layer_ids)} "
+            f"layers chosen by random_ltd_layer_id={layer_ids}."
+        )
+    max_positions = model_max_positions(_model_config(model))
+    if max_positions is not None and cfg.max_value > max_positions:
+        raise ValueError(
+            f"random_ltd.random_ltd_schedule.max_value={cfg.max_value} is larger than the model's maximum "
+            f"sequence length {max_positions}; use max_value <= {max_positions}."
+        )
+    scheduler = RandomLTDScheduler.from_config(
+        cfg, total_layer_num=total, random_ltd_layer_num=len(layer_ids), global_batch_size=global_batch_size
+    )
+    handle = RandomLTDHandle(model, [], total, scheduler, scheduler.current_kept_length)
+    patches = []
+    for layer_id in layer_ids:
+        name, module, spec = found[layer_id]
+        if hasattr(module, "_random_ltd_handle"):
+            raise ValueError(
+                f"apply_random_ltd: layer {name or type(module).__name__} is already patched; call handle.remove() first."
+            )
+        signature = inspect.signature(type(module).forward)
+        varkw = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+        if spec.hidden_states_arg not in signature.parameters:
+            raise ValueError(
+                f"register_random_ltd_layer: {type(module).__name__}.forward has no argument "
+                f"{spec.hidden_states_arg!r} (hidden_states_arg); its arguments are {list(signature.parameters)[1:]}."
+            )
+        keep = tuple(cfg.keep_positions) if cfg.keep_positions is not None else spec.keep_positions
+        patch = _Patch(
+            layer_id=layer_id,
+            name=name,
+            module=module,
+            spec=spec,
+            keep_positions=keep,
+            signature=signature,
+            varkw=varkw,
+            had_instance_forward="forward" in module.__dict__,
+            previous_forward=module.__dict__.get("forward"),
+            cache_layer_idx=_attention_layer_idx(module),
+        )
+        module._random_ltd_patch = patch
+        module._random_ltd_handle = handle
+        module.forward = types.MethodType(_patched_forward, module)
+        patches.append(patch)
+    handle._patches = patches
+    for key in ("model_mask_name", "model_type", "hidden_state_order", "micro_batch_size"):
+        if getattr(cfg, key) is not None:
+            logger.info(f"random_ltd.{key} is DeepSpeed-specific and not needed here; it is ignored.")
+    return handle
+
+
+__all__ = [
+    "RandomLTDHandle",
+    "apply_random_ltd",
+    "gather_tokens",
+    "restrict_mask",
+    "sample_kept_indices",
+    "scatter_tokens",
+]
