@@ -31,6 +31,7 @@ _LAZY = {
     "register_random_ltd_layer": ".routing.architectures",
     "RandomLTDScheduler": ".routing.scheduler",
     "get_layer_token_lr_scheduler": ".routing.lr_schedule",
+    "LayerTokenLRScheduler": ".routing.lr_schedule",
     # integration
     "DataEfficiencyTrainingArguments": ".training_args",
     "DataEfficiencyTrainer": ".trainer",
