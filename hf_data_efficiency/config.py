@@ -408,11 +408,17 @@ class DataEfficiencyConfig:
         if not isinstance(ds_config, Mapping):
             ds_config = load_config_file(ds_config)
         ds_config = copy.deepcopy(dict(ds_config))
-        legacy = ds_config.get("curriculum_learning") if "data_efficiency" in ds_config else None
-        block = ds_config["data_efficiency"] if "data_efficiency" in ds_config else ds_config
-        if "data_efficiency" not in ds_config and "curriculum_type" in block:
-            legacy, block = block, {}
-        _check_keys(block, {"enabled", "seed", "data_sampling", "data_routing"}, "data_efficiency")
+        block_keys = {"enabled", "seed", "data_sampling", "data_routing"}
+        if "curriculum_type" in ds_config:  # the legacy block on its own
+            legacy, block = ds_config, {}
+        elif "data_efficiency" in ds_config or "curriculum_learning" in ds_config or not block_keys & set(ds_config):
+            # a whole ds_config
+            legacy, block = ds_config.get("curriculum_learning"), ds_config.get("data_efficiency", {})
+            if legacy is None and not block:
+                logger.warning("The DeepSpeed config has no 'data_efficiency' or 'curriculum_learning' block.")
+        else:  # only the data_efficiency block
+            legacy, block = None, ds_config
+        _check_keys(block, block_keys, "data_efficiency")
         seed = int(block.get("seed", 1234))
         curriculum = random_ltd = None
         if block and not block.get("enabled", False):

@@ -233,3 +233,23 @@ def test_bad_configs_name_the_field():
         RandomLTDConfig(min_value=1, max_value=8, require_steps=10, random_ltd_layer_id=[1, 2], random_ltd_layer_num=3)
     with pytest.raises(ValueError, match="not found"):
         DataEfficiencyConfig.from_pretrained("/nonexistent/dir")
+
+
+def test_whole_ds_config_with_only_a_legacy_block():
+    ds = {
+        "train_batch_size": 8,
+        "curriculum_learning": {
+            "enabled": True,
+            "curriculum_type": "seqlen",
+            "min_difficulty": 8,
+            "max_difficulty": 64,
+            "schedule_type": "fixed_linear",
+            "schedule_config": {"total_curriculum_step": 10, "difficulty_step": 8},
+        },
+    }
+    cfg = DataEfficiencyConfig.from_deepspeed(ds)
+    assert cfg.curriculum.transform.name == "seqlen_truncate" and cfg.random_ltd is None
+    assert DataEfficiencyConfig.from_deepspeed(ds["curriculum_learning"]) == cfg
+    assert not DataEfficiencyConfig.from_deepspeed({"train_batch_size": 8}).enabled
+    with pytest.raises(ValueError, match="unknown key.*data_samplin"):
+        DataEfficiencyConfig.from_deepspeed({"enabled": True, "data_samplin": {}})
