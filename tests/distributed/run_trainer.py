@@ -1,0 +1,135 @@
+"""Train the tiny GPT-2 with DataEfficiencyTrainer and write what each rank saw to ``--record``.
+
+Launched by the trainer tests: under ``python -m torch.distributed.run --nproc_per_node 2`` (DDP on gloo),
+as a plain process that resumes from a checkpoint, as one that gets SIGKILLed, and with DeepSpeed ZeRO-2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from transformers import TrainerCallback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tiny import (  # noqa: E402
+    CURRICULUM_FLAGS,
+    RANDOM_LTD_FLAGS,
+    RecordingTrainer,
+    collate,
+    deepspeed_block,
+    dump,
+    make_dataset,
+    step_losses,
+    tiny_model,
+)
+
+from hf_data_efficiency import DataEfficiencyTrainingArguments  # noqa: E402
+
+
+class Stall(TrainerCallback):
+    """Hang after a given step, so the test can SIGKILL a process that is mid-training."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            print("STALLING", flush=True)
+            time.sleep(600)
+
+
+def build_trainer(
+    output_dir: str,
+    max_steps: int = 8,
+    save_steps: int = 4,
+    batch_size: int = 4,
+    ga: int = 2,
+    workers: int = 0,
+    deepspeed: bool = False,
+    callbacks: list | None = None,
+) -> RecordingTrainer:
+    """Curriculum (seqlen + truncate) and random-LTD from flags, or from a ds_config block with ``deepspeed``."""
+    kwargs = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=ga,
+        max_steps=max_steps,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        dataloader_num_workers=workers,
+        report_to=[],
+        seed=42,
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    if deepspeed:
+        kwargs["deepspeed"] = {
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "zero_optimization": {"stage": 2},
+            "zero_force_ds_cpu_optimizer": False,
+            "data_efficiency": deepspeed_block(seed=42),
+        }
+    else:
+        kwargs.update(CURRICULUM_FLAGS, **RANDOM_LTD_FLAGS)
+    args = DataEfficiencyTrainingArguments(**kwargs)
+    return RecordingTrainer(
+        model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate, callbacks=callbacks
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--record", required=True)
+    p.add_argument("--max_steps", type=int, default=8)
+    p.add_argument("--save_steps", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--ga", type=int, default=2)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--resume", default=None, help="checkpoint path, or 'last'")
+    p.add_argument("--deepspeed", action="store_true", help="ZeRO-2 with the data_efficiency block in the ds config")
+    p.add_argument("--stall_after", type=int, default=0)
+    a = p.parse_args()
+
+    trainer = build_trainer(
+        a.output_dir,
+        max_steps=a.max_steps,
+        save_steps=a.save_steps,
+        batch_size=a.batch_size,
+        ga=a.ga,
+        workers=a.workers,
+        deepspeed=a.deepspeed,
+        callbacks=[Stall(a.stall_after)] if a.stall_after else None,
+    )
+    args = trainer.args
+    resume = True if a.resume == "last" else a.resume
+    trainer.train(resume_from_checkpoint=resume)
+    payload = {
+        "rank": args.process_index,
+        "world_size": args.world_size,
+        "records": trainer.records,
+        "losses": step_losses(trainer.state.log_history),
+        "log_history": trainer.state.log_history,
+        "config": trainer.data_efficiency_config.to_dict(),
+    }
+    if a.deepspeed:
+        engine = trainer.model_wrapped
+        payload["deepspeed_engine"] = type(engine).__name__
+        payload["zero_stage"] = int(engine.zero_optimization_stage())
+        payload["engine_data_efficiency"] = bool(engine.data_efficiency_enabled())
+        payload["engine_config_keys"] = sorted(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
+    dump(a.record.replace("RANK", str(args.process_index)), payload)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    main()

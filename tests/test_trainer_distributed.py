@@ -1,0 +1,230 @@
+"""DataEfficiencyTrainer across processes: DDP with torchrun (gloo, CPU), DeepSpeed ZeRO-2 on CPU, exact resume in a
+new process, resume after SIGKILL, and the plain-accelerate script. Each run is a subprocess of
+tests/distributed/run_trainer.py (or scripts/train_no_trainer.py), so no distributed state leaks into pytest."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "distributed"))
+
+from tiny import SEQLEN_METRIC, TRUNCATE_METRIC, sample_lengths, step_losses  # noqa: E402
+from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+
+from hf_data_efficiency import CurriculumSampler, DataEfficiencyConfig  # noqa: E402
+
+RUN = str(HERE / "distributed" / "run_trainer.py")
+ROOT = HERE.parent
+TIMEOUT = 420  # a fresh machine builds DeepSpeed's CPU communication op on first use
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra) -> dict:
+    out = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_DEEPSPEED"):
+        out.pop(key, None)
+    out.update({k: str(v) for k, v in extra.items()})
+    return out
+
+
+def run(cmd: list[str], **extra) -> None:
+    proc = subprocess.run(cmd, env=env(**extra), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def trainer_run(out: Path, *flags: str) -> dict:
+    run([sys.executable, RUN, "--output_dir", str(out), "--record", str(out / "rec_RANK.json"), *flags])
+    return json.loads((out / "rec_0.json").read_text())
+
+
+def check_curriculum(records: list[dict]) -> None:
+    lengths = sample_lengths()
+    sampling, truncate = CurriculumScheduler(SEQLEN_METRIC), CurriculumScheduler(TRUNCATE_METRIC)
+    for r in records:
+        assert all(lengths[i] <= sampling.get_difficulty(r["step"]) for i in r["indices"]), r
+        assert r["width"] == min(truncate.get_difficulty(r["step"]), max(lengths[i] for i in r["indices"])), r
+
+
+def kept_length_oracle(step0: int) -> int:
+    value = int(step0 / 8 * (40 - 8) + 8)
+    return min(40, value - value % 8)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: 16 uninterrupted steps in this process (batch 4, GA 2; 12 steps per epoch), same settings
+    as run_trainer.py."""
+    import torch
+    from run_trainer import build_trainer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = build_trainer(output_dir=str(tmp_path_factory.mktemp("whole")), max_steps=16, save_steps=0)
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "records": trainer.records,
+        "losses": {str(k): v for k, v in step_losses(trainer.state.log_history).items()},
+        "log_history": trainer.state.log_history,
+    }
+
+
+def test_two_processes_shard_the_single_process_stream(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), RUN]
+    cmd += ["--output_dir", str(tmp_path), "--record", str(tmp_path / "rec_RANK.json"), "--batch_size", "2"]
+    run(cmd + ["--ga", "2", "--max_steps", "6"])
+    ranks = [json.loads((tmp_path / f"rec_{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    seen = [[tuple(rec["indices"]) for rec in r["records"]] for r in ranks]
+    # micro-batch i of the global stream goes to rank i % 2: interleave the ranks' micro-batches
+    interleaved = [i for pair in zip(*seen) for mb in pair for i in mb]
+    cfg = DataEfficiencyConfig.from_dict(ranks[0]["config"]).curriculum
+    ref = CurriculumSampler(
+        {"seqlen": sample_lengths()}, cfg, batch_size=2, world_size=2, gradient_accumulation_steps=2
+    )
+    assert interleaved == [i for i, _ in zip(ref, range(6 * 8))]
+    # within each step the ranks' samples are disjoint slices of that step's global batch
+    for step in range(1, 7):
+        per_rank = [{i for rec in r["records"] if rec["step"] == step for i in rec["indices"]} for r in ranks]
+        assert sum(len(p) for p in per_rank) <= 8
+        positions = [[i for rec in r["records"] if rec["step"] == step for i in rec["indices"]] for r in ranks]
+        assert len(positions[0]) == len(positions[1]) == 4
+    for r in ranks:
+        check_curriculum(r["records"])
+        assert all(rec["kept_length"] == kept_length_oracle(rec["step"] - 1) for rec in r["records"])
+    assert ranks[0]["losses"] == ranks[1]["losses"]
+    last = [h for h in ranks[0]["log_history"] if "loss" in h][-1]
+    assert last["data_efficiency/consumed_samples"] == 6 * 8
+
+
+def test_deepspeed_zero2_on_cpu_uses_the_data_efficiency_block(tmp_path):
+    out = tmp_path / "ds"
+    cmd = [sys.executable, RUN, "--output_dir", str(out), "--record", str(out / "rec_RANK.json")]
+    run(
+        cmd + ["--deepspeed", "--max_steps", "4"],
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=free_port(),
+        RANK=0,
+        WORLD_SIZE=1,
+        LOCAL_RANK=0,
+        LOCAL_WORLD_SIZE=1,
+    )
+    rec = json.loads((out / "rec_0.json").read_text())
+    assert rec["deepspeed_engine"] == "DeepSpeedEngine" and rec["zero_stage"] == 2
+    # the block is honoured by us and removed from what DeepSpeed sees
+    assert rec["engine_data_efficiency"] is False
+    assert "data_efficiency" not in rec["engine_config_keys"]
+    assert rec["config"]["curriculum"] is not None and rec["config"]["random_ltd"] is not None
+    check_curriculum(rec["records"])
+    assert all(r["kept_length"] == kept_length_oracle(r["step"] - 1) for r in rec["records"])
+    assert sorted(rec["losses"], key=int) == ["1", "2", "3", "4"]
+    assert all(0 < v < 10 for v in rec["losses"].values())
+
+
+def test_sigkill_then_resume_in_a_new_process_is_exact(uninterrupted, tmp_path):
+    """SIGKILL a run mid-training, resume its last checkpoint (step 14, in the second epoch) in a new process:
+    steps 15-16 see identical batches and kept lengths, and the losses equal the uninterrupted run's."""
+    whole = uninterrupted
+    out = tmp_path / "killed"
+    cmd = [sys.executable, RUN, "--output_dir", str(out), "--record", str(out / "rec_RANK.json")]
+    proc = subprocess.Popen(
+        cmd + ["--max_steps", "16", "--save_steps", "7", "--stall_after", "15"],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.time() + TIMEOUT
+        for line in proc.stdout:  # "STALLING" is printed mid-training, after checkpoint-14 was written
+            if "STALLING" in line or time.time() > deadline:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "rec_0.json").exists()
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-14")
+    resumed = trainer_run(out, "--max_steps", "16", "--save_steps", "7", "--resume", "last")
+    assert [r["step"] for r in resumed["records"]] == [15, 15, 16, 16]
+    assert resumed["records"] == [r for r in whole["records"] if r["step"] > 14]
+    assert {k: v for k, v in resumed["losses"].items() if int(k) > 14} == {
+        k: v for k, v in whole["losses"].items() if int(k) > 14
+    }
+    # the counters continue from the checkpoint (consumed samples, layer-tokens), not from zero
+    resumed_last = [h for h in resumed["log_history"] if "loss" in h][-1]
+    whole_last = [h for h in whole["log_history"] if "loss" in h][-1]
+    assert resumed_last["step"] == whole_last["step"] == 16
+    for key in ("consumed_samples", "layer_tokens", "effective_tokens"):
+        assert resumed_last[f"data_efficiency/{key}"] == whole_last[f"data_efficiency/{key}"], key
+
+
+def test_plain_accelerate_loop_script(tmp_path):
+    ds_config = {
+        "train_batch_size": 16,
+        "data_efficiency": {
+            "enabled": True,
+            "seed": 3,
+            "data_sampling": {
+                "enabled": True,
+                "curriculum_learning": {
+                    "enabled": True,
+                    "curriculum_metrics": {
+                        "seqlen": {**SEQLEN_METRIC, "max_difficulty": 64},
+                        "seqlen_truncate": {**TRUNCATE_METRIC, "max_difficulty": 64},
+                    },
+                },
+            },
+            "data_routing": {
+                "enabled": True,
+                "random_ltd": {
+                    "enabled": True,
+                    "random_ltd_schedule": {
+                        "min_value": 16,
+                        "max_value": 64,
+                        "schedule_type": "fixed_linear",
+                        "schedule_config": {"require_steps": 6, "seq_per_step": 16},
+                    },
+                },
+            },
+        },
+    }
+    path = tmp_path / "ds_config.json"
+    path.write_text(json.dumps(ds_config))
+    out = tmp_path / "nt"
+    script = str(ROOT / "scripts" / "train_no_trainer.py")
+    run(
+        [sys.executable, script, "--config", str(path), "--output_dir", str(out), "--max_steps", "6"]
+        + ["--gradient_accumulation_steps", "2", "--per_device_batch_size", "4", "--cpu"]
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    sampling = CurriculumScheduler({**SEQLEN_METRIC, "max_difficulty": 64})
+    truncate = CurriculumScheduler({**TRUNCATE_METRIC, "max_difficulty": 64})
+    for r in rows:
+        k = r["step"]
+        assert r["difficulty_seqlen"] == sampling.get_difficulty(k)
+        assert r["max_real_tokens"] <= sampling.get_difficulty(k)
+        assert r["max_width"] <= truncate.get_difficulty(k)
+        value = int((k - 1) / 6 * 48 + 16)
+        assert r["kept_length"] == min(64, value - value % 16)
+    assert (out / "model.safetensors").exists()
