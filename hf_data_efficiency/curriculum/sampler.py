@@ -1,0 +1,616 @@
+"""Distributed curriculum sampler: DeepSpeed's curriculum data sampling as a ``torch.utils.data.Sampler``.
+
+The sampler yields one infinite, deterministic stream of sample indices. Stream position ``p`` belongs
+to optimizer step ``k = p // G + 1`` (``G`` = global batch = ``batch_size * world_size *
+gradient_accumulation_steps``), and the batch of step ``k`` is drawn at the difficulty of step ``k``.
+Every rank builds the same stream from the seed alone and accelerate's ``BatchSamplerShard`` hands
+micro-batch ``i`` to rank ``i % world_size``, so no communication is needed.
+
+How a global batch is drawn (DeepSpeed semantics, without its resume and short-batch bugs):
+
+* **Clusters.** Each time the (running-maximum) difficulty changes, the samples that become eligible
+  form a new cluster; cluster ``c`` is active from the step it was created at.
+* **Draw.** Each of the ``G`` slots of a batch picks an active cluster with probability proportional
+  to its size (``integers`` + ``searchsorted`` on the cumulative sizes: DeepSpeed's multinomial choice).
+* **Walk.** Each cluster is walked in a shuffled order; when the walk wraps it continues on a fresh
+  shuffle, as often as needed, so batches are never short. Then the global batch is shuffled.
+
+Everything random is a pure function of the position: the draws of step block ``b`` come from
+``default_rng([seed, 0, b])``, the ``w``-th shuffle of cluster ``c`` from ``default_rng([seed, 1, c, w])``
+and the batch shuffle from ``default_rng([seed, 2, b])`` (never the global numpy RNG, DeepSpeed#8405).
+Jumping to any position only replays the cheap per-block draws to count how far each cluster walked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+from transformers.utils import logging
+
+from ..config import CurriculumConfig
+from ..schedules import DifficultySchedule
+
+logger = logging.get_logger(__name__)
+
+STATE_VERSION = 1
+_CHUNK = 1 << 20  # samples per vectorised chunk while building clusters (bounds temporaries)
+_DRAWS_PER_BLOCK = 8192  # a block holds max(1, _DRAWS_PER_BLOCK // G) steps; part of the stream definition
+_RNG_DRAW, _RNG_WALK, _RNG_SHUFFLE = 0, 1, 2
+
+
+def percentile_count(num_samples: int, percentile: float) -> int:
+    """Number of samples a percentile difficulty admits: ``floor(N * p / 100)``, computed exactly.
+
+    ``p`` is read through its shortest decimal form (``12.5`` -> 25/2), so e.g. ``N=1000, p=29``
+    admits exactly 290 samples; ``p = 100`` admits all. (DeepSpeed uses ``(N // max_difficulty) * p``.)
+    """
+    return math.floor(Fraction(num_samples) * Fraction(repr(float(percentile))) / 100)
+
+
+def _dataset_column(dataset: Any, name: str) -> np.ndarray:
+    """A numeric column of a ``datasets.Dataset`` as numpy, honouring an indices mapping (select/shuffle)."""
+    column = dataset.data.column(name).to_numpy()
+    indices = getattr(dataset, "_indices", None)
+    if indices is not None:
+        column = column[indices.column(0).to_numpy()]
+    return column
+
+
+def _monotone_changes(fn: Callable[[int], float], lo: int, hi: int) -> list[int]:
+    """Steps ``s`` in ``(lo, hi]`` where a non-decreasing ``fn`` changes, by bisection (O(changes * log))."""
+    found: list[int] = []
+    stack = [(lo, fn(lo), hi, fn(hi))]
+    while stack:
+        a, fa, b, fb = stack.pop()
+        if fa == fb:
+            continue
+        if b - a == 1:
+            found.append(b)
+            continue
+        mid = (a + b) // 2
+        fm = fn(mid)
+        stack.append((mid, fm, b, fb))
+        stack.append((a, fa, mid, fm))
+    return sorted(found)
+
+
+class _Pacing:
+    """Change points of the joint (running-maximum) difficulty of the sampling metrics.
+
+    ``steps[c]`` is the step cluster ``c`` is created at (``steps[0] == 1``) and ``diffs[name][c]`` the
+    effective difficulty of each metric from that step on. Built-in schedules are enumerated once
+    (bisection for the monotone root/linear pacing, breakpoints for ``fixed_discrete``); ``custom``
+    ones are evaluated step by step, lazily, up to ``horizon``.
+    """
+
+    def __init__(self, schedules: dict[str, DifficultySchedule]) -> None:
+        self.schedules = schedules
+        self.steps: list[int] = []
+        self.diffs: dict[str, list[float]] = {name: [] for name in schedules}
+        self._current: dict[str, float] = {}
+        self.horizon = 0
+        finals = [s.final_step() for s in schedules.values()]
+        self.complete_at = None if None in finals else max([1, *finals])
+
+    @property
+    def complete(self) -> bool:
+        return self.complete_at is not None and self.horizon >= self.complete_at
+
+    def _candidates(self, sched: DifficultySchedule, lo: int, hi: int) -> list[int]:
+        if sched.schedule_type == "custom":
+            return list(range(lo + 1, hi + 1))
+        first = [1] if lo == 0 else []
+        if sched.schedule_type == "fixed_discrete":
+            breaks = [math.floor(ms) + 1 for ms in sched.schedule_config["max_step"]]
+            return sorted({s for s in first + breaks if lo < s <= hi})
+        hi = min(hi, max(sched.final_step(), 1))
+        return first + (_monotone_changes(sched, max(lo, 1), hi) if hi > max(lo, 1) else [])
+
+    def extend(self, step: int) -> bool:
+        """Make the change points known up to ``step``; return True when new ones were added."""
+        if self.complete or step <= self.horizon:
+            return False
+        hi = self.complete_at if self.complete_at is not None else max(step, 2 * self.horizon, 1024)
+        candidates = sorted({s for sch in self.schedules.values() for s in self._candidates(sch, self.horizon, hi)})
+        if not self.schedules and self.horizon == 0:
+            candidates = [1]
+        added = False
+        for s in candidates:
+            changed = s == 1
+            for name, sched in self.schedules.items():
+                value = sched(s)
+                if name not in self._current or value > self._current[name]:
+                    self._current[name] = value
+                    changed = True
+            if changed:
+                self.steps.append(s)
+                for name in self.schedules:
+                    self.diffs[name].append(self._current[name])
+                added = True
+        self.horizon = hi
+        return added
+
+
+class CurriculumSampler(Sampler[int]):
+    """Curriculum-learning sampler: the batch of optimizer step ``k`` holds only samples eligible at step ``k``.
+
+    Args:
+        metric_values: ``{metric name: 1-D array}`` or a ``datasets.Dataset`` with one column per sampling
+            metric (``curriculum_config.sampling_metrics`` with ``clustering_type='schedule_based'``;
+            ``single_cluster`` metrics and the ``seqlen_truncate``/``seqlen_reshape`` transforms need none).
+        curriculum_config: the ``CurriculumConfig``.
+        batch_size: per-device micro-batch size. The global batch is ``batch_size * world_size *
+            gradient_accumulation_steps``.
+        world_size, gradient_accumulation_steps: data-parallel size and gradient accumulation.
+        seed: stream seed (a non-negative int); ``None`` takes ``curriculum_config.seed``.
+        schedule_fns: ``{metric name: callable step -> difficulty}`` for ``custom`` schedules
+            (``CurriculumMetricConfig.schedule_fn`` works too).
+        num_samples: dataset length, needed only when no metric array is needed (e.g. a transform-only
+            curriculum given an empty mapping).
+        return_max_tokens: yield ``(index, max_tokens)`` pairs instead of indices, where ``max_tokens`` is
+            the ``seqlen_truncate``/``seqlen_reshape`` difficulty of the step that index is drawn for; wrap
+            the dataset in ``CurriculumDataset`` and the collator in ``SeqlenTransform`` to apply it.
+
+    Semantics:
+        * Eligibility: ``value`` -> ``metric <= difficulty``; ``percentile`` -> the stable rank by metric is
+          below ``percentile_count(N, difficulty)``. Several metrics: eligible under all of them. Each
+          metric's difficulty is the running maximum of its schedule, so samples once admitted stay
+          admitted, as in DeepSpeed (all built-in schedules except a decreasing ``fixed_discrete`` are
+          non-decreasing anyway); ``difficulty_at`` reports that effective difficulty.
+        * ``len(sampler)`` is ``N`` rounded down to a multiple of the global batch, so every epoch is a
+          whole number of optimizer steps and the stream never needs padding. Epoch ``e`` (``set_epoch``)
+          yields stream positions ``e * len ... (e + 1) * len - 1``: the curriculum continues across epochs.
+        * Iterating starts at ``position`` (set by ``set_epoch`` or ``load_state_dict``) and runs to the end
+          of that epoch; iterating again without ``set_epoch`` continues with the next epoch.
+    """
+
+    def __init__(
+        self,
+        metric_values: Mapping[str, Any] | Any,
+        curriculum_config: CurriculumConfig,
+        batch_size: int,
+        world_size: int = 1,
+        gradient_accumulation_steps: int = 1,
+        seed: int | None = None,
+        *,
+        schedule_fns: Mapping[str, Callable[[int], float]] | None = None,
+        num_samples: int | None = None,
+        return_max_tokens: bool = False,
+    ) -> None:
+        if not isinstance(curriculum_config, CurriculumConfig):
+            raise ValueError(
+                f"curriculum_config must be a CurriculumConfig, got {type(curriculum_config).__name__} "
+                "(use DataEfficiencyConfig.from_deepspeed(...).curriculum)."
+            )
+        for name, value in (
+            ("batch_size", batch_size),
+            ("world_size", world_size),
+            ("gradient_accumulation_steps", gradient_accumulation_steps),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+        seed = curriculum_config.seed if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed={seed!r} must be a non-negative integer.")
+        self.config = curriculum_config
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.world_size = int(world_size)
+        self.gradient_accumulation_steps = int(gradient_accumulation_steps)
+        self.global_batch_size = self.batch_size * self.world_size * self.gradient_accumulation_steps
+
+        self._schedules = self._make_schedules(curriculum_config, schedule_fns or {})
+        transform = curriculum_config.transform
+        self._transform_schedule = self._schedules.pop(transform.name) if transform is not None else None
+        if return_max_tokens and self._transform_schedule is None:
+            raise ValueError(
+                "return_max_tokens=True needs a seqlen_truncate or seqlen_reshape metric in the curriculum config; "
+                f"configured metrics: {[m.name for m in curriculum_config.metrics]}."
+            )
+        self.return_max_tokens = bool(return_max_tokens)
+        self._clustered = [m for m in curriculum_config.sampling_metrics if m.clustering_type != "single_cluster"]
+        self._values = self._read_metrics(metric_values, num_samples)
+        n = self.num_samples
+        if self.global_batch_size > n:
+            raise ValueError(
+                f"global batch size {self.global_batch_size} (batch_size={self.batch_size} x world_size="
+                f"{self.world_size} x gradient_accumulation_steps={self.gradient_accumulation_steps}) is larger "
+                f"than the data ({n} samples); it must be <= {n}."
+            )
+        self.epoch_length = n // self.global_batch_size * self.global_batch_size
+        self.block_steps = max(1, _DRAWS_PER_BLOCK // self.global_batch_size)
+        self._index_dtype = np.int32 if n < 2**31 else np.int64
+        self._fingerprint = self._compute_fingerprint()
+
+        self._pacing = _Pacing(self._schedules)
+        self._pacing.extend(self.block_steps)
+        self._order = np.empty(n, dtype=self._index_dtype)
+        self._walk = np.empty(n, dtype=self._index_dtype)
+        self._wrap = np.empty(0, dtype=np.int64)
+        self._consumed = np.empty(0, dtype=np.int64)
+        self._build_clusters()
+        self._check_first_step()
+        if self._pacing.complete:
+            self._values = {}  # no longer needed: the clusters are final
+        self._draw_block = 0  # self._consumed counts the draws of blocks < self._draw_block
+        self._cached_block: tuple[int, list] | None = None
+        self._position = 0
+        logger.info(
+            f"CurriculumSampler: {n} samples, global batch {self.global_batch_size}, "
+            f"{len(self._pacing.steps)} difficulty levels, {int(self._sizes[0])} samples eligible at step 1."
+        )
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _make_schedules(
+        config: CurriculumConfig, schedule_fns: Mapping[str, Callable[[int], float]]
+    ) -> dict[str, DifficultySchedule]:
+        names = [m.name for m in config.metrics]
+        unknown = sorted(set(schedule_fns) - set(names))
+        if unknown:
+            raise ValueError(f"schedule_fns has no curriculum metric named {unknown}; configured metrics: {names}.")
+        schedules = {}
+        for m in config.metrics:
+            fn = schedule_fns.get(m.name, m.schedule_fn)
+            if m.name in schedule_fns and m.schedule_type != "custom":
+                raise ValueError(
+                    f"schedule_fns[{m.name!r}] is given but curriculum metric {m.name!r} has schedule_type="
+                    f"{m.schedule_type!r}; set schedule_type='custom' to use a callable."
+                )
+            if m.schedule_type == "custom" and not callable(fn):
+                raise ValueError(
+                    f"curriculum metric {m.name!r} has schedule_type='custom' but no callable: pass "
+                    f"schedule_fns={{{m.name!r}: fn}} or set CurriculumMetricConfig.schedule_fn (fn: step -> difficulty)."
+                )
+            schedules[m.name] = DifficultySchedule(
+                m.min_difficulty, m.max_difficulty, m.schedule_type, dict(m.schedule_config), fn
+            )
+        return schedules
+
+    def _read_metrics(self, metric_values: Any, num_samples: int | None) -> dict[str, np.ndarray]:
+        is_dataset = hasattr(metric_values, "column_names") and hasattr(metric_values, "data")
+        if not is_dataset and not isinstance(metric_values, Mapping):
+            raise ValueError(
+                "metric_values must be a mapping {metric name: 1-D array} or a datasets.Dataset with the metric "
+                f"columns, got {type(metric_values).__name__}."
+            )
+        available = list(metric_values.column_names if is_dataset else metric_values.keys())
+        if is_dataset:
+            length = len(metric_values)
+            if num_samples is not None and num_samples != length:
+                raise ValueError(f"num_samples={num_samples} but the dataset has {length} samples.")
+            num_samples = length
+        values: dict[str, np.ndarray] = {}
+        source = "the dataset"
+        for m in self._clustered:
+            if m.name not in available:
+                raise ValueError(
+                    f"metric_values has no column/array for curriculum metric {m.name!r}; available: {available}. "
+                    "Compute it with hf_data_efficiency.compute_metrics or pass it in metric_values."
+                )
+            raw = _dataset_column(metric_values, m.name) if is_dataset else metric_values[m.name]
+            if hasattr(raw, "detach"):  # torch tensor
+                raw = raw.detach().cpu().numpy()
+            arr = np.asarray(raw)
+            if arr.ndim != 1:
+                raise ValueError(
+                    f"metric_values[{m.name!r}] must be 1-D (one number per sample), got shape {arr.shape}."
+                )
+            if arr.dtype.kind not in "biuf":
+                raise ValueError(f"metric_values[{m.name!r}] must be numeric, got dtype {arr.dtype}.")
+            if arr.dtype.kind == "b":
+                arr = arr.astype(np.uint8)
+            if arr.dtype.kind == "f":
+                bad = np.flatnonzero(np.isnan(arr))
+                if bad.size:
+                    raise ValueError(
+                        f"metric_values[{m.name!r}] has NaN values (first at index {int(bad[0])}, {bad.size} in all); "
+                        "metric values must be finite numbers."
+                    )
+            if num_samples is None:
+                num_samples, source = len(arr), f"metric_values[{m.name!r}]"
+            elif len(arr) != num_samples:
+                raise ValueError(
+                    f"metric_values[{m.name!r}] has {len(arr)} values but {source} has {num_samples} samples; "
+                    "every metric needs exactly one value per sample."
+                )
+            values[m.name] = arr
+        if num_samples is None:
+            raise ValueError(
+                "no metric array is needed by this curriculum, so pass num_samples=len(dataset) "
+                "(or the dataset itself as metric_values)."
+            )
+        if num_samples < 1:
+            raise ValueError(f"the dataset is empty (num_samples={num_samples}); it needs at least one sample.")
+        self.num_samples = int(num_samples)
+        return values
+
+    def _compute_fingerprint(self) -> str:
+        h = hashlib.sha256()
+        meta = {
+            "version": STATE_VERSION,
+            "num_samples": self.num_samples,
+            "global_batch_size": self.global_batch_size,
+            "block_steps": self.block_steps,
+            "metrics": [m.to_dict() for m in self.config.sampling_metrics],
+        }
+        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+        for name in sorted(self._values):
+            h.update(np.ascontiguousarray(self._values[name]).data)
+        return h.hexdigest()
+
+    def _admission_levels(self) -> np.ndarray:
+        """Per sample, the index of the cluster it joins (``C`` = never / not yet)."""
+        n, levels = self.num_samples, len(self._pacing.steps)
+        cid = np.zeros(n, dtype=np.int16 if levels < 2**15 - 1 else np.int32)
+        for m in self._clustered:
+            vals = self._values[m.name]
+            diffs = np.asarray(self._pacing.diffs[m.name], dtype=np.float64)
+            if m.difficulty_type == "value":
+                # non-negative integers of moderate range (seqlen, ...) use a value -> level table
+                small = vals.dtype.kind == "u" or (vals.dtype.kind == "i" and vals.min() >= 0)
+                table = None
+                if small and int(vals.max()) < 2**22:
+                    table = np.searchsorted(diffs, np.arange(int(vals.max()) + 1), side="left").astype(cid.dtype)
+                for start in range(0, n, _CHUNK):
+                    chunk = vals[start : start + _CHUNK]
+                    first = table[chunk] if table is not None else np.searchsorted(diffs, chunk, side="left")
+                    np.maximum(cid[start : start + _CHUNK], first, out=cid[start : start + _CHUNK], casting="unsafe")
+            else:
+                counts = np.array([percentile_count(n, p) for p in diffs], dtype=np.int64)
+                by_rank = np.repeat(np.arange(levels + 1, dtype=cid.dtype), np.diff(counts, prepend=0, append=n))
+                ranked = np.argsort(vals, kind="stable")
+                cid[ranked] = np.maximum(cid[ranked], by_rank)
+                del ranked, by_rank
+        return cid
+
+    def _build_clusters(self) -> None:
+        """Group the samples by cluster into ``self._order`` (a chunked, stable counting sort)."""
+        old_levels = len(self._wrap)
+        cid = self._admission_levels()
+        levels = len(self._pacing.steps)
+        sizes = np.bincount(cid, minlength=levels + 1).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        cursor = offsets[:-1].copy()
+        for start in range(0, self.num_samples, _CHUNK):
+            chunk = cid[start : start + _CHUNK]
+            idx = np.argsort(chunk, kind="stable").astype(self._index_dtype)
+            idx += start
+            counts = np.bincount(chunk, minlength=levels + 1)
+            group_start = np.cumsum(counts) - counts
+            present = np.flatnonzero(counts)
+            if len(present) <= 1024:  # copy whole groups
+                for c in present:
+                    self._order[cursor[c] : cursor[c] + counts[c]] = idx[group_start[c] : group_start[c] + counts[c]]
+            else:  # scatter element-wise
+                sorted_c = chunk[idx - start]
+                self._order[cursor[sorted_c] + (np.arange(len(chunk)) - group_start[sorted_c])] = idx
+            cursor += counts
+        del cid
+        self._sizes = sizes[:levels]  # excludes the never/not-yet-eligible tail
+        self._offsets = offsets[:levels]
+        self._cum = np.cumsum(self._sizes)
+        self._steps = np.asarray(self._pacing.steps, dtype=np.int64)
+        # earlier clusters keep their members and their place, so their cached shuffles stay valid
+        self._wrap = np.concatenate([self._wrap, np.full(levels - old_levels, -1, dtype=np.int64)])
+        self._consumed = np.concatenate([self._consumed, np.zeros(levels - old_levels, dtype=np.int64)])
+
+    def _check_first_step(self) -> None:
+        if self._sizes[0] > 0:
+            return
+        first = {name: diffs[0] for name, diffs in self._pacing.diffs.items()}
+        for m in self._clustered:
+            vals, d = self._values[m.name], first[m.name]
+            if m.difficulty_type == "value" and not (vals <= d).any():
+                raise ValueError(
+                    f"curriculum metric {m.name!r}: the difficulty at step 1 ({d}, from min_difficulty="
+                    f"{m.min_difficulty}) admits no sample; the smallest {m.name} value is {vals.min()}. "
+                    f"Set min_difficulty >= {vals.min()}."
+                )
+            if m.difficulty_type == "percentile" and percentile_count(self.num_samples, d) == 0:
+                raise ValueError(
+                    f"curriculum metric {m.name!r}: percentile difficulty {d} at step 1 admits floor({self.num_samples}"
+                    f" * {d} / 100) = 0 samples; min_difficulty must be >= {100 / self.num_samples:.6g}."
+                )
+        raise ValueError(
+            f"no sample is eligible under all of the curriculum metrics {[m.name for m in self._clustered]} at "
+            f"their step-1 difficulties {first}; raise their min_difficulty values."
+        )
+
+    def _ensure_horizon(self, step: int) -> None:
+        if self._pacing.extend(step):
+            self._build_clusters()
+
+    # ------------------------------------------------------------------ public queries
+    def __len__(self) -> int:
+        return self.epoch_length
+
+    @property
+    def position(self) -> int:
+        """Number of stream positions yielded so far (across epochs); the next index yielded is at this position."""
+        return self._position
+
+    @property
+    def cluster_sizes(self) -> list[int]:
+        """Sizes of the clusters known so far, in creation order (empty ones included)."""
+        return self._sizes.tolist()
+
+    @property
+    def cluster_steps(self) -> list[int]:
+        """The step each of ``cluster_sizes`` is created (becomes eligible) at."""
+        return self._steps.tolist()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of sampler state held in numpy arrays (about 8 per sample)."""
+        arrays = (self._order, self._walk, self._wrap, self._consumed, self._sizes, self._offsets, self._cum)
+        return int(sum(a.nbytes for a in arrays) + sum(v.nbytes for v in self._values.values()))
+
+    def step_of_position(self, position: int) -> int:
+        """The 1-based optimizer step whose global batch holds stream position ``position``."""
+        return position // self.global_batch_size + 1
+
+    def _level(self, step: int) -> int:
+        if step < 1:
+            raise ValueError(f"step={step} must be a 1-based optimizer step (>= 1).")
+        self._ensure_horizon(step)
+        return int(np.searchsorted(self._steps, step, side="right")) - 1
+
+    def difficulty_at(self, step: int) -> dict[str, float]:
+        """``{metric: difficulty}`` used for the batch of 1-based optimizer ``step``.
+
+        Sampling metrics report their effective (running-maximum) difficulty, the seqlen transform its
+        schedule value (max tokens per row).
+        """
+        level = self._level(step)
+        out = {name: diffs[level] for name, diffs in self._pacing.diffs.items()}
+        if self._transform_schedule is not None:
+            out[self.config.transform.name] = self._transform_schedule(step)
+        return out
+
+    def max_tokens_at(self, step: int) -> int | None:
+        """Max tokens per row of the seqlen transform at ``step`` (None without a transform)."""
+        if self._transform_schedule is None:
+            return None
+        return int(self._transform_schedule(step))
+
+    def num_eligible(self, step: int) -> int:
+        """Number of samples eligible at ``step``."""
+        return int(self._cum[self._level(step)])
+
+    # ------------------------------------------------------------------ stream
+    def set_epoch(self, epoch: int) -> None:
+        """Position the stream at the start of ``epoch`` (``epoch * len(self)``)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch={epoch!r} must be a non-negative integer.")
+        self._position = int(epoch) * self.epoch_length
+
+    def _block_draws(self, block: int) -> np.ndarray:
+        """Cluster id of every slot of the ``block_steps`` global batches of ``block``, shape (steps, G)."""
+        first_step = block * self.block_steps + 1
+        self._ensure_horizon(first_step + self.block_steps - 1)
+        steps = np.arange(first_step, first_step + self.block_steps)
+        active = np.searchsorted(self._steps, steps, side="right")
+        totals = self._cum[active - 1]
+        rng = np.random.default_rng([self.seed, _RNG_DRAW, block])
+        picks = rng.integers(0, totals[:, None], size=(self.block_steps, self.global_batch_size))
+        return np.searchsorted(self._cum, picks, side="right")
+
+    def _seek(self, block: int) -> None:
+        """Bring the per-cluster walk counters to the start of ``block`` (replaying only the draws)."""
+        if block < self._draw_block:
+            self._consumed[:] = 0
+            self._draw_block = 0
+        while self._draw_block < block:
+            draws = self._block_draws(self._draw_block)
+            self._consumed += np.bincount(draws.ravel(), minlength=len(self._consumed))
+            self._draw_block += 1
+
+    def _load_shuffle(self, cluster: int, wrap: int) -> None:
+        if self._wrap[cluster] != wrap:
+            start = self._offsets[cluster]
+            seg = self._walk[start : start + self._sizes[cluster]]
+            seg[:] = self._order[start : start + self._sizes[cluster]]
+            np.random.default_rng([self.seed, _RNG_WALK, cluster, wrap]).shuffle(seg)
+            self._wrap[cluster] = wrap
+
+    def _take(self, cluster: int, start: int, count: int) -> np.ndarray:
+        """Walk positions ``start ... start + count - 1`` of ``cluster`` (wrapping onto fresh shuffles)."""
+        size, offset = int(self._sizes[cluster]), int(self._offsets[cluster])
+        if size == 1:
+            return np.full(count, self._order[offset], dtype=self._index_dtype)
+        first, last = start // size, (start + count - 1) // size
+        pieces = []
+        for wrap in range(first, last + 1):
+            self._load_shuffle(cluster, wrap)
+            lo = start - wrap * size if wrap == first else 0
+            hi = min(size, start + count - wrap * size)
+            piece = self._walk[offset + lo : offset + hi]
+            pieces.append(piece if first == last else piece.copy())  # the next wrap reuses the buffer
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def _block_indices(self, block: int) -> list:
+        """The stream of ``block`` (``block_steps * G`` entries) as a list of ints or (int, max_tokens) pairs."""
+        if self._cached_block is not None and self._cached_block[0] == block:
+            return self._cached_block[1]
+        self._seek(block)
+        draws = self._block_draws(block)
+        flat = draws.ravel()
+        counts = np.bincount(flat, minlength=len(self._consumed))
+        grouped = np.argsort(flat.astype(np.int16 if len(counts) < 2**15 else np.int32), kind="stable")
+        out = np.empty(flat.size, dtype=self._index_dtype)
+        done = 0
+        for cluster in np.flatnonzero(counts):
+            n = int(counts[cluster])
+            out[grouped[done : done + n]] = self._take(int(cluster), int(self._consumed[cluster]), n)
+            done += n
+        self._consumed += counts
+        self._draw_block = block + 1
+        shuffle = np.random.default_rng([self.seed, _RNG_SHUFFLE, block]).random(draws.shape).argsort(axis=1)
+        out = np.take_along_axis(out.reshape(draws.shape), shuffle, axis=1).ravel().tolist()
+        if self.return_max_tokens:
+            g = self.global_batch_size
+            first_step = block * self.block_steps + 1
+            max_tokens = [self.max_tokens_at(first_step + j) for j in range(self.block_steps)]
+            out = [(index, max_tokens[j // g]) for j, index in enumerate(out)]
+        self._cached_block = (block, out)
+        return out
+
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+        start = self._position
+        end = (start // self.epoch_length + 1) * self.epoch_length
+        per_block = self.block_steps * self.global_batch_size
+        position = start
+        while position < end:
+            block = position // per_block
+            items = self._block_indices(block)
+            base = block * per_block
+            for i in range(position - base, min(end - base, per_block)):
+                self._position = base + i + 1
+                yield items[i]
+            position = self._position
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self, position: int | None = None) -> dict[str, Any]:
+        """JSON-able state. ``position`` overrides the yielded count, e.g. ``completed_steps * global_batch_size``
+        when a prefetching DataLoader has run the sampler ahead of training."""
+        return {
+            "version": STATE_VERSION,
+            "position": int(self._position if position is None else position),
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "global_batch_size": self.global_batch_size,
+            "fingerprint": self._fingerprint,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the stream of ``state``: the next iteration starts at its position and runs to that epoch's end."""
+        missing = sorted(
+            {"version", "position", "seed", "num_samples", "global_batch_size", "fingerprint"} - set(state)
+        )
+        if missing:
+            raise ValueError(f"sampler state is missing the key(s) {missing}.")
+        if state["version"] != STATE_VERSION:
+            raise ValueError(f"sampler state version={state['version']} is not supported; allowed: {STATE_VERSION}.")
+        for key in ("seed", "num_samples", "global_batch_size"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"sampler state has {key}={state[key]} but this sampler has {key}={getattr(self, key)}; "
+                    "resume with the same seed, dataset and batch geometry."
+                )
+        if state["fingerprint"] != self._fingerprint:
+            raise ValueError(
+                "sampler state fingerprint does not match: the metric values or curriculum config changed since "
+                "the checkpoint; resume with the same dataset metrics and config."
+            )
+        position = state["position"]
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or position < 0:
+            raise ValueError(f"sampler state position={position!r} must be a non-negative integer.")
+        self._position = int(position)

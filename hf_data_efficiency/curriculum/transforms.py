@@ -1,0 +1,279 @@
+"""Sequence-length curriculum transforms (DeepSpeed's ``seqlen_truncate`` / ``seqlen_reshape``).
+
+The difficulty of these "metrics" is the maximum number of tokens per row, applied to a collated batch.
+It must be the difficulty of the optimizer step the batch is drawn for, even with DataLoader workers
+and prefetching (which run the sampler ahead of training), so it travels with the indices:
+
+1. ``CurriculumSampler(..., return_max_tokens=True)`` yields ``(index, max_tokens)`` pairs;
+2. ``CurriculumDataset(dataset)`` accepts those pairs and adds ``max_tokens`` to each example under
+   ``MAX_TOKENS_KEY``;
+3. ``SeqlenTransform(mode, collator)`` pops that key, checks the batch agrees on it, collates the rest
+   and truncates or reshapes the batch.
+
+Rows are ``[B, T, ...]`` tensors whose first two dimensions match the reference sequence tensor
+(``input_ids``, else ``inputs_embeds``, ``attention_mask``, ``labels``). Padding side: with an
+``attention_mask`` whose last column is all ones while some row starts with padding, the batch is
+left-padded; then each row keeps its first ``max_tokens`` *real* tokens and stays left-padded (plain
+column slicing would keep the padding and drop the text). ``padding_side`` forces a side.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+#: Private example key that carries the max tokens per row from the dataset to the collator.
+MAX_TOKENS_KEY = "_hfde_max_tokens"
+MODES = ("seqlen_truncate", "seqlen_reshape")
+PADDING_SIDES = ("auto", "right", "left")
+_REFERENCE_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "labels")
+_DEFAULT_PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0, "position_ids": 0}
+
+
+def _check_max_tokens(max_tokens: Any) -> int:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, float)) or max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens!r} must be a number >= 1 (tokens per row).")
+    return int(max_tokens)
+
+
+def _sequence_layout(
+    batch: Mapping[str, Any], padding_side: str
+) -> tuple[int, int, list[str], torch.Tensor | None, bool]:
+    """(B, T, keys of [B, T, ...] tensors, attention mask or None, is left-padded)."""
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(
+            f"padding_side={padding_side!r} is not supported; allowed values: {', '.join(PADDING_SIDES)}."
+        )
+    ref = next((batch[k] for k in _REFERENCE_KEYS if torch.is_tensor(batch.get(k)) and batch[k].dim() >= 2), None)
+    if ref is None:
+        raise ValueError(
+            f"the batch has no [batch, seq] tensor among {list(_REFERENCE_KEYS)}; keys: {sorted(batch)}. "
+            "Sequence-length transforms need tokenised, collated batches."
+        )
+    b, t = ref.shape[:2]
+    keys = [k for k, v in batch.items() if torch.is_tensor(v) and v.dim() >= 2 and tuple(v.shape[:2]) == (b, t)]
+    mask = batch.get("attention_mask")
+    mask = mask if torch.is_tensor(mask) and mask.dim() == 2 and tuple(mask.shape) == (b, t) else None
+    if padding_side == "auto":
+        left = mask is not None and bool((mask[:, -1] != 0).all()) and bool((mask[:, 0] == 0).any())
+    else:
+        left = padding_side == "left"
+        if left and mask is None:
+            raise ValueError("padding_side='left' needs an attention_mask in the batch to find the real tokens.")
+    return b, t, keys, mask, left
+
+
+def _gather_columns(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """``x[i, src[i, j], ...]`` for a [B, T, ...] tensor and a [B, W] column index."""
+    index = src.reshape(*src.shape, *([1] * (x.dim() - 2))).expand(*src.shape, *x.shape[2:])
+    return torch.gather(x, 1, index)
+
+
+def _left_to_right(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Column index turning left-padded rows of ``width`` into right-padded ones (padding read from column 0)."""
+    j = torch.arange(width, device=lengths.device)
+    pad = (width - lengths)[:, None]
+    return torch.where(j < lengths[:, None], j + pad, torch.zeros_like(j))
+
+
+def _right_to_left(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Column index turning right-padded rows into left-padded ones (padding read from the last column)."""
+    j = torch.arange(width, device=lengths.device)
+    pad = (width - lengths)[:, None]
+    return torch.where(j < pad, torch.full_like(j, width - 1), j - pad)
+
+
+def seqlen_truncate(batch: Mapping[str, Any], max_tokens: int, *, padding_side: str = "auto") -> dict[str, Any]:
+    """Keep the first ``max_tokens`` tokens of every row of a collated batch.
+
+    Right-padded (or unpadded) batches keep their first ``max_tokens`` columns. Left-padded batches keep
+    each row's first ``max_tokens`` real tokens, still left-padded, in ``min(T, max_tokens)`` columns.
+    Non-sequence entries are returned unchanged; a batch already short enough is returned as is.
+    """
+    m = _check_max_tokens(max_tokens)
+    b, t, keys, mask, left = _sequence_layout(batch, padding_side)
+    if t <= m:
+        return dict(batch)
+    out = dict(batch)
+    if not left:
+        for k in keys:
+            out[k] = batch[k][:, :m].contiguous()
+        return out
+    lengths = mask.ne(0).sum(1)
+    kept = lengths.clamp(max=m)
+    # new row = (m - kept) padding columns, then the first `kept` real tokens, which start at column t - length
+    j = torch.arange(m, device=mask.device)
+    new_pad = (m - kept)[:, None]
+    src = torch.where(j < new_pad, torch.zeros_like(j), (t - lengths)[:, None] + j - new_pad)
+    for k in keys:
+        out[k] = _gather_columns(batch[k], src)
+    return out
+
+
+def seqlen_reshape(
+    batch: Mapping[str, Any],
+    max_tokens: int,
+    *,
+    pad_token_id: int = 0,
+    pad_values: Mapping[str, Any] | None = None,
+    padding_side: str = "auto",
+) -> dict[str, Any]:
+    """Cut every row into rows of ``max_tokens`` tokens, keeping the cut-off tokens as extra rows.
+
+    Row ``i`` of ``T`` tokens becomes rows ``i*n ... i*n + n - 1`` (``n = ceil(T / max_tokens)``) holding
+    its tokens ``[c * max_tokens, (c + 1) * max_tokens)``; the last piece is padded (``input_ids`` with
+    ``pad_token_id``, ``labels`` with -100, ``attention_mask``/``token_type_ids`` with 0; ``pad_values``
+    overrides or adds keys, other keys pad with 0). Left-padded rows are cut from their first real token
+    and the pieces stay left-padded. Rows whose ``attention_mask`` is all zero are dropped (without a mask
+    nothing is dropped). Per-row tensors of shape [B, ...] (e.g. class labels) are repeated for each piece.
+    ``position_ids`` restart in every new row. Meant for causal LM: each new row is a separate sequence.
+    """
+    m = _check_max_tokens(max_tokens)
+    b, t, keys, mask, left = _sequence_layout(batch, padding_side)
+    if t <= m:
+        return dict(batch)
+    pads = {**_DEFAULT_PAD_VALUES, "input_ids": pad_token_id, **(pad_values or {})}
+    pieces = math.ceil(t / m)
+    width = pieces * m
+    seqs = {k: batch[k] for k in keys}
+    if left:
+        src = _left_to_right(mask.ne(0).sum(1), t)
+        seqs = {k: _gather_columns(v, src) for k, v in seqs.items()}
+    out = dict(batch)
+    for k, v in seqs.items():
+        tail = v.new_full((b, width - t, *v.shape[2:]), pads.get(k, 0))
+        out[k] = torch.cat([v, tail], dim=1).reshape(b * pieces, m, *v.shape[2:])
+    for k, v in batch.items():
+        if k not in seqs and torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == b:
+            out[k] = v.repeat_interleave(pieces, dim=0)
+    new_mask = out.get("attention_mask") if mask is not None else None
+    if new_mask is not None:
+        keep = new_mask.ne(0).any(1)
+        if not bool(keep.all()):
+            for k, v in out.items():
+                if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == b * pieces:
+                    out[k] = v[keep]
+        new_mask = out["attention_mask"]
+    if left:
+        src = _right_to_left(new_mask.ne(0).sum(1), m)
+        for k in seqs:
+            out[k] = _gather_columns(out[k], src)
+        new_mask = out["attention_mask"]
+    if "position_ids" in seqs:
+        if new_mask is not None:
+            positions = (new_mask.ne(0).long().cumsum(1) - 1).clamp(min=0)
+        else:
+            positions = torch.arange(m, device=out["position_ids"].device).expand(out["position_ids"].shape[0], m)
+        out["position_ids"] = positions.to(out["position_ids"].dtype).contiguous()
+    return out
+
+
+class CurriculumDataset(Dataset):
+    """Thin dataset wrapper that accepts ``(index, max_tokens)`` keys from ``CurriculumSampler(return_max_tokens=True)``.
+
+    ``dataset[(i, m)]`` returns ``dict(dataset[i])`` with ``m`` under ``MAX_TOKENS_KEY``; a plain index is
+    passed through unchanged, so the wrapper is harmless under any other sampler. Examples must be mappings.
+    Other attributes are forwarded to the wrapped dataset.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @staticmethod
+    def _tag(example: Any, max_tokens: int) -> dict[str, Any]:
+        if not isinstance(example, Mapping):
+            raise ValueError(
+                f"CurriculumDataset needs examples that are mappings (dicts) to attach {MAX_TOKENS_KEY!r}, "
+                f"got {type(example).__name__}."
+            )
+        return {**example, MAX_TOKENS_KEY: max_tokens}
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):
+            index, max_tokens = key
+            return self._tag(self.dataset[index], max_tokens)
+        return self.dataset[key]
+
+    def __getitems__(self, keys: Sequence[Any]) -> list[Any]:
+        tagged = [isinstance(k, tuple) for k in keys]
+        indices = [k[0] if t else k for k, t in zip(keys, tagged)]
+        getitems = getattr(self.dataset, "__getitems__", None)
+        examples = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
+        return [self._tag(e, k[1]) if t else e for e, k, t in zip(examples, keys, tagged)]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"dataset": self.dataset}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.dataset = state["dataset"]
+
+
+class SeqlenTransform:
+    """Collator wrapper applying ``seqlen_truncate``/``seqlen_reshape`` with each batch's own max tokens.
+
+    Pops ``MAX_TOKENS_KEY`` from every feature (put there by ``CurriculumDataset``), checks the batch
+    agrees on it, collates the rest with ``collator`` and transforms the result. Features without the key
+    (e.g. evaluation batches) are collated and returned unchanged. Use it as the outermost collator, so
+    no column-removing wrapper drops the key first.
+
+    Args:
+        mode: ``"seqlen_truncate"`` or ``"seqlen_reshape"``.
+        collator: the data collator to wrap (default: ``transformers.default_data_collator``).
+        pad_token_id: padding id for ``seqlen_reshape`` (default: the collator's tokenizer's pad id, else 0).
+        padding_side: ``"auto"``, ``"right"`` or ``"left"`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+        *,
+        pad_token_id: int | None = None,
+        padding_side: str = "auto",
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not supported; allowed values: {', '.join(MODES)}.")
+        if padding_side not in PADDING_SIDES:
+            raise ValueError(
+                f"padding_side={padding_side!r} is not supported; allowed values: {', '.join(PADDING_SIDES)}."
+            )
+        if collator is None:
+            from transformers import default_data_collator
+
+            collator = default_data_collator
+        if pad_token_id is None:
+            tokenizer = getattr(collator, "tokenizer", None) or getattr(collator, "processing_class", None)
+            pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        self.mode = mode
+        self.collator = collator
+        self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
+        self.padding_side = padding_side
+
+    def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, Any]:
+        tags = [f.get(MAX_TOKENS_KEY) if isinstance(f, Mapping) else None for f in features]
+        if all(t is None for t in tags):
+            return self.collator(features)
+        if any(t is None for t in tags) or len(set(tags)) != 1:
+            raise ValueError(
+                f"a batch mixes {MAX_TOKENS_KEY} values {sorted(set(tags), key=str)}: every micro-batch must come from "
+                "one optimizer step (use batch sizes that divide CurriculumSampler's global batch)."
+            )
+        batch = self.collator([{k: v for k, v in f.items() if k != MAX_TOKENS_KEY} for f in features])
+        if self.mode == "seqlen_truncate":
+            return seqlen_truncate(batch, tags[0], padding_side=self.padding_side)
+        return seqlen_reshape(batch, tags[0], pad_token_id=self.pad_token_id, padding_side=self.padding_side)

@@ -1,0 +1,201 @@
+"""seqlen_truncate / seqlen_reshape against a from-scratch recomputation, through real DataLoader workers."""
+
+import logging
+import math
+from itertools import islice
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from accelerate.data_loader import BatchSamplerShard
+from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
+from torch.utils.data import BatchSampler, DataLoader
+
+from hf_data_efficiency import CurriculumSampler, SeqlenTransform, seqlen_reshape, seqlen_truncate
+from hf_data_efficiency.config import CurriculumConfig, CurriculumMetricConfig
+from hf_data_efficiency.curriculum.transforms import MAX_TOKENS_KEY, CurriculumDataset
+
+logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+PAD = 0
+N = 120
+LENGTHS = np.random.default_rng(0).integers(3, 41, N)
+
+
+def tokens(i):
+    """Sample i's tokens encode (sample, position), so any misplaced token is visible."""
+    return [i * 100 + p + 1 for p in range(LENGTHS[i])]
+
+
+class PadCollator:
+    """Pads to the longest example, on either side (a stand-in for DataCollatorWithPadding)."""
+
+    def __init__(self, side):
+        self.side = side
+
+    def __call__(self, features):
+        width = max(len(f["input_ids"]) for f in features)
+        out = {"input_ids": [], "attention_mask": [], "labels": []}
+        for f in features:
+            pad = width - len(f["input_ids"])
+            for key, real, filler in (("input_ids", f["input_ids"], PAD), ("labels", f["input_ids"], -100)):
+                out[key].append([filler] * pad + real if self.side == "left" else real + [filler] * pad)
+            ones = [1] * len(f["input_ids"])
+            out["attention_mask"].append([0] * pad + ones if self.side == "left" else ones + [0] * pad)
+        batch = {k: torch.tensor(v) for k, v in out.items()}
+        batch["idx"] = torch.tensor([f["idx"] for f in features])
+        return batch
+
+
+def expected_batch(indices, max_tokens, mode, side):
+    """The transformed batch recomputed from the raw token lists (no tensors, no slicing of the batch)."""
+    width = max(LENGTHS[i] for i in indices)
+    rows = []  # (sample, kept tokens)
+    if width <= max_tokens:
+        rows = [(i, tokens(i)) for i in indices]
+    elif mode == "seqlen_truncate":
+        rows = [(i, tokens(i)[:max_tokens]) for i in indices]
+        width = max_tokens
+    else:
+        rows = [(i, tokens(i)[s : s + max_tokens]) for i in indices for s in range(0, LENGTHS[i], max_tokens)]
+        width = max_tokens
+    out = {"input_ids": [], "attention_mask": [], "labels": [], "idx": []}
+    for i, toks in rows:
+        pad = width - len(toks)
+        left = side == "left"
+        out["input_ids"].append([PAD] * pad + toks if left else toks + [PAD] * pad)
+        out["labels"].append([-100] * pad + toks if left else toks + [-100] * pad)
+        out["attention_mask"].append([0] * pad + [1] * len(toks) if left else [1] * len(toks) + [0] * pad)
+        out["idx"].append(i)
+    return out
+
+
+def metric(name, lo, hi, total, step):
+    return CurriculumMetricConfig(
+        name=name,
+        min_difficulty=lo,
+        max_difficulty=hi,
+        schedule_type="fixed_linear",
+        schedule_config={"total_curriculum_step": total, "difficulty_step": step},
+    )
+
+
+def ds_difficulty(m, step):
+    cfg = {
+        "min_difficulty": m.min_difficulty,
+        "max_difficulty": m.max_difficulty,
+        "schedule_type": m.schedule_type,
+        "schedule_config": m.schedule_config,
+    }
+    return CurriculumScheduler(cfg).update_difficulty(step)
+
+
+@pytest.mark.parametrize("mode", ["seqlen_truncate", "seqlen_reshape"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_each_batch_uses_its_own_steps_max_tokens_through_workers(mode, side):
+    transform = metric(mode, 4, 40, total=12, step=4)
+    cfg = CurriculumConfig(metrics=[metric("seqlen", 20, 40, total=8, step=4), transform], seed=3)
+    micro, world, ga = 4, 2, 2
+    g = micro * world * ga
+    dataset = datasets.Dataset.from_dict(
+        {"idx": list(range(N)), "input_ids": [tokens(i) for i in range(N)], "seqlen": LENGTHS}
+    )
+
+    def make(**kw):
+        return CurriculumSampler(dataset, cfg, micro, world, ga, **kw)
+
+    plain = make()  # the same stream without tags: the oracle for which samples each batch holds
+    epochs = 2
+    reference = []
+    for epoch in range(epochs):
+        plain.set_epoch(epoch)
+        reference.extend(plain)
+    assert len(reference) == epochs * len(plain)
+    steps_seen = set()
+    for rank in range(world):
+        sampler = make(return_max_tokens=True)
+        loader = DataLoader(
+            CurriculumDataset(dataset),
+            batch_sampler=BatchSamplerShard(BatchSampler(sampler, micro, drop_last=False), world, rank),
+            collate_fn=SeqlenTransform(mode, PadCollator(side), pad_token_id=PAD),
+            num_workers=2,
+            prefetch_factor=2,  # the sampler runs well ahead of the consumer
+        )
+        i = 0
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            for batch in loader:
+                position = (i * world + rank) * micro
+                step = position // g + 1
+                max_tokens = int(ds_difficulty(transform, step))
+                indices = reference[position : position + micro]
+                want = expected_batch(indices, max_tokens, mode, side)
+                got = {k: batch[k].tolist() for k in want}
+                assert got == want, f"rank {rank} batch {i} (step {step}, max_tokens {max_tokens})"
+                steps_seen.add(step)
+                i += 1
+    assert len(steps_seen) >= 12  # the difficulty grew while batches were in flight
+
+
+def test_truncate_and_reshape_units():
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 0, 0]])
+    mask = (ids != 0).long()
+    embeds = torch.arange(2 * 5 * 3, dtype=torch.float).reshape(2, 5, 3)
+    batch = {"input_ids": ids, "attention_mask": mask, "inputs_embeds": embeds, "cls": torch.tensor([7, 9]), "n": 3}
+    t = seqlen_truncate(batch, 2)
+    assert t["input_ids"].tolist() == [[1, 2], [6, 7]] and t["inputs_embeds"].shape == (2, 2, 3)
+    assert torch.equal(t["inputs_embeds"], embeds[:, :2]) and t["cls"].tolist() == [7, 9] and t["n"] == 3
+    assert seqlen_truncate(batch, 5)["input_ids"] is ids  # short enough: unchanged
+    r = seqlen_reshape(batch, 2, pad_values={"inputs_embeds": -1.0})
+    assert r["input_ids"].tolist() == [[1, 2], [3, 4], [5, 0], [6, 7], [8, 0]]  # the all-padding piece is dropped
+    assert r["cls"].tolist() == [7, 7, 7, 9, 9]
+    assert r["inputs_embeds"][2, 1].tolist() == [-1.0, -1.0, -1.0]
+    assert torch.equal(r["inputs_embeds"][1], embeds[0, 2:4])
+    pos = {"input_ids": torch.arange(1, 8)[None], "position_ids": torch.arange(7)[None]}
+    rp = seqlen_reshape(pos, 3, pad_token_id=99)  # no mask: nothing dropped, positions restart per row
+    assert rp["input_ids"].tolist() == [[1, 2, 3], [4, 5, 6], [7, 99, 99]]
+    assert rp["position_ids"].tolist() == [[0, 1, 2]] * 3
+
+
+def test_transform_passes_untagged_batches_and_rejects_bad_input():
+    collator = PadCollator("right")
+    features = [{"idx": 0, "input_ids": tokens(0)}, {"idx": 1, "input_ids": tokens(1)}]
+    wrapped = SeqlenTransform("seqlen_truncate", collator)
+    assert {k: v.tolist() for k, v in wrapped(features).items()} == {
+        k: v.tolist() for k, v in collator(features).items()
+    }  # evaluation batches carry no tag and are left alone
+    tagged = [{**features[0], MAX_TOKENS_KEY: 4}, {**features[1], MAX_TOKENS_KEY: 8}]
+    with pytest.raises(ValueError, match="mixes"):
+        wrapped(tagged)
+    with pytest.raises(
+        ValueError, match="mode='truncate' is not supported; allowed values: seqlen_truncate, seqlen_reshape"
+    ):
+        SeqlenTransform("truncate", collator)
+    with pytest.raises(ValueError, match="padding_side='middle'"):
+        seqlen_truncate({"input_ids": torch.ones(2, 4)}, 2, padding_side="middle")
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        seqlen_truncate({"input_ids": torch.ones(2, 4)}, 0)
+    with pytest.raises(ValueError, match="no \\[batch, seq\\] tensor"):
+        seqlen_reshape({"pixel_values": torch.ones(2, 3)}, 2)
+    with pytest.raises(ValueError, match="needs examples that are mappings"):
+        CurriculumDataset([(1, 2)])[(0, 4)]
+
+
+def test_dataset_wrapper_tags_and_forwards():
+    dataset = datasets.Dataset.from_dict({"idx": list(range(5)), "input_ids": [tokens(i) for i in range(5)]})
+    wrapped = CurriculumDataset(dataset)
+    assert len(wrapped) == 5 and wrapped.column_names == ["idx", "input_ids"]
+    assert wrapped[2] == dataset[2]
+    assert wrapped[(2, 16)] == {**dataset[2], MAX_TOKENS_KEY: 16}
+    assert wrapped.__getitems__([(0, 8), 3]) == [{**dataset[0], MAX_TOKENS_KEY: 8}, dataset[3]]
+
+
+def test_sampler_tags_follow_the_schedule_over_long_runs():
+    transform = metric("seqlen_reshape", 8, 64, total=100, step=8)
+    cfg = CurriculumConfig(metrics=[transform])
+    sampler = CurriculumSampler({}, cfg, 4, world_size=2, num_samples=50, return_max_tokens=True)
+    sampler.set_epoch(7)
+    start = 7 * len(sampler)
+    for offset, (_, max_tokens) in enumerate(islice(iter(sampler), len(sampler))):
+        assert max_tokens == ds_difficulty(transform, (start + offset) // 8 + 1)
+    assert math.isclose(sampler.difficulty_at(1)["seqlen_reshape"], 8)
