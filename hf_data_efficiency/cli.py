@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any
 import numpy as np
 from transformers.utils import logging
 
-from .config import CurriculumConfig, DataEfficiencyConfig, atomic_write_text
+from .config import CurriculumConfig, DataEfficiencyConfig
+from .fileio import atomic_write, atomic_write_text
 from .schedules import DifficultySchedule
 
 logger = logging.get_logger(__name__)
@@ -219,10 +219,9 @@ def plot_preview(preview: dict[str, Any], curriculum: CurriculumConfig, global_b
 
 
 def _save_fig(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
     _pyplot().close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .fileio import atomic_write_text
 from .schedules import SCHEDULE_TYPES, validate_schedule
 
 logger = logging.get_logger(__name__)
@@ -40,23 +40,6 @@ def _check_keys(given: Mapping[str, Any], allowed: set[str], where: str) -> None
 def _check_choice(value: Any, allowed: tuple[str, ...], where: str) -> None:
     if value not in allowed:
         raise ValueError(f"{where}={value!r} is not supported; allowed values: {', '.join(allowed)}.")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so a crash keeps the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass

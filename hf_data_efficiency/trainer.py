@@ -36,7 +36,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging
 
 from .callbacks import DataEfficiencyCallback
-from .config import DataEfficiencyConfig, atomic_write_text
+from .config import DataEfficiencyConfig
+from .fileio import atomic_write_text
 from .training_args import DataEfficiencyTrainingArguments, config_from_deepspeed_keys, split_deepspeed_config
 
 logger = logging.get_logger(__name__)

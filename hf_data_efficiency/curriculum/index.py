@@ -20,14 +20,13 @@ import json
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from transformers.utils import logging
 
-from ..config import atomic_write_text
+from ..fileio import atomic_save_npy, atomic_write_text
 
 logger = logging.get_logger(__name__)
 
@@ -58,23 +57,6 @@ def _check_name(name: str) -> str:
             "(not starting with '.' or '-')."
         )
     return name
-
-
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` through a temporary file and ``os.replace``, so a crash keeps the previous file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.asarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_values(values: Any, what: str) -> np.ndarray:
