@@ -114,11 +114,12 @@ def test_two_processes_shard_the_single_process_stream(tmp_path):
     assert last["data_efficiency/consumed_samples"] == 6 * 8
 
 
-def test_deepspeed_zero2_on_cpu_uses_the_data_efficiency_block(tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_cpu_uses_the_data_efficiency_block(tmp_path, stage):
     out = tmp_path / "ds"
     cmd = [sys.executable, RUN, "--output_dir", str(out), "--record", str(out / "rec_RANK.json")]
     run(
-        cmd + ["--deepspeed", "--max_steps", "4"],
+        cmd + ["--zero_stage", str(stage), "--max_steps", "4"],
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=free_port(),
         RANK=0,
@@ -127,7 +128,7 @@ def test_deepspeed_zero2_on_cpu_uses_the_data_efficiency_block(tmp_path):
         LOCAL_WORLD_SIZE=1,
     )
     rec = json.loads((out / "rec_0.json").read_text())
-    assert rec["deepspeed_engine"] == "DeepSpeedEngine" and rec["zero_stage"] == 2
+    assert rec["deepspeed_engine"] == "DeepSpeedEngine" and rec["zero_stage"] == stage
     # the block is honoured by us and removed from what DeepSpeed sees
     assert rec["engine_data_efficiency"] is False
     assert "data_efficiency" not in rec["engine_config_keys"]

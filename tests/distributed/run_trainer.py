@@ -50,10 +50,11 @@ def build_trainer(
     batch_size: int = 4,
     ga: int = 2,
     workers: int = 0,
-    deepspeed: bool = False,
+    zero_stage: int = 0,
     callbacks: list | None = None,
 ) -> RecordingTrainer:
-    """Curriculum (seqlen + truncate) and random-LTD from flags, or from a ds_config block with ``deepspeed``."""
+    """Curriculum (seqlen + truncate) and random-LTD from flags, or (``zero_stage`` 2 or 3) from the
+    data_efficiency block of a DeepSpeed ZeRO config."""
     kwargs = dict(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
@@ -69,11 +70,11 @@ def build_trainer(
         disable_tqdm=True,
         use_cpu=True,
     )
-    if deepspeed:
+    if zero_stage:
         kwargs["deepspeed"] = {
             "train_micro_batch_size_per_gpu": "auto",
             "gradient_accumulation_steps": "auto",
-            "zero_optimization": {"stage": 2},
+            "zero_optimization": {"stage": zero_stage},
             "zero_force_ds_cpu_optimizer": False,
             "data_efficiency": deepspeed_block(seed=42),
         }
@@ -95,7 +96,9 @@ def main() -> None:
     p.add_argument("--ga", type=int, default=2)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--resume", default=None, help="checkpoint path, or 'last'")
-    p.add_argument("--deepspeed", action="store_true", help="ZeRO-2 with the data_efficiency block in the ds config")
+    p.add_argument(
+        "--zero_stage", type=int, default=0, choices=[0, 2, 3], help="DeepSpeed ZeRO stage (0: no DeepSpeed)"
+    )
     p.add_argument("--stall_after", type=int, default=0)
     a = p.parse_args()
 
@@ -106,7 +109,7 @@ def main() -> None:
         batch_size=a.batch_size,
         ga=a.ga,
         workers=a.workers,
-        deepspeed=a.deepspeed,
+        zero_stage=a.zero_stage,
         callbacks=[Stall(a.stall_after)] if a.stall_after else None,
     )
     args = trainer.args
@@ -120,7 +123,7 @@ def main() -> None:
         "log_history": trainer.state.log_history,
         "config": trainer.data_efficiency_config.to_dict(),
     }
-    if a.deepspeed:
+    if a.zero_stage:
         engine = trainer.model_wrapped
         payload["deepspeed_engine"] = type(engine).__name__
         payload["zero_stage"] = int(engine.zero_optimization_stage())
