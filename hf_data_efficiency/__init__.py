@@ -23,6 +23,7 @@ _LAZY = {
     "compute_metrics": ".curriculum.metrics",
     "CurriculumSampler": ".curriculum.sampler",
     "SeqlenTransform": ".curriculum.transforms",
+    "CurriculumDataset": ".curriculum.transforms",
     "seqlen_truncate": ".curriculum.transforms",
     "seqlen_reshape": ".curriculum.transforms",
     # random-LTD (data routing)
