@@ -32,3 +32,26 @@ def test_config_layer_imports_without_the_trainer():
         "assert 'hf_data_efficiency.routing.random_ltd' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_layering_curriculum_and_routing_stay_independent():
+    """curriculum/ and routing/ never import each other or the integration layer (DESIGN.md)."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(hfde.__file__).parent
+    forbidden = {
+        "curriculum": ("routing", "trainer", "training_args", "callbacks"),
+        "routing": ("curriculum", "trainer", "training_args", "callbacks"),
+    }
+    for part, banned in forbidden.items():
+        for path in (pkg / part).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    target = ("." * node.level + (node.module or "")).lstrip(".")
+                    top = target.split(".")[0] if node.level > 1 else part
+                    assert top not in banned, f"{path.name} imports {target}"
+                elif isinstance(node, ast.ImportFrom | ast.Import):
+                    names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                    for name in filter(None, names):
+                        assert not any(name.startswith(f"hf_data_efficiency.{b}") for b in banned), path.name
