@@ -408,7 +408,8 @@ to the data tokens without random-LTD). The steps that fit a budget are planned 
 is a fixed fraction of its own run, and the learning rate of budget `b` is `lr * b ** -lr_scaling` for every arm,
 the baseline included. Tokens are counted by hooks on every layer's attention, independently of the library, and
 agree with the Trainer's `data_efficiency/effective_tokens`. Wall-clock excludes evaluation and is noisy on a shared
-machine. Recipes were tuned on validation splits only; test numbers are reported, never used for choices."""
+machine. Settings were chosen from one short validation pilot and are barely tuned; test splits were never used for
+choices, only reported."""
 
 
 def _subsections(body: str) -> dict[str, str]:
