@@ -426,7 +426,8 @@ def write_docs(task_name: str, section: str, doc: Path) -> None:
     body, tail = rest.split(DOC_END, 1)
     sections = _subsections(body)
     sections[task_name] = section.strip()
-    blocks = [f"<!-- de-task:{name}:begin -->\n{txt}\n<!-- de-task:{name}:end -->" for name, txt in sections.items()]
+    names = sorted(sections, key=lambda n: list(TASKS).index(n) if n in TASKS else len(TASKS))
+    blocks = [f"<!-- de-task:{n}:begin -->\n{sections[n]}\n<!-- de-task:{n}:end -->" for n in names]
     atomic_write_text(doc, head + DOC_BEGIN + "\n" + INTRO + "\n\n" + "\n\n".join(blocks) + "\n" + DOC_END + tail)
 
 
@@ -467,7 +468,6 @@ def main(argv: list[str] | None = None) -> dict:
         args.baseline_budgets = args.budgets
     if 1.0 not in args.baseline_budgets:
         args.baseline_budgets = [1.0, *args.baseline_budgets]
-    start = time.perf_counter()
     results: dict = {}
     for seed in args.seeds:
         for arm in arms:
@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> dict:
     img_dir = out if args.no_docs else Path(args.docs).parent / "img"
     img = img_dir / f"data_efficiency_{args.task}.png"
     plot(args.task, task, results, img)
-    elapsed = time.perf_counter() - start
+    # the runs' own process time (also right when --only_existing re-reads earlier runs)
+    elapsed = sum(r.get("bench", {}).get("process_seconds", 0.0) for runs in results.values() for r in runs)
     shown = list(argv if argv is not None else sys.argv[1:])
     if "--notes" in shown:
         del shown[shown.index("--notes") : shown.index("--notes") + 2]
@@ -492,7 +493,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"Baseline: {t['steps']} steps x {t['batch']} x {t['seq']} tokens, LR {t['lr']:g} at 100% "
         f"(LR x budget^-{args.lr_scaling:g}); seeds {args.seeds}; "
         f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores; "
-        f"bench wall-clock {elapsed / 60:.0f} min.\n\n{table}\n\n"
+        f"{sum(len(r) for r in results.values())} runs, {elapsed / 60:.0f} min in all.\n\n{table}\n\n"
         f"![{args.task} validation loss]({os.path.relpath(img, Path(args.docs).parent)})\n\n"
         f"Command: `{cmd.strip()}`\n" + (f"\n{args.notes.strip()}\n" if args.notes.strip() else "")
     )
