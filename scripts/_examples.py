@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +213,15 @@ class CurveRecorder(TrainerCallback):
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def final_eval_sets(spec: str, splits: Mapping[str, Any]) -> dict[str, Any]:
+    """The splits named in ``--final_eval_splits`` (comma-separated), refusing unknown names."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in names if s not in splits]
+    if unknown:
+        raise ValueError(f"--final_eval_splits has unknown split(s) {unknown}; available: {sorted(splits)}.")
+    return {s: splits[s] for s in names}
 
 
 def finish(trainer, recorder: CurveRecorder, eval_sets: dict[str, Any], *, task: str) -> dict[str, Any]:

@@ -230,11 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
         compute_metrics=compute_metrics,
         callbacks=[recorder],
     )
-    finals = [s.strip() for s in data_args.final_eval_splits.split(",") if s.strip()]
-    unknown = [s for s in finals if s not in data]
-    if unknown:
-        raise ValueError(f"--final_eval_splits has unknown split(s) {unknown}; available: {sorted(data)}.")
-    result = _examples.finish(trainer, recorder, {s: data[s] for s in finals}, task=kind)
+    eval_sets = _examples.final_eval_sets(data_args.final_eval_splits, data)
+    result = _examples.finish(trainer, recorder, eval_sets, task=kind)
     if training_args.should_save:
         trainer.save_model()
     return result

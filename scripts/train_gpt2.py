@@ -279,11 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=CausalLMCollator(eos),
         callbacks=[recorder],
     )
-    finals = [s.strip() for s in data_args.final_eval_splits.split(",") if s.strip()]
-    unknown = [s for s in finals if s not in lm]
-    if unknown:
-        raise ValueError(f"--final_eval_splits has unknown split(s) {unknown}; available: {sorted(lm)}.")
-    result = _examples.finish(trainer, recorder, {s: lm[s] for s in finals}, task="lm")
+    eval_sets = _examples.final_eval_sets(data_args.final_eval_splits, lm)
+    result = _examples.finish(trainer, recorder, eval_sets, task="lm")
     if training_args.should_save:
         trainer.save_model()
         if kept is not None:
