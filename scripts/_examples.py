@@ -244,4 +244,6 @@ def finish(trainer, recorder: CurveRecorder, eval_sets: dict[str, Any], *, task:
         recorder.summary["final"][split] = {k.removeprefix(f"{split}_"): v for k, v in metrics.items()}
     recorder.summary["log_history"] = trainer.state.log_history
     recorder.save()
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()  # destroys the process group, so no gloo thread outlives the script
     return {"num_layers": recorder.num_layers, "curve": recorder.curve, **recorder.summary}

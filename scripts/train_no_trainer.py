@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         accelerator.unwrap_model(model).save_pretrained(args.output_dir)
         cfg.save_pretrained(args.output_dir)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group, so no gloo thread outlives the script
     return history
 
 

@@ -11,7 +11,6 @@ import os
 import sys
 import time
 
-import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -130,8 +129,9 @@ def main() -> None:
         payload["engine_data_efficiency"] = bool(engine.data_efficiency_enabled())
         payload["engine_config_keys"] = sorted(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
     dump(a.record.replace("RANK", str(args.process_index)), payload)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    trainer.accelerator.wait_for_everyone()
+    # tear the process group down before exit: gloo threads left running abort the process at interpreter exit
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
