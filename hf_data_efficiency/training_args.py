@@ -21,7 +21,7 @@ import copy
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from transformers import TrainingArguments
@@ -372,14 +372,7 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         if not metrics:
             return None
         if base is not None:
-            return CurriculumConfig(
-                metrics=metrics,
-                seed=base.seed,
-                num_epochs=base.num_epochs,
-                num_workers=base.num_workers,
-                pin_memory=base.pin_memory,
-                data_cluster_path=base.data_cluster_path,
-            )
+            return replace(base, metrics=metrics)
         return CurriculumConfig(metrics=metrics, seed=seed)
 
     def _metrics_from_flags(self, names: list[str]) -> list[CurriculumMetricConfig]:

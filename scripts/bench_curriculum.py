@@ -57,6 +57,18 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _measurement(batches: int, elapsed: float, first_s: float, base_rss_mb: float, state: float | None) -> dict:
+    """One sampler's figures: throughput after the first batch, time to it, and memory."""
+    peak = _peak_rss_mb()
+    return {
+        "batches_per_s": batches / elapsed,
+        "first_batch_s": first_s,
+        "peak_rss_mb": peak,
+        "rss_growth_mb": peak - base_rss_mb,
+        "state_bytes_per_sample": state,
+    }
+
+
 def _rss_mb() -> float:
     import psutil
 
@@ -95,14 +107,7 @@ def child_ours(n: int, batches: int) -> dict[str, Any]:
         done += got // GLOBAL_BATCH
         if done < batches:
             stream = iter(sampler)
-    elapsed = time.perf_counter() - start
-    return {
-        "batches_per_s": batches / elapsed,
-        "first_batch_s": first_s,
-        "peak_rss_mb": _peak_rss_mb(),
-        "rss_growth_mb": _peak_rss_mb() - base,
-        "state_bytes_per_sample": sampler.nbytes / n,
-    }
+    return _measurement(batches, time.perf_counter() - start, first_s, base, sampler.nbytes / n)
 
 
 def child_deepspeed(n: int, batches: int, index_dir: str) -> dict[str, Any]:
@@ -151,14 +156,7 @@ def child_deepspeed(n: int, batches: int, index_dir: str) -> dict[str, Any]:
     start = time.perf_counter()
     for batch in islice(stream, batches):
         assert len(batch) == GLOBAL_BATCH
-    elapsed = time.perf_counter() - start
-    return {
-        "batches_per_s": batches / elapsed,
-        "first_batch_s": first_s,
-        "peak_rss_mb": _peak_rss_mb(),
-        "rss_growth_mb": _peak_rss_mb() - base,
-        "state_bytes_per_sample": None,
-    }
+    return _measurement(batches, time.perf_counter() - start, first_s, base, None)
 
 
 def build_deepspeed_index(n: int, index_dir: str) -> float:
