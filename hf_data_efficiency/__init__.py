@@ -34,6 +34,7 @@ _LAZY = {
     "get_layer_token_lr_scheduler": ".routing.lr_schedule",
     "LayerTokenLRScheduler": ".routing.lr_schedule",
     # integration
+    "DataEfficiencyEngine": ".engine",
     "DataEfficiencyTrainingArguments": ".training_args",
     "DataEfficiencyTrainer": ".trainer",
     "DataEfficiencyCallback": ".callbacks",

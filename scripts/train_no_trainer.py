@@ -1,27 +1,36 @@
 #!/usr/bin/env python
 """Curriculum learning and random-LTD in a plain ``accelerate`` training loop, without ``transformers.Trainer``.
 
-The same parts the Trainer uses, wired by hand::
+The same :class:`~hf_data_efficiency.DataEfficiencyEngine` the Trainer uses wires everything::
 
-    compute_metrics -> CurriculumSampler -> (CurriculumDataset + SeqlenTransform) -> DataLoader
-    -> accelerator.prepare; apply_random_ltd(model) and handle.update(step) before every optimizer step.
+    engine = DataEfficiencyEngine(cfg, batch_size=..., world_size=..., gradient_accumulation_steps=...)
+    loader = DataLoader(engine.loader_dataset(data), sampler=engine.build_sampler(data),
+                        collate_fn=engine.wrap_collator(collate), ...)
+    engine.attach(model)                      # random-LTD patches the layers in place
+    engine.begin_step(step)                   # before each optimizer step: the kept length
+    engine.count_batch(batch)                 # per micro-batch: the counters
+    engine.step_logs(step, accelerator.reduce)  # per step: difficulty, kept length, counters
+    save_checkpoint(..., write=lambda d: (accelerator.save_state(d), engine.save_state(d, step)))
+    engine.resume_position(step, len(loader))     # resume: the epoch to set and the micro-batches to skip
 
 Examples::
 
-    python scripts/train_no_trainer.py --config ds_config.json --output_dir out/no_trainer
+    python scripts/train_no_trainer.py --config ds_config.json --output_dir out/no_trainer --save_steps 10
+    python scripts/train_no_trainer.py --config ds_config.json --output_dir out/no_trainer --resume_from_checkpoint latest
     accelerate launch --num_processes 2 scripts/train_no_trainer.py --config ds_config.json --dataset ptb
 
 ``--config`` is a data-efficiency config: our JSON/YAML layout, a DeepSpeed ds_config (its ``data_efficiency``
 block is read) or a directory holding ``data_efficiency_config.json``. ``--dataset synthetic`` (default) trains
 on random token rows of varied length, ``--dataset ptb`` on Penn Treebank lines with the GPT-2 BPE (offline).
-Every optimizer step appends one JSON line to ``<output_dir>/metrics.jsonl``.
+Every optimizer step appends one JSON line to ``<output_dir>/metrics.jsonl``. Checkpoints are written atomically
+(``.checkpoint-N.partial`` renamed to ``checkpoint-N`` once complete), so ``--resume_from_checkpoint latest``
+always finds a complete one, even after the process was killed mid-save.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from typing import Any
 
@@ -32,15 +41,8 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel, get_scheduler, set_seed
 
-from hf_data_efficiency import (
-    CurriculumSampler,
-    DataEfficiencyConfig,
-    SeqlenTransform,
-    apply_random_ltd,
-    compute_metrics,
-    get_layer_token_lr_scheduler,
-)
-from hf_data_efficiency.curriculum.transforms import CurriculumDataset
+from hf_data_efficiency import DataEfficiencyEngine
+from hf_data_efficiency.checkpoints import resolve_resume_checkpoint, save_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup_steps", type=int, default=0)
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--save_steps", type=int, default=0, help="save a checkpoint every N optimizer steps (0: never)")
+    p.add_argument(
+        "--resume_from_checkpoint", default=None, help="a checkpoint directory, or 'latest' (newest complete one)"
+    )
     p.add_argument("--cpu", action="store_true", help="force CPU")
     return p.parse_args(argv)
 
@@ -103,38 +109,34 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, cpu=args.cpu)
     set_seed(args.seed)
-    cfg = DataEfficiencyConfig.from_pretrained(args.config) if args.config else DataEfficiencyConfig()
     data, vocab, pad_id = build_dataset(args)
-    collate = make_collator(pad_id)
-    world, ga, bs = accelerator.num_processes, args.gradient_accumulation_steps, args.per_device_batch_size
-    global_batch = bs * world * ga
+    ga, bs = args.gradient_accumulation_steps, args.per_device_batch_size
+    engine = DataEfficiencyEngine(
+        args.config,
+        batch_size=bs,
+        world_size=accelerator.num_processes,
+        gradient_accumulation_steps=ga,
+        pad_token_id=pad_id,
+    )
 
-    # ----- data: metrics -> sampler -> dataset/collator wrappers -> DataLoader
-    sampler = None
-    if cfg.curriculum is not None:
-        names = [m.name for m in cfg.curriculum.sampling_metrics]
-        missing = [n for n in names if n not in data.column_names]
-        if missing:
-            with accelerator.main_process_first():
-                data = compute_metrics(data, missing, pad_token_id=pad_id)
-        transform = cfg.curriculum.transform
-        sampler = CurriculumSampler(
-            data,
-            cfg.curriculum,
-            batch_size=bs,
-            world_size=world,
-            gradient_accumulation_steps=ga,
-            return_max_tokens=transform is not None,
-        )
-        train_data: Any = data.remove_columns(missing)
-        if transform is not None:
-            train_data = CurriculumDataset(train_data)
-            collate = SeqlenTransform(transform.name, collate, pad_token_id=pad_id)
+    # ----- data: the curriculum sampler and the per-step sequence-length transform, or plain shuffling
+    collate = engine.wrap_collator(make_collator(pad_id))
+    shuffle = torch.Generator()
+    if engine.config.curriculum is not None:
+        with accelerator.main_process_first():
+            data = engine.metric_dataset(data)
+        sampler = engine.build_sampler(data)
         loader = DataLoader(
-            train_data, batch_size=bs, sampler=sampler, collate_fn=collate, num_workers=args.num_workers
+            engine.loader_dataset(data),
+            batch_size=bs,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=args.num_workers,
         )
     else:
-        loader = DataLoader(data, batch_size=bs, shuffle=True, collate_fn=collate, num_workers=args.num_workers)
+        loader = DataLoader(
+            data, batch_size=bs, shuffle=True, generator=shuffle, collate_fn=collate, num_workers=args.num_workers
+        )
 
     # ----- model: random-LTD patches the layers in place
     model = GPT2LMHeadModel(
@@ -149,33 +151,54 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             pad_token_id=pad_id,
         )
     )
-    handle = apply_random_ltd(model, cfg.random_ltd, global_batch_size=global_batch) if cfg.random_ltd else None
+    engine.attach(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate)
-    lr_cfg = cfg.random_ltd.layer_token_lr_schedule if cfg.random_ltd else None
-    if lr_cfg is not None and lr_cfg.enabled:
-        scheduler = get_layer_token_lr_scheduler(
-            optimizer,
-            handle.scheduler,
-            total_layer_tokens=lr_cfg.total_layer_tokens,
-            warmup_layer_tokens=lr_cfg.warmup_layer_tokens or handle.scheduler.total_layer_tokens(args.warmup_steps),
-            warmup_type=lr_cfg.warmup_type,
-            num_training_steps=args.max_steps,
-        )
-    else:
-        scheduler = get_scheduler("linear", optimizer, args.warmup_steps, args.max_steps)
+    scheduler = engine.layer_token_lr_scheduler(
+        optimizer, args.max_steps, args.warmup_steps, "linear"
+    ) or get_scheduler("linear", optimizer, args.warmup_steps, args.max_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    # ----- resume: the stream and counters through the engine; model/optimizer/scheduler/RNG through accelerate
+    step = 0
+    resume = True if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+    checkpoint = resolve_resume_checkpoint(resume, args.output_dir, trainer=False)
+    if checkpoint is not None:
+        state = engine.read_state(checkpoint)
+        engine.load_state_dict(state)  # counters, kept length, and a check that the stream is the same
+        step = state["global_step"]
+        accelerator.print(f"resumed from {checkpoint} at step {step}")
+    else:
+        engine.reset()
 
     # ----- loop: set the kept length before each optimizer step's first forward
     os.makedirs(args.output_dir, exist_ok=True)
+    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    if accelerator.is_main_process:  # a resumed run keeps the rows up to its checkpoint
+        rows = (
+            open(metrics_path).read().splitlines() if checkpoint is not None and os.path.exists(metrics_path) else []
+        )
+        with open(metrics_path, "w") as f:
+            f.writelines(r + "\n" for r in rows if json.loads(r)["step"] <= step)
     history: list[dict[str, Any]] = []
-    step, micro, loss_sum, widths, longest = 0, 0, 0.0, [], 0
-    for epoch in range(math.ceil(args.max_steps / max(1, len(loader) // ga)) + 1):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        for batch in loader:
-            if micro % ga == 0 and handle is not None:
-                handle.update(step)
+    micro, loss_sum, widths, longest = 0, 0.0, [], 0
+    epoch, skip = engine.resume_position(step, len(loader))
+    while step < args.max_steps:
+        # the epoch positions the curriculum stream (or seeds the shuffling); a resumed epoch skips its consumed
+        # micro-batches, as the Trainer does
+        shuffle.manual_seed(args.seed + epoch)
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        skip = 0
+        for batch in batches:
+            if checkpoint is not None:
+                # after the loader's iterator exists (creating it draws from the torch RNG), as the Trainer does, so
+                # random-LTD's subsets and dropout continue exactly as in an uninterrupted run
+                accelerator.load_state(checkpoint)
+                checkpoint = None
+            if micro % ga == 0:
+                engine.begin_step(step)
             micro += 1
+            engine.count_batch(batch)
             widths.append(int(batch["input_ids"].shape[1]))
             longest = max(longest, int(batch["attention_mask"].sum(1).max()))
             with accelerator.accumulate(model):
@@ -190,25 +213,34 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             step += 1
             row: dict[str, Any] = {"step": step, "loss": loss_sum, "lr": scheduler.get_last_lr()[0]}
             row["max_width"], row["max_real_tokens"] = max(widths), longest
-            if sampler is not None:
-                row.update({f"difficulty_{k}": float(v) for k, v in sampler.difficulty_at(step).items()})
-            if handle is not None:
-                row["kept_length"] = handle.kept_length
+            row.update(engine.step_logs(step, accelerator.reduce, accelerator.device))
             history.append(row)
             if accelerator.is_main_process:
                 print(json.dumps(row), flush=True)
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
             loss_sum, widths, longest = 0.0, [], 0
+            if args.save_steps and step % args.save_steps == 0:
+
+                def write(folder: str, step: int = step) -> None:
+                    accelerator.save_state(folder)
+                    engine.save_state(folder, step)
+
+                save_checkpoint(
+                    args.output_dir,
+                    step,
+                    write,
+                    is_main_process=accelerator.is_main_process,
+                    wait_for_everyone=accelerator.wait_for_everyone,
+                )
             if step >= args.max_steps:
                 break
-        if step >= args.max_steps:
-            break
+        epoch += 1
 
     if accelerator.is_main_process:
-        with open(os.path.join(args.output_dir, "metrics.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
         # the patch lives on layer instances only, so the saved model is plain transformers
         accelerator.unwrap_model(model).save_pretrained(args.output_dir)
-        cfg.save_pretrained(args.output_dir)
+        engine.config.save_pretrained(args.output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # destroys the process group, so no gloo thread outlives the script
     return history

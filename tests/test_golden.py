@@ -124,8 +124,10 @@ def test_accelerate_loop_equals_recorded_main(tmp_path):
     cmd = [sys.executable, str(script), "--config", str(path), "--output_dir", str(out), "--max_steps", "8"]
     cmd += ["--gradient_accumulation_steps", "2", "--per_device_batch_size", "4", "--cpu"]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    keys = ("step", "loss", "lr", "max_width", "max_real_tokens", "difficulty_seqlen", "kept_length")
-    got = [{k: r[k] for k in keys} for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    keys = {k: k for k in ("step", "loss", "lr", "max_width", "max_real_tokens")}
+    keys.update({"difficulty_seqlen": "curriculum/difficulty_seqlen", "kept_length": "random_ltd/kept_length"})
+    rows = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    got = [{k: r[src] for k, src in keys.items()} for r in rows]
     golden = GOLDEN.with_name("golden_no_trainer.json")
     if os.environ.get("HFDE_RECORD_GOLDEN"):
         golden.write_text(json.dumps(got, indent=1) + "\n")

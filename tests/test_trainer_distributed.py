@@ -223,9 +223,82 @@ def test_plain_accelerate_loop_script(tmp_path):
     truncate = CurriculumScheduler({**TRUNCATE_METRIC, "max_difficulty": 64})
     for r in rows:
         k = r["step"]
-        assert r["difficulty_seqlen"] == sampling.get_difficulty(k)
+        assert r["curriculum/difficulty_seqlen"] == sampling.get_difficulty(k)
         assert r["max_real_tokens"] <= sampling.get_difficulty(k)
         assert r["max_width"] <= truncate.get_difficulty(k)
         value = int((k - 1) / 6 * 48 + 16)
-        assert r["kept_length"] == min(64, value - value % 16)
+        assert r["random_ltd/kept_length"] == min(64, value - value % 16)
     assert (out / "model.safetensors").exists()
+
+
+def test_plain_accelerate_loop_resumes_after_sigkill(tmp_path):
+    """The loop script saves atomically every 2 steps; SIGKILL it after step 5 and resume 'latest' (step 4, mid-epoch,
+    so the sampler's saved position is what continues the stream): every row after the checkpoint equals an
+    uninterrupted run, counters included."""
+    from test_golden import NO_TRAINER_CONFIG
+
+    path = tmp_path / "ds_config.json"
+    path.write_text(json.dumps(NO_TRAINER_CONFIG))
+    script = str(ROOT / "scripts" / "train_no_trainer.py")
+    base = [sys.executable, script, "--config", str(path), "--max_steps", "8", "--cpu"]
+    base += ["--gradient_accumulation_steps", "2", "--per_device_batch_size", "4"]
+    run([*base, "--output_dir", str(tmp_path / "full")])
+    full = [json.loads(r) for r in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*base, "--output_dir", str(out), "--save_steps", "2"], env=env(), cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    for line in proc.stdout:
+        if line.startswith("{") and json.loads(line)["step"] == 5:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    run([*base, "--output_dir", str(out), "--resume_from_checkpoint", "latest"])
+    resumed = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    assert resumed == full
+
+
+def test_fault_injection_sigkill_anywhere_then_automatic_resume(tmp_path):
+    """Kill a run with saves every 2 steps (each checkpoint file write slowed down, so kills land inside saves too)
+    5 times at pseudo-random points; each restart resumes the newest complete checkpoint automatically. The last
+    run's weights and every logged loss equal an uninterrupted run's."""
+    import random
+
+    from hf_data_efficiency.checkpoints import checkpoint_problems, last_complete_checkpoint
+
+    steps = ["--max_steps", "12", "--save_steps", "2"]
+    whole = trainer_run(tmp_path / "whole", *steps)
+    out = tmp_path / "killed"
+    rng = random.Random(1234)
+    kills, incomplete_seen = 0, set()
+    for i, target in enumerate(sorted(rng.sample(range(1, 12), 5))):
+        # odd kills: inside a checkpoint file write at or after the target step; even kills: anywhere after it
+        marker = "SAVING " if i % 2 else "STEP "
+        resume = ["--resume", "last"] if last_complete_checkpoint(out) else []
+        cmd = [sys.executable, RUN, "--output_dir", str(out), "--record", str(out / "rec_RANK.json"), *steps]
+        proc = subprocess.Popen(
+            [*cmd, *resume, "--slow_saves", "0.05"], env=env(), stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        try:
+            reached = False
+            for line in proc.stdout:
+                reached = reached or (line.startswith("STEP ") and int(line.split()[1]) >= target)
+                if reached and line.startswith(marker):
+                    time.sleep(rng.uniform(0.0, 0.05 if i % 2 else 0.25))
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+        finally:
+            proc.kill()
+            proc.wait()
+        kills += proc.returncode == -signal.SIGKILL
+        incomplete_seen |= {c.name for c in out.glob("checkpoint-*") if checkpoint_problems(c)}
+    assert kills == 5
+    assert incomplete_seen  # some kills really interrupted a save, and resuming skipped what it left
+    assert not (out / "rec_0.json").exists()
+    final = trainer_run(out, *steps, "--resume", "last")
+    assert final["weights"] == whole["weights"]
+    assert final["losses"] == whole["losses"] and len(whole["losses"]) == 12

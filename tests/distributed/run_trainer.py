@@ -7,6 +7,7 @@ as a plain process that resumes from a checkpoint, as one that gets SIGKILLed, a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -28,6 +29,41 @@ from tiny import (  # noqa: E402
 )
 
 from hf_data_efficiency import DataEfficiencyTrainingArguments  # noqa: E402
+
+
+class PrintSteps(TrainerCallback):
+    """Print every finished step, so a test can time a kill."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        print(f"STEP {state.global_step}", flush=True)
+
+
+def slow_down_saves(seconds: float) -> None:
+    """Sleep before every checkpoint file write (torch.save, safetensors, our state), so kills land inside saves."""
+    import torch
+    import transformers.modeling_utils as modeling_utils
+
+    import hf_data_efficiency.engine as engine
+
+    def slowed(fn):
+        def wrapper(*args, **kwargs):
+            print(f"SAVING {fn.__name__}", flush=True)
+            time.sleep(seconds)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    torch.save = slowed(torch.save)
+    modeling_utils.safe_save_file = slowed(modeling_utils.safe_save_file)
+    engine.atomic_write_text = slowed(engine.atomic_write_text)
+
+
+def weights_digest(model) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 class Stall(TrainerCallback):
@@ -99,7 +135,10 @@ def main() -> None:
         "--zero_stage", type=int, default=0, choices=[0, 2, 3], help="DeepSpeed ZeRO stage (0: no DeepSpeed)"
     )
     p.add_argument("--stall_after", type=int, default=0)
+    p.add_argument("--slow_saves", type=float, default=0.0, help="seconds to sleep before each checkpoint file write")
     a = p.parse_args()
+    if a.slow_saves:
+        slow_down_saves(a.slow_saves)
 
     trainer = build_trainer(
         a.output_dir,
@@ -109,7 +148,7 @@ def main() -> None:
         ga=a.ga,
         workers=a.workers,
         zero_stage=a.zero_stage,
-        callbacks=[Stall(a.stall_after)] if a.stall_after else None,
+        callbacks=[PrintSteps()] + ([Stall(a.stall_after)] if a.stall_after else []),
     )
     args = trainer.args
     resume = True if a.resume == "last" else a.resume
@@ -121,6 +160,7 @@ def main() -> None:
         "losses": step_losses(trainer.state.log_history),
         "log_history": trainer.state.log_history,
         "config": trainer.data_efficiency_config.to_dict(),
+        "weights": weights_digest(trainer.model),
     }
     if a.zero_stage:
         engine = trainer.model_wrapped

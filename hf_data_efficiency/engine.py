@@ -1,0 +1,453 @@
+"""``DataEfficiencyEngine``: the one object that wires curriculum learning and random-LTD to a training loop.
+
+Every integration (``DataEfficiencyTrainer``, a plain accelerate loop, the CLI) goes through it, so each piece of
+logic exists once:
+
+* **config** -- :func:`resolve_config` reads our config, a DeepSpeed one or a ``data_efficiency`` block;
+* **data** -- :meth:`~DataEfficiencyEngine.metric_dataset` finds every sampling metric (a dataset column of its
+  name, DeepSpeed index files, or computed), :meth:`~DataEfficiencyEngine.build_sampler` builds the
+  :class:`~hf_data_efficiency.CurriculumSampler`, :meth:`~DataEfficiencyEngine.loader_dataset` and
+  :meth:`~DataEfficiencyEngine.wrap_collator` carry each batch's ``seqlen_truncate``/``seqlen_reshape`` difficulty
+  from the sampler to the collator;
+* **model** -- :meth:`~DataEfficiencyEngine.attach` patches random-LTD in place,
+  :meth:`~DataEfficiencyEngine.begin_step` sets the kept length before each optimizer step;
+* **counters and logs** -- :meth:`~DataEfficiencyEngine.count_batch` per micro-batch,
+  :meth:`~DataEfficiencyEngine.step_logs` (a collective call) per logged step;
+* **LR** -- :meth:`~DataEfficiencyEngine.layer_token_lr_scheduler`;
+* **state** -- one versioned JSON :meth:`~DataEfficiencyEngine.state_dict`, written atomically into checkpoints.
+
+A plain loop::
+
+    engine = DataEfficiencyEngine(cfg, batch_size=8, world_size=accelerator.num_processes)
+    data = engine.metric_dataset(data)
+    loader = DataLoader(engine.loader_dataset(data), batch_size=8, sampler=engine.build_sampler(data),
+                        collate_fn=engine.wrap_collator(collate))
+    engine.attach(model)
+    for step, batch in ...:  # engine.begin_step(step) before each optimizer step, engine.count_batch(batch)
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from transformers.utils import logging
+
+from .config import DataEfficiencyConfig
+from .fileio import atomic_write_text
+
+logger = logging.get_logger(__name__)
+
+STATE_NAME = "data_efficiency_state.json"
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+_STATE_KEYS = ("version", "global_step", "config", "counters", "sampler", "random_ltd")
+_COUNTERS = ("consumed_samples", "tokens", "layer_tokens")
+#: ``--lr_scheduler_type`` values that have a layer-token version, and the decay they map to.
+LAYER_TOKEN_DECAYS = {
+    "linear": "linear",
+    "cosine": "cosine",
+    "constant": "constant",
+    "constant_with_warmup": "constant",
+}
+
+
+def resolve_config(
+    source: DataEfficiencyConfig | Mapping[str, Any] | str | os.PathLike | None,
+) -> DataEfficiencyConfig:
+    """A :class:`DataEfficiencyConfig` from itself, a dict (ours or DeepSpeed's), a JSON string, or a file/directory."""
+    if source is None:
+        return DataEfficiencyConfig()
+    if isinstance(source, DataEfficiencyConfig):
+        return source
+    if isinstance(source, Mapping):
+        return DataEfficiencyConfig.from_dict(dict(source))
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        return DataEfficiencyConfig.from_dict(json.loads(source))
+    if isinstance(source, (str, os.PathLike)):
+        return DataEfficiencyConfig.from_pretrained(source)
+    raise ValueError(
+        f"data efficiency config must be a DataEfficiencyConfig, a dict, a JSON string or a path, got "
+        f"{type(source).__name__}."
+    )
+
+
+class ResumeError(ValueError):
+    """A checkpoint's data-efficiency state cannot be resumed from exactly."""
+
+
+class DataEfficiencyEngine:
+    """Curriculum learning and random-LTD for one training run (see the module docstring).
+
+    Args:
+        config: the data-efficiency config (anything :func:`resolve_config` takes).
+        batch_size: per-device micro-batch size.
+        world_size, gradient_accumulation_steps: the batch geometry; one optimizer step consumes
+            ``batch_size * world_size * gradient_accumulation_steps`` samples.
+        pad_token_id: padding id used when metrics are computed and by ``seqlen_reshape``.
+        metrics_num_proc: worker processes for computing missing metric columns.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        batch_size: int,
+        world_size: int = 1,
+        gradient_accumulation_steps: int = 1,
+        pad_token_id: int | None = None,
+        metrics_num_proc: int | None = None,
+    ) -> None:
+        self.config = resolve_config(config)
+        self.batch_size = int(batch_size)
+        self.world_size = max(1, int(world_size))
+        self.gradient_accumulation_steps = int(gradient_accumulation_steps)
+        self.pad_token_id = pad_token_id
+        self.metrics_num_proc = metrics_num_proc
+        self.sampler: Any = None
+        self.random_ltd_handle: Any = None
+        self._metric_cache: tuple[Any, Any, list[str]] | None = None
+        self._totals = dict.fromkeys(_COUNTERS, 0)
+        self._local = {"samples": 0, "tokens": 0}
+        self._layer_token_mark = 0
+
+    # ----- geometry ---------------------------------------------------------------------------------------
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size * self.gradient_accumulation_steps
+
+    # ----- data ---------------------------------------------------------------------------------------------
+    def check_dataset(self, dataset: Any) -> None:
+        """Refuse a training dataset the curriculum cannot sample from (``None`` passes: checked at training)."""
+        import datasets
+
+        if dataset is None or self.config.curriculum is None:
+            return
+        if isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset)):
+            raise ValueError(
+                "train_dataset: curriculum learning needs a map-style datasets.Dataset (random access to every "
+                f"sample and its metric), got a {type(dataset).__name__} (streaming). Materialise it (load without "
+                "streaming=True, or datasets.Dataset.from_generator) or train without the curriculum (random-LTD "
+                "alone works with iterable datasets)."
+            )
+        if not isinstance(dataset, datasets.Dataset):
+            raise ValueError(
+                f"train_dataset: curriculum learning needs a datasets.Dataset with the metric columns, got "
+                f"{type(dataset).__name__}; convert it with datasets.Dataset.from_list / from_dict."
+            )
+
+    def metric_dataset(self, dataset: Any, *, main_process_first: Callable[..., Any] | None = None) -> Any:
+        """``dataset`` with a column for every sampling metric.
+
+        A metric comes from the dataset column of its name; else from DeepSpeed index files when the config names
+        them (``index_to_sample_path``/``index_to_metric_path``); else it is computed. ``main_process_first`` is a
+        context-manager factory (``TrainingArguments.main_process_first``) so that one process computes and the
+        others read the ``datasets`` cache. The result is cached per input dataset.
+        """
+        if self._metric_cache is not None and self._metric_cache[0] is dataset:
+            return self._metric_cache[1]
+        self.check_dataset(dataset)
+        from .curriculum.metrics import BUILTIN_METRICS, compute_metrics
+
+        original = dataset
+        sampling = self.config.curriculum.sampling_metrics
+        added = []
+        for m in sampling:
+            if m.index_to_sample_path is None:
+                continue
+            if m.name in dataset.column_names:
+                logger.warning(
+                    f"curriculum metric {m.name!r}: the dataset column of that name is used; its DeepSpeed index "
+                    f"files ({m.index_to_sample_path}) are not read."
+                )
+                continue
+            from .curriculum.index import metric_array_from_deepspeed_index
+
+            values = metric_array_from_deepspeed_index(m.index_to_sample_path, m.index_to_metric_path, len(dataset))
+            dataset = dataset.add_column(m.name, values)
+            added.append(m.name)
+        missing = [m.name for m in sampling if m.name not in dataset.column_names]
+        if missing:
+            unknown = [n for n in missing if n not in BUILTIN_METRICS]
+            if unknown:
+                raise ValueError(
+                    f"curriculum metric(s) {unknown} are neither columns of the training dataset "
+                    f"({dataset.column_names}) nor built-in metrics ({', '.join(BUILTIN_METRICS)}); add the "
+                    "column(s), e.g. hf_data_efficiency.compute_metrics(dataset, {name: batched_fn})."
+                )
+            if "input_ids" not in dataset.column_names:
+                raise ValueError(
+                    f"curriculum metric(s) {missing} are not columns of the training dataset and cannot be computed: "
+                    f"it has no 'input_ids' column (columns: {dataset.column_names}). Tokenize the dataset first, or "
+                    "add the metric columns yourself (one number per sample, named after the metric)."
+                )
+            context = main_process_first(desc="computing curriculum metrics") if main_process_first else None
+            with context or contextlib.nullcontext():
+                dataset = compute_metrics(
+                    dataset, missing, num_proc=self.metrics_num_proc, pad_token_id=self.pad_token_id
+                )
+        self._metric_cache = (original, dataset, added + missing)
+        return dataset
+
+    def build_sampler(self, dataset: Any) -> Any:
+        """The :class:`CurriculumSampler` over ``dataset``'s metric columns (see :meth:`metric_dataset`)."""
+        from .curriculum.sampler import CurriculumSampler
+
+        self.sampler = CurriculumSampler(
+            self.metric_dataset(dataset),
+            self.config.curriculum,
+            batch_size=self.batch_size,
+            world_size=self.world_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            return_max_tokens=self.config.curriculum.transform is not None,
+        )
+        return self.sampler
+
+    def loader_dataset(self, dataset: Any) -> Any:
+        """What the DataLoader indexes: ``dataset`` without the metric columns added here, and wrapped so that
+        each sample carries its step's max tokens when a sequence-length transform is on."""
+        added = self._metric_cache[2] if self._metric_cache is not None else []
+        leftover = [c for c in added if c in getattr(dataset, "column_names", ())]
+        if leftover:  # columns we added ourselves never reach the collator
+            dataset = dataset.remove_columns(leftover)
+        if self.config.curriculum is not None and self.config.curriculum.transform is not None:
+            from .curriculum.transforms import CurriculumDataset
+
+            dataset = CurriculumDataset(dataset)
+        return dataset
+
+    def wrap_collator(self, collator: Callable | None) -> Callable | None:
+        """``collator`` wrapped in the sequence-length transform (features without a step tag pass unchanged)."""
+        transform = self.config.curriculum.transform if self.config.curriculum is not None else None
+        if transform is None:
+            return collator
+        from .curriculum.transforms import SeqlenTransform
+
+        return SeqlenTransform(transform.name, collator, pad_token_id=self.pad_token_id)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Position the curriculum stream at the start of ``epoch``."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    # ----- model ----------------------------------------------------------------------------------------------
+    def attach(self, model: torch.nn.Module) -> Any:
+        """Patch ``model`` for random-LTD in place (``None`` without random-LTD); returns the handle."""
+        if self.config.random_ltd is None:
+            return None
+        from .routing.random_ltd import apply_random_ltd
+
+        self.random_ltd_handle = apply_random_ltd(
+            model, self.config.random_ltd, global_batch_size=self.global_batch_size
+        )
+        self._layer_token_mark = self.random_ltd_handle.actual_layer_tokens
+        return self.random_ltd_handle
+
+    def begin_step(self, global_step: int) -> None:
+        """Before the forward passes of optimizer step ``global_step + 1``: set the kept length from the 0-based
+        step ``global_step``, as DeepSpeed's engine does."""
+        if self.random_ltd_handle is not None:
+            self.random_ltd_handle.update(global_step)
+
+    # ----- counters and logs ----------------------------------------------------------------------------------
+    def count_batch(self, inputs: Mapping[str, Any]) -> None:
+        """Count one micro-batch of this process (samples, and tokens including padding)."""
+        if not isinstance(inputs, Mapping):
+            return
+        tokens = inputs.get("input_ids", inputs.get("attention_mask"))
+        if isinstance(tokens, torch.Tensor):
+            self._local["tokens"] += int(tokens.numel())
+            self._local["samples"] += int(tokens.shape[0])
+        else:
+            first = next((v for v in inputs.values() if isinstance(v, torch.Tensor)), None)
+            self._local["samples"] += int(first.shape[0]) if first is not None else 0
+
+    def sync_counters(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, device: Any = None) -> None:
+        """Add every process's counts since the last sync to the totals. With several processes this is a
+        collective call: ``reduce`` sums a tensor over them (``accelerator.reduce``)."""
+        handle = self.random_ltd_handle
+        layer_tokens = 0
+        if handle is not None and handle.num_layers:
+            layer_tokens = handle.actual_layer_tokens - self._layer_token_mark
+            self._layer_token_mark = handle.actual_layer_tokens
+        delta = torch.tensor([self._local["samples"], self._local["tokens"], layer_tokens], dtype=torch.int64)
+        if reduce is not None and self.world_size > 1:
+            delta = reduce(delta.to(device) if device is not None else delta)
+        samples, tokens, layer_tokens = (int(v) for v in delta.tolist())
+        self._totals["consumed_samples"] += samples
+        self._totals["tokens"] += tokens
+        self._totals["layer_tokens"] += layer_tokens
+        self._local = {"samples": 0, "tokens": 0}
+
+    def consumed_samples(self, global_step: int) -> int:
+        """Samples consumed after ``global_step`` optimizer steps (all processes)."""
+        # with the curriculum every optimizer step consumes exactly one global batch of the stream
+        if self.sampler is not None:
+            return global_step * self.sampler.global_batch_size
+        return self._totals["consumed_samples"]
+
+    def step_logs(
+        self, global_step: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, device: Any = None
+    ) -> dict[str, float]:
+        """The values logged after optimizer step ``global_step`` (syncs the counters: a collective call)."""
+        self.sync_counters(reduce, device)
+        out: dict[str, float] = {}
+        if self.sampler is not None and global_step >= 1:
+            for name, value in self.sampler.difficulty_at(global_step).items():
+                out[f"curriculum/difficulty_{name}"] = float(value)
+        handle = self.random_ltd_handle
+        if handle is not None and handle.kept_length is not None:
+            out["random_ltd/kept_length"] = int(handle.kept_length)
+        out["data_efficiency/consumed_samples"] = self.consumed_samples(global_step)
+        if handle is not None and handle.num_layers:
+            out["data_efficiency/layer_tokens"] = self._totals["layer_tokens"]
+            out["data_efficiency/effective_tokens"] = self._totals["layer_tokens"] / handle.total_layers
+        elif self._totals["tokens"]:
+            out["data_efficiency/effective_tokens"] = self._totals["tokens"]
+        return out
+
+    # ----- LR schedule ----------------------------------------------------------------------------------------
+    @property
+    def uses_layer_token_lr(self) -> bool:
+        rl = self.config.random_ltd
+        return rl is not None and rl.layer_token_lr_schedule.enabled
+
+    def layer_token_lr_scheduler(
+        self, optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_steps: int, lr_scheduler_type: Any
+    ) -> Any:
+        """The layer-token LR scheduler (warmup and decay in consumed layer-tokens), or ``None`` when off.
+
+        ``lr_scheduler_type`` (a ``--lr_scheduler_type`` value) picks the decay; warmup defaults to the layer-tokens
+        of ``warmup_steps``. Call :meth:`attach` first."""
+        if not self.uses_layer_token_lr:
+            return None
+        from .routing.lr_schedule import get_layer_token_lr_scheduler
+
+        name = str(getattr(lr_scheduler_type, "value", lr_scheduler_type))
+        decay = LAYER_TOKEN_DECAYS.get(name)
+        if decay is None:
+            raise ValueError(
+                f"lr_scheduler_type={name!r} has no layer-token version; with the layer-token LR schedule use one "
+                f"of {', '.join(LAYER_TOKEN_DECAYS)}."
+            )
+        if self.random_ltd_handle is None:
+            raise ValueError(
+                "the layer-token LR schedule needs the random-LTD model: call engine.attach(model) first."
+            )
+        lr_cfg = self.config.random_ltd.layer_token_lr_schedule
+        scheduler = self.random_ltd_handle.scheduler
+        warmup = lr_cfg.warmup_layer_tokens or scheduler.total_layer_tokens(warmup_steps)
+        return get_layer_token_lr_scheduler(
+            optimizer,
+            scheduler,
+            total_layer_tokens=lr_cfg.total_layer_tokens,
+            warmup_layer_tokens=warmup,
+            warmup_type=lr_cfg.warmup_type,
+            decay_type=decay,
+            num_training_steps=num_training_steps,
+        )
+
+    # ----- state ----------------------------------------------------------------------------------------------
+    def state_dict(self, global_step: int) -> dict[str, Any]:
+        """The JSON-able state after ``global_step`` optimizer steps (call :meth:`sync_counters` first)."""
+        sampler, handle = self.sampler, self.random_ltd_handle
+        return {
+            "version": STATE_VERSION,
+            "global_step": int(global_step),
+            "config": self.config.to_dict(),
+            "counters": {**self._totals, "consumed_samples": self.consumed_samples(global_step)},
+            "sampler": (
+                sampler.state_dict(position=global_step * sampler.global_batch_size) if sampler is not None else None
+            ),
+            "random_ltd": handle.state_dict() if handle is not None else None,
+        }
+
+    def save_state(self, folder: str | os.PathLike, global_step: int) -> str:
+        """Write :meth:`state_dict` atomically as ``folder/data_efficiency_state.json``; returns the path."""
+        path = os.path.join(folder, STATE_NAME)
+        atomic_write_text(path, json.dumps(self.state_dict(global_step), indent=2, sort_keys=True) + "\n")
+        return path
+
+    def read_state(self, checkpoint: str | os.PathLike, global_step: int | None = None) -> dict[str, Any]:
+        """Read and check ``checkpoint``'s state against this run; a problem raises :class:`ResumeError`.
+
+        ``global_step`` is the checkpoint's step as the training loop knows it (cross-checked when given)."""
+        path = os.path.join(checkpoint, STATE_NAME)
+        if not os.path.isfile(path):
+            raise ResumeError(
+                f"{path} is missing: the checkpoint was not written with data efficiency on, or its save was "
+                "interrupted."
+            )
+        try:
+            with open(path) as f:
+                state = json.load(f)
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+            missing = sorted(set(_STATE_KEYS) - set(state))
+            if missing:
+                raise ValueError(f"missing key(s) {missing}")
+            if state["version"] not in _READABLE_VERSIONS:
+                raise ValueError(f"version={state['version']!r}, supported: {list(_READABLE_VERSIONS)}")
+            saved = DataEfficiencyConfig.from_dict(state["config"])
+        except (OSError, ValueError, TypeError) as e:
+            raise ResumeError(f"{path} is corrupt ({e}).") from e
+        if global_step is not None and state["global_step"] != global_step:
+            raise ResumeError(
+                f"{path} is for step {state['global_step']} but the checkpoint is at step {global_step}."
+            )
+        if saved != self.config:
+            raise ResumeError(
+                f"{path} was saved with a different data-efficiency config than the current one; "
+                f"saved: {json.dumps(state['config'], sort_keys=True)}."
+            )
+        return state
+
+    def resume_position(self, global_step: int, micro_batches_per_epoch: int) -> tuple[int, int]:
+        """``(epoch, micro-batches to skip in it)`` to replay this process's loader to ``global_step``."""
+        steps_per_epoch = max(1, micro_batches_per_epoch // self.gradient_accumulation_steps)
+        epoch, steps = divmod(global_step, steps_per_epoch)
+        return epoch, steps * self.gradient_accumulation_steps
+
+    def reset(self) -> None:
+        """Start the counters of a fresh run."""
+        self._totals = dict.fromkeys(_COUNTERS, 0)
+        self._local = {"samples": 0, "tokens": 0}
+        handle = self.random_ltd_handle
+        self._layer_token_mark = handle.actual_layer_tokens if handle is not None else 0
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a state from :meth:`read_state` (after :meth:`attach` and :meth:`build_sampler`).
+
+        The sampler state is checked (seed, data, batch geometry, metric fingerprint, and a position equal to
+        ``global_step`` global batches). Loops replay the stream to that position the way the Trainer does: set the
+        epoch (``loader.set_epoch``) and skip the micro-batches already consumed in it (``skip_first_batches``);
+        :meth:`resume_position` gives both. accelerate's loaders set the sampler's epoch on every pass, so that is the
+        one resume path."""
+        self.reset()
+        counters = state["counters"]
+        try:
+            for key in _COUNTERS:
+                self._totals[key] = int(counters.get(key, 0))
+            handle = self.random_ltd_handle
+            if handle is not None and state["random_ltd"] is not None:
+                handle.load_state_dict(state["random_ltd"])
+                self._layer_token_mark = handle.actual_layer_tokens
+            if self.sampler is not None and state["sampler"] is not None:
+                expected = state["global_step"] * self.sampler.global_batch_size
+                if state["sampler"].get("position") != expected:
+                    raise ValueError(
+                        f"sampler.position={state['sampler'].get('position')!r} disagrees with global_step="
+                        f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}"
+                    )
+                self.sampler.load_state_dict(state["sampler"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ResumeError(str(e)) from e
