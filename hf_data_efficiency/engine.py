@@ -77,6 +77,30 @@ def resolve_config(
     )
 
 
+def declare_causal_lm_loss(model: Any) -> bool:
+    """Set ``model.loss_type = "ForCausalLM"`` on a causal LM whose ``loss_type`` is unset; returns whether it did.
+
+    transformers 5.23 leaves ``loss_type`` unset on a causal LM built from a config; its loss still shifts the labels,
+    but the Trainer then counts ``num_items_in_batch`` over unshifted labels (one extra token per row), which
+    under-weights short rows: 6% at 16 tokens, so a sequence-length curriculum is biased. Declaring the loss the
+    model already uses makes the count match: the loss of every optimizer step is the mean over its real, shifted
+    label tokens, across truncation, reshape and gradient accumulation."""
+    from transformers.loss.loss_utils import LOSS_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    inner = getattr(model, "module", model)
+    if type(inner).__name__ not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        return False
+    if getattr(inner, "loss_type", None) in LOSS_MAPPING or getattr(inner.config, "is_encoder_decoder", False):
+        return False
+    inner.loss_type = "ForCausalLM"
+    logger.info(
+        f"{type(inner).__name__}.loss_type was unset; set to 'ForCausalLM' (the loss it computes), so the loss is "
+        "normalised over the real, shifted label tokens of each optimizer step."
+    )
+    return True
+
+
 class ResumeError(ValueError):
     """A checkpoint's data-efficiency state cannot be resumed from exactly."""
 

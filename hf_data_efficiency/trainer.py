@@ -36,7 +36,7 @@ from transformers.utils import logging
 
 from .checkpoints import TRAINER_STATE_NAME, checkpoint_problems, incomplete_message, resolve_resume_checkpoint
 from .config import DataEfficiencyConfig
-from .engine import STATE_NAME, DataEfficiencyEngine, ResumeError
+from .engine import STATE_NAME, DataEfficiencyEngine, ResumeError, declare_causal_lm_loss
 from .training_args import DataEfficiencyTrainingArguments, config_from_deepspeed_keys, split_deepspeed_config
 
 logger = logging.get_logger(__name__)
@@ -110,6 +110,9 @@ class DataEfficiencyTrainer(Trainer):
             gradient_accumulation_steps=getattr(training_args, "gradient_accumulation_steps", 1),
             metrics_num_proc=getattr(training_args, "curriculum_metrics_num_proc", None),
         )
+        model = kwargs.get("model", args[0] if args else None)
+        if cfg.enabled and model is not None:
+            declare_causal_lm_loss(model)
         super().__init__(*args, **kwargs)
         if not cfg.enabled:
             return
@@ -152,6 +155,8 @@ class DataEfficiencyTrainer(Trainer):
 
     def call_model_init(self, trial: Any = None) -> Any:
         model = super().call_model_init(trial)
+        if self.engine.enabled:
+            declare_causal_lm_loss(model)
         self.engine.attach(model)
         return model
 

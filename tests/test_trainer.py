@@ -377,3 +377,35 @@ def test_callback_drives_random_ltd_in_a_plain_trainer(tmp_path):
     trainer.train()
     assert seen == [(s, kept_length_oracle(s)) for s in range(4) for _ in range(GA)]
     assert isinstance(cfg, DataEfficiencyConfig)
+
+
+def test_step_loss_is_the_mean_over_real_shifted_label_tokens(tmp_path):
+    """A from-scratch GPT-2 (loss_type unset in transformers 5.23) with a truncating curriculum and GA 2: the logged
+    loss of step 1 equals the token-mean cross-entropy over the real, shifted labels of the step's truncated
+    micro-batches, recomputed from scratch with the initial weights."""
+    import copy
+
+    model = tiny_model()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    assert model.loss_type is None
+    initial = copy.deepcopy(model)
+    data = make_dataset()
+    args = DataEfficiencyTrainingArguments(**common_kwargs(tmp_path, max_steps=1), **CURRICULUM_FLAGS)
+    trainer = RecordingTrainer(model=model, args=args, train_dataset=data, data_collator=collate)
+    trainer.train()
+    total, count = 0.0, 0
+    for r in trainer.records:
+        batch = collate([data[i] for i in r["indices"]])
+        ids, labels = batch["input_ids"][:, : r["width"]], batch["labels"][:, : r["width"]]
+        mask = batch["attention_mask"][:, : r["width"]]
+        with torch.no_grad():
+            logits = initial(input_ids=ids, attention_mask=mask).logits
+        shifted = labels[:, 1:]
+        total += torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100, reduction="sum"
+        ).item()
+        count += int((shifted != -100).sum())
+    assert len(trainer.records) == GA and all(r["num_items_in_batch"] == count for r in trainer.records)
+    assert step_losses(trainer.state.log_history)[1] == pytest.approx(total / count, rel=1e-5)
