@@ -50,7 +50,8 @@ _MMAP_DTYPES = {
 # ---------------------------------------------------------------------------------------------
 # our own files
 # ---------------------------------------------------------------------------------------------
-def _check_name(name: str) -> str:
+def check_metric_name(name: str) -> str:
+    """``name`` if it can name a metric column and its files, else a ``ValueError``."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(
             f"metric name {name!r} cannot be used as a file name; allowed: letters, digits, '_', '-', '.' "
@@ -111,7 +112,7 @@ def _summary_from_sorted(ordered: np.ndarray, arr: np.ndarray) -> dict[str, Any]
 def metric_paths(output_dir: str | os.PathLike, name: str) -> dict[str, Path]:
     """Where :func:`save_metric` puts the values, the sorted index and the summary of ``name``."""
     d = Path(output_dir)
-    _check_name(name)
+    check_metric_name(name)
     return {"values": d / f"{name}.npy", "index": d / f"{name}_index.npy", "summary": d / f"{name}_summary.json"}
 
 
