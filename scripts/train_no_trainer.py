@@ -79,7 +79,7 @@ def build_dataset(args: argparse.Namespace) -> tuple[datasets.Dataset, int, int]
         rows = [rng.integers(1, vocab, size=int(n)).tolist() for n in lengths]
         data = datasets.Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
         return data, vocab, 0
-    from hf_data_efficiency.offline_data import gpt2_tokenizer, load_ptb
+    from offline_data import gpt2_tokenizer, load_ptb
 
     tok = gpt2_tokenizer()
     text = load_ptb("train").select(range(min(args.num_samples, 42068)))

@@ -29,8 +29,7 @@ from transformers.utils import logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _examples  # noqa: E402
-
-from hf_data_efficiency.offline_data import load_digits, load_mnist  # noqa: E402
+from offline_data import load_digits, load_mnist  # noqa: E402
 
 logger = logging.get_logger(__name__)
 

@@ -161,3 +161,99 @@ def test_reader_matches_deepspeed_data_analyzer_output(tmp_path):
         metric_array_from_deepspeed_index(d / "seqlen_index_to_sample", d / "seqlen_index_to_metric", len(seqs) + 3)
     with pytest.raises(ValueError, match="not found"):
         metric_array_from_deepspeed_index(d / "nope", None, len(seqs))
+
+
+# ----- bounded, validated reads ---------------------------------------------------------------------
+def _write_deepspeed_index(prefix, rows, dtype=np.int64):
+    """Megatron index files written by DeepSpeed's own builder."""
+    from deepspeed.runtime.data_pipeline.data_sampling.indexed_dataset import MMapIndexedDatasetBuilder
+
+    builder = MMapIndexedDatasetBuilder(f"{prefix}.bin", dtype=dtype)
+    for row in rows:
+        builder.add_item_numpy(np.asarray(row, dtype=dtype))
+    builder.end_document()
+    builder.finalize(f"{prefix}.idx")
+
+
+def _patch(path, offset, data):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def _bounded(fn):
+    """Run ``fn``; return (seconds, peak bytes allocated through Python/numpy)."""
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        fn()
+    finally:
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return seconds, peak
+
+
+def test_deepspeed_index_headers_are_checked_against_the_file_sizes(tmp_path):
+    import struct
+
+    prefix = tmp_path / "m"
+    rows = [[3, 1], [], [7, 7, 7]]
+    _write_deepspeed_index(prefix, rows)
+    flat, offsets = read_mmap_indexed(prefix)
+    np.testing.assert_array_equal(flat, [3, 1, 7, 7, 7])
+    np.testing.assert_array_equal(offsets, [0, 2, 2, 5])
+    idx = tmp_path / "m.idx"
+    good = idx.read_bytes()
+
+    # a header claiming 2**40 rows: refused from the file size, quickly and without allocating
+    _patch(idx, 18, struct.pack("<Q", 2**40))
+
+    def read_bomb():
+        with pytest.raises(ValueError, match=r"claims 1099511627776 rows .* corrupt or truncated"):
+            read_mmap_indexed(prefix)
+
+    seconds, peak = _bounded(read_bomb)
+    assert seconds < 1.0 and peak < 100 * 2**20, (seconds, peak)
+
+    idx.write_bytes(good)
+    _patch(idx, 34 + 4, struct.pack("<i", -5))  # a negative row size
+    with pytest.raises(ValueError, match="negative row sizes"):
+        read_mmap_indexed(prefix)
+    idx.write_bytes(good)
+    (tmp_path / "m.bin").write_bytes((tmp_path / "m.bin").read_bytes()[:16])  # 2 of the 5 items left
+    with pytest.raises(ValueError, match=r"m.bin is shorter than its index .* 5 items of 8 bytes, the file has 16"):
+        read_mmap_indexed(prefix)
+
+
+def test_metric_files_must_hold_finite_values_and_honest_headers(tmp_path):
+    values = np.array([0.5, 2.0, np.inf, np.nan])
+    with pytest.raises(
+        ValueError, match=r"metric 'r' has a non-finite value \(inf\) at sample index 2 \(2 non-finite"
+    ):
+        save_metric(tmp_path, "r", values)
+    np.save(tmp_path / "r.npy", values)  # written by someone else
+    for mmap in (False, True):
+        with pytest.raises(
+            ValueError, match=r"metric array 'r' .*r.npy\) has a non-finite value \(inf\) at sample index 2"
+        ):
+            load_metric(tmp_path, "r", mmap=mmap)
+    # a .npy header claiming 2**40 float64 values over 16 bytes of data: refused before allocating
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(2, dtype=np.float64))
+    header["shape"] = (2**40,)
+    with open(tmp_path / "big.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(np.zeros(2).tobytes())
+
+    def read_bomb():
+        with pytest.raises(ValueError, match=r"metric array 'big' .* is not a readable .npy array"):
+            load_metric(tmp_path, "big")
+
+    seconds, peak = _bounded(read_bomb)
+    assert seconds < 1.0 and peak < 100 * 2**20, (seconds, peak)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="metric array 'obj'"):
+        load_metric(tmp_path, "obj")  # never unpickled

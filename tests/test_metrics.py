@@ -12,7 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from hf_data_efficiency.curriculum.metrics import compute_metrics, count_tokens, metric_arrays
+import hf_data_efficiency
+from hf_data_efficiency.curriculum import metrics as metrics_module
+from hf_data_efficiency.curriculum.metrics import (
+    BUILTIN_METRICS,
+    compute_metrics,
+    count_tokens,
+    is_registered_metric,
+    metric_arrays,
+    register_curriculum_metric,
+    registered_metrics,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 datasets.disable_progress_bars()
@@ -141,7 +151,7 @@ def test_user_metrics_callable_dict_and_tensor_outputs():
         ({"short": lambda b: [1.0] * (len(b["input_ids"]) - 1)}, "one number per sample"),
         ({"nan": lambda b: [float("nan")] * len(b["input_ids"])}, "NaN"),
         (lambda b: [0] * len(b["input_ids"]), "needs a column name"),
-        ("perplexity", "built-in metrics are seqlen, vocab_rarity, seqlen_vocab_rarity"),
+        ("perplexity", "registered metrics are seqlen, vocab_rarity, seqlen_vocab_rarity"),
     ],
 )
 def test_bad_metrics_raise(metric, message):
@@ -270,3 +280,134 @@ def test_token_column_list_types(feature):
     seqlen, rarity, _, _ = _oracle(real)
     np.testing.assert_array_equal(out["seqlen"], seqlen)
     np.testing.assert_allclose(out["vocab_rarity"], rarity, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# the metric registry
+# ---------------------------------------------------------------------------------------------
+def _seqlen_vocab_rarity_oracle(real_rows):
+    seqlen, rarity, _, total = _oracle(real_rows)
+    return [n + (r / n if n else 0.0) / (math.log(total) + 1) for n, r in zip(seqlen, rarity)]
+
+
+#: One entry per built-in metric: a from-scratch pure-Python recomputation over the real tokens of each row.
+BUILTIN_ORACLES = {
+    "seqlen": lambda real: _oracle(real)[0],
+    "vocab_rarity": lambda real: _oracle(real)[1],
+    "seqlen_vocab_rarity": _seqlen_vocab_rarity_oracle,
+}
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A private copy of the registry, so metrics registered by a test do not leak into others."""
+    monkeypatch.setattr(metrics_module, "_REGISTRY", dict(metrics_module._REGISTRY))
+    return metrics_module._REGISTRY
+
+
+def test_every_builtin_metric_is_registered_and_equals_its_oracle():
+    assert set(BUILTIN_METRICS) == set(BUILTIN_ORACLES) and registered_metrics()[: len(BUILTIN_METRICS)] == tuple(
+        BUILTIN_METRICS
+    )
+    ids, mask, real = _padded_rows(seed=11, n=37)
+    ds = datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": mask})
+    got = metric_arrays(compute_metrics(ds, list(BUILTIN_ORACLES), batch_size=6), list(BUILTIN_ORACLES))
+    for name, oracle in BUILTIN_ORACLES.items():
+        assert is_registered_metric(name)
+        np.testing.assert_allclose(got[name], oracle(real), rtol=1e-12, err_msg=name)
+
+
+def test_registered_user_metrics_are_computed_by_name(registry):
+    assert hf_data_efficiency.register_curriculum_metric is register_curriculum_metric
+
+    def num_distinct(batch):
+        return [len(set(row)) for row in batch["input_ids"]]
+
+    def mean_rarity(tokens):  # vectorised over flat token arrays, with whole-dataset counts
+        return tokens.row_sums(tokens.token_rarity) / np.maximum(tokens.seqlen, 1)
+
+    register_curriculum_metric("num_distinct", num_distinct)
+    register_curriculum_metric("mean_rarity", mean_rarity, inputs="tokens", needs_token_counts=True)
+    assert is_registered_metric("num_distinct") and "mean_rarity" in registered_metrics()
+    _, _, real = _padded_rows(seed=12, n=29)
+    ds = datasets.Dataset.from_dict({"input_ids": real, "label": list(range(29))})
+    out = compute_metrics(ds, ["num_distinct", "mean_rarity"], batch_size=4)
+    assert out.column_names == ["input_ids", "label", "num_distinct", "mean_rarity"]
+    _, rarity, _, _ = _oracle(real)
+    np.testing.assert_array_equal(out["num_distinct"][:], [len(set(r)) for r in real])
+    np.testing.assert_allclose(out["mean_rarity"][:], [r / max(len(t), 1) for r, t in zip(rarity, real)], rtol=1e-12)
+    assert out.features["num_distinct"].dtype == "int64"
+
+
+def test_registered_metric_cache_follows_its_fingerprint(registry, tmp_path):
+    ids, mask, _ = _padded_rows(seed=13)
+    datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": mask}).save_to_disk(tmp_path / "ds")
+
+    def load():
+        return datasets.load_from_disk(str(tmp_path / "ds"))
+
+    register_curriculum_metric("width", lambda b: [len(r) for r in b["input_ids"]], fingerprint="v1")
+    first = compute_metrics(load(), "width")
+    np.testing.assert_array_equal(first["width"][:], [len(r) for r in ids])
+    again = compute_metrics(load(), "width")  # same fingerprint: the cached column is reused
+    assert [f["filename"] for f in again.cache_files] == [f["filename"] for f in first.cache_files]
+    register_curriculum_metric(
+        "width", lambda b: [2 * len(r) for r in b["input_ids"]], fingerprint="v2", overwrite=True
+    )
+    changed = compute_metrics(load(), "width")  # a new fingerprint: a new cache file, the new values
+    assert {f["filename"] for f in changed.cache_files} != {f["filename"] for f in first.cache_files}
+    np.testing.assert_array_equal(changed["width"][:], [2 * len(r) for r in ids])
+
+
+def test_unhashable_metric_still_computes(registry):
+    import threading
+
+    lock = threading.Lock()  # cannot be pickled, so datasets cannot hash a function that uses it
+
+    def guarded_len(batch):
+        with lock:
+            return [len(r) for r in batch["input_ids"]]
+
+    register_curriculum_metric("guarded_len", guarded_len)
+    ds = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3], [4, 5, 6]]})
+    assert compute_metrics(ds, "guarded_len")["guarded_len"][:] == [2, 1, 3]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), -float("inf")])
+def test_non_finite_metric_values_name_the_metric_and_the_sample(registry, bad):
+    def spiky(batch):
+        return [bad if i == 5 else 1.0 for i in batch["row"]]
+
+    register_curriculum_metric("spiky", spiky)
+    ds = datasets.Dataset.from_dict({"input_ids": [[1]] * 9, "row": list(range(9))})
+    shown = "NaN" if math.isnan(bad) else str(bad)
+    with pytest.raises(ValueError, match=rf"metric 'spiky' has a non-finite value \({shown}\) at sample index 5"):
+        compute_metrics(ds, "spiky", batch_size=2)  # the bad value is in the third map batch
+    with pytest.raises(ValueError, match=r"metric 'array_inf' .* at sample index 1 "):
+        compute_metrics(ds, {"array_inf": lambda b: np.where(np.array(b["row"]) == 1, np.inf, 0.0)}, batch_size=4)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, message",
+    [
+        (("seqlen", len), {}, ValueError, "'seqlen' is already registered; pass overwrite=True"),
+        (("seqlen_truncate", len), {}, ValueError, "reserved for the sequence-length batch transforms"),
+        (("../x", len), {}, ValueError, "cannot be used as a file name"),
+        (("", len), {}, ValueError, "cannot be used as a file name"),
+        (("m", "not callable"), {}, TypeError, "batched_fn must be callable"),
+        (("m", len), {"inputs": "rows"}, ValueError, r"inputs='rows'; allowed values: \('batch', 'tokens'\)"),
+        (("m", len), {"needs_token_counts": True}, ValueError, "needs_token_counts=True needs inputs='tokens'"),
+        (("m", len), {"needs_token_counts": 1}, TypeError, "needs_token_counts must be a bool"),
+        (("m", len), {"fingerprint": ""}, ValueError, "fingerprint='' must be a non-empty str"),
+    ],
+)
+def test_bad_registrations_raise(registry, args, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        register_curriculum_metric(*args, **kwargs)
+    assert registered_metrics() == BUILTIN_METRICS
+
+
+def test_token_metric_without_counts_cannot_read_rarities(registry):
+    register_curriculum_metric("rare", lambda tokens: tokens.rarity, inputs="tokens")
+    with pytest.raises(ValueError, match="register the metric with needs_token_counts=True"):
+        compute_metrics(datasets.Dataset.from_dict({"input_ids": [[1, 2]]}), "rare")

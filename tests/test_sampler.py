@@ -475,6 +475,21 @@ def test_bad_input():
         CurriculumSampler({"seqlen": SEQLEN}, config(M_SEQ), 2, seed=-1)
 
 
+def test_non_finite_metric_values_are_refused_with_the_sample_index():
+    values = RARITY[:50].copy()
+    values[11] = np.inf
+    values[30] = np.nan
+    with pytest.raises(
+        ValueError, match=r"metric_values\['vocab_rarity'\] has a non-finite value \(inf\) at sample index 11 \(2 "
+    ):
+        CurriculumSampler({"vocab_rarity": values}, config(M_RAR), 2)
+    column = np.arange(1.0, 41.0)
+    column[2] = -np.inf
+    ds = datasets.Dataset.from_dict({"seqlen": column}).select([3, 2, 1, 0, *range(4, 40)])  # an indices mapping
+    with pytest.raises(ValueError, match=r"'seqlen'\] has a non-finite value \(-inf\) at sample index 1 "):
+        CurriculumSampler(ds, config(M_SEQ), 2)  # the index is the row of the dataset as given
+
+
 def test_torch_tensor_values_and_len():
     s = CurriculumSampler({"seqlen": torch.as_tensor(SEQLEN[:100])}, config(M_SEQ), 3, world_size=2)
     assert len(s) == 96 and len(list(s)) == 96 and s.position == 96

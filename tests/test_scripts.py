@@ -117,7 +117,7 @@ def test_train_gpt2_saved_model_is_vanilla(tmp_path):
     vocab = json.loads((out / "vocab_map.json").read_text())
     assert model.config.vocab_size == len(vocab["gpt2_token_ids"]) + 1
     # recompute the loss on the validation lines from scratch: tokenize, remap, pad, average over tokens
-    from hf_data_efficiency.offline_data import gpt2_tokenizer, load_ptb
+    from offline_data import gpt2_tokenizer, load_ptb
 
     tok = gpt2_tokenizer()
     lookup = {t: i for i, t in enumerate(vocab["gpt2_token_ids"])}
@@ -233,7 +233,7 @@ def test_train_gpt2_two_processes_torchrun(tmp_path):
     """``torchrun --nproc_per_node 2`` (gloo): both ranks train; the global token count is twice one rank's."""
     data = tmp_path / "data"
     data.mkdir()
-    from hf_data_efficiency.offline_data import load_ptb
+    from offline_data import load_ptb
 
     (data / "train.txt").write_text("\n".join(load_ptb("train")["text"][:400]) + "\n")
     (data / "valid.txt").write_text("\n".join(load_ptb("valid")["text"][:40]) + "\n")

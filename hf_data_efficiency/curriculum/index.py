@@ -27,6 +27,7 @@ import numpy as np
 from transformers.utils import logging
 
 from ..fileio import atomic_save_npy, atomic_write_text
+from .eligibility import check_finite, metric_array, numeric_array
 
 logger = logging.get_logger(__name__)
 
@@ -35,6 +36,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 # Megatron/DeepSpeed MMapIndexedDataset index header and dtype codes (deepspeed's indexed_dataset.dtypes).
 _MMAP_MAGIC = b"MMIDIDX\x00\x00"
+_MMAP_HEADER_BYTES = 9 + 8 + 1 + 8 + 8  # magic, version, dtype code, number of rows, number of documents
 _MMAP_DTYPES = {
     1: np.uint8,
     2: np.int8,
@@ -50,7 +52,8 @@ _MMAP_DTYPES = {
 # ---------------------------------------------------------------------------------------------
 # our own files
 # ---------------------------------------------------------------------------------------------
-def _check_name(name: str) -> str:
+def check_metric_name(name: str) -> str:
+    """``name`` if it can name a metric column and its files, else a ``ValueError``."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(
             f"metric name {name!r} cannot be used as a file name; allowed: letters, digits, '_', '-', '.' "
@@ -59,20 +62,9 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _check_values(values: Any, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{what} must be a 1-D array (one value per sample), got shape {arr.shape}.")
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"{what} must be numeric, got dtype {arr.dtype}.")
-    if arr.dtype.kind == "f" and np.isnan(arr).any():
-        raise ValueError(f"{what} holds NaN (first at sample {int(np.flatnonzero(np.isnan(arr))[0])}).")
-    return arr
-
-
 def sorted_index(values: np.ndarray) -> np.ndarray:
     """Sample ids ordered by metric value, ties in dataset order (stable argsort), int64."""
-    arr = _check_values(values, "metric values")
+    arr = metric_array(values, "metric values")
     if arr.dtype.kind in "iub" and arr.size and arr.min() >= 0 and arr.max() <= np.iinfo(np.uint16).max:
         arr = arr.astype(np.uint16)  # small non-negative ints (e.g. seqlen): numpy's stable sort is a radix sort
     return np.argsort(arr, kind="stable").astype(np.int64, copy=False)
@@ -88,7 +80,7 @@ def ranks_from_index(index: np.ndarray) -> np.ndarray:
 
 def summarize(values: np.ndarray) -> dict[str, Any]:
     """Count, min, p1/p5/p25/p50/p75/p95/p99, max and mean of a metric array (JSON-ready)."""
-    arr = _check_values(values, "metric values")
+    arr = metric_array(values, "metric values")
     return _summary_from_sorted(np.sort(arr), arr)
 
 
@@ -111,13 +103,13 @@ def _summary_from_sorted(ordered: np.ndarray, arr: np.ndarray) -> dict[str, Any]
 def metric_paths(output_dir: str | os.PathLike, name: str) -> dict[str, Path]:
     """Where :func:`save_metric` puts the values, the sorted index and the summary of ``name``."""
     d = Path(output_dir)
-    _check_name(name)
+    check_metric_name(name)
     return {"values": d / f"{name}.npy", "index": d / f"{name}_index.npy", "summary": d / f"{name}_summary.json"}
 
 
 def save_metric(output_dir: str | os.PathLike, name: str, values: np.ndarray) -> dict[str, Any]:
     """Write ``name.npy``, ``name_index.npy`` and ``name_summary.json``; returns the summary."""
-    arr = _check_values(values, f"metric {name!r}")
+    arr = metric_array(values, f"metric {name!r}")
     paths = metric_paths(output_dir, name)
     index = sorted_index(arr)
     summary = _summary_from_sorted(arr[index], arr)
@@ -133,14 +125,24 @@ def save_metrics(output_dir: str | os.PathLike, arrays: dict[str, np.ndarray]) -
 
 
 def _load_npy(path: Path, what: str, mmap: bool) -> np.ndarray:
+    """A 1-D numeric ``.npy`` array. The file is always mapped first, so a header claiming more data than the
+    file holds is refused before anything is allocated; never unpickled."""
     if not path.is_file():
         raise ValueError(f"{what} not found: {path}.")
-    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    try:
+        mapped = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{what} ({path}) is not a readable .npy array: {e}") from e
+    arr = numeric_array(mapped, f"{what} ({path})")
+    return arr if mmap else np.array(arr)
 
 
 def load_metric(output_dir: str | os.PathLike, name: str, *, mmap: bool = False) -> np.ndarray:
-    """The values saved by :func:`save_metric` (``mmap=True`` maps the file instead of reading it)."""
-    return _load_npy(metric_paths(output_dir, name)["values"], f"metric array {name!r}", mmap)
+    """The values saved by :func:`save_metric` (``mmap=True`` maps the file instead of reading it); they
+    must be finite."""
+    path = metric_paths(output_dir, name)["values"]
+    values = _load_npy(path, f"metric array {name!r}", mmap)
+    return check_finite(values, f"metric array {name!r} ({path})")
 
 
 def load_metric_index(output_dir: str | os.PathLike, name: str, *, mmap: bool = False) -> np.ndarray:
@@ -176,8 +178,8 @@ def read_mmap_indexed(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         if not p.is_file():
             raise ValueError(f"DeepSpeed index file not found: {p} (give the path prefix without .bin/.idx).")
     with open(idx_path, "rb") as f:
-        header = f.read(9 + 8 + 1 + 8 + 8)
-    if len(header) < 34 or header[:9] != _MMAP_MAGIC:
+        header = f.read(_MMAP_HEADER_BYTES)
+    if len(header) < _MMAP_HEADER_BYTES or header[:9] != _MMAP_MAGIC:
         raise ValueError(f"{idx_path} is not a DeepSpeed/Megatron MMapIndexedDataset index (bad magic).")
     (version,) = struct.unpack("<Q", header[9:17])
     if version != 1:
@@ -186,9 +188,27 @@ def read_mmap_indexed(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if code not in _MMAP_DTYPES:
         raise ValueError(f"{idx_path}: unknown dtype code {code}; allowed: {sorted(_MMAP_DTYPES)}.")
     dtype = np.dtype(_MMAP_DTYPES[code])
-    n_rows, _n_docs = struct.unpack("<QQ", header[18:34])
-    sizes = np.fromfile(idx_path, dtype=np.int32, count=n_rows, offset=34).astype(np.int64)
-    pointers = np.fromfile(idx_path, dtype=np.int64, count=n_rows, offset=34 + 4 * n_rows)
+    n_rows, n_docs = struct.unpack("<QQ", header[18:34])
+    # sizes (int32), pointers (int64) and document ids (int64) follow the header: check before allocating
+    needed = _MMAP_HEADER_BYTES + 12 * n_rows + 8 * n_docs
+    idx_bytes = idx_path.stat().st_size
+    if idx_bytes < needed:
+        raise ValueError(
+            f"{idx_path}: the header claims {n_rows} rows and {n_docs} documents ({needed} bytes) but the file "
+            f"has {idx_bytes} bytes; the index is corrupt or truncated."
+        )
+    sizes = np.fromfile(idx_path, dtype=np.int32, count=n_rows, offset=_MMAP_HEADER_BYTES).astype(np.int64)
+    pointers = np.fromfile(idx_path, dtype=np.int64, count=n_rows, offset=_MMAP_HEADER_BYTES + 4 * n_rows)
+    bin_bytes = bin_path.stat().st_size
+    if n_rows and (sizes.min() < 0 or pointers.min() < 0 or (pointers % dtype.itemsize).any()):
+        raise ValueError(f"{idx_path}: negative row sizes or misaligned row pointers; the index is corrupt.")
+    if n_rows and (
+        int(sizes.sum()) * dtype.itemsize > bin_bytes or int((pointers + sizes * dtype.itemsize).max()) > bin_bytes
+    ):
+        raise ValueError(
+            f"{bin_path} is shorter than its index {idx_path} says: the rows need {int(sizes.sum())} items of "
+            f"{dtype.itemsize} bytes, the file has {bin_bytes} bytes."
+        )
     offsets = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     total = int(offsets[-1])
@@ -200,8 +220,6 @@ def read_mmap_indexed(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     else:  # rows are not stored back to back: gather them one by one
         starts = pointers // dtype.itemsize
         flat = np.concatenate([data[s : s + n] for s, n in zip(starts, sizes)])
-    if flat.size != total:
-        raise ValueError(f"{bin_path} is shorter than its index {idx_path} says ({flat.size} < {total} items).")
     return flat, offsets
 
 

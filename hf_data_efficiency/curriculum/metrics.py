@@ -6,35 +6,50 @@ operations, never a Python loop per token, so one batch of 100k+ rows costs a fe
 Both passes go through ``Dataset.map``, so results are cached under the datasets fingerprint and
 show datasets' own progress bar.
 
-Built-in metrics:
+Metrics live in one registry (:func:`register_curriculum_metric`); the built-in ones are registered at the end
+of this module exactly like a user metric:
 
 - ``seqlen``: number of non-padding tokens (``attention_mask`` if the column exists, else tokens
   different from ``pad_token_id`` if it is given, else the row length).
 - ``vocab_rarity``: ``sum(-log(count(t) / total))`` over the non-padding tokens ``t`` of a sample,
-  with the counts taken over the whole dataset in a first pass. Kept as float64 (DeepSpeed truncates
-  it to an integer).
+  with the counts taken over the whole dataset in a first pass (``needs_token_counts=True``). Kept as
+  float64 (DeepSpeed truncates it to an integer).
 - ``seqlen_vocab_rarity``: ``seqlen + mean_rarity / (log(total) + 1)``. The integer part is the
   sequence length and the fractional part (in ``[0, 1)``) the mean per-token rarity, so sorting by
   this one float orders samples by sequence length first and by vocabulary rarity second (for equal
   lengths, mean and total rarity order samples identically).
+
+A new built-in metric is one function plus one ``register_curriculum_metric`` call below (and its entry in
+``tests/test_metrics.py``'s table of oracles).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import datasets
 import numpy as np
 import pyarrow as pa
 from datasets.distributed import split_dataset_by_node
+from datasets.fingerprint import Hasher, generate_random_fingerprint
 from transformers.utils import logging
+
+from .. import __version__
+from ..config import SEQLEN_TRANSFORMS
+from .eligibility import check_finite, numeric_array
+from .index import check_metric_name
 
 logger = logging.get_logger(__name__)
 
-BUILTIN_METRICS = ("seqlen", "vocab_rarity", "seqlen_vocab_rarity")
-_NEEDS_COUNTS = ("vocab_rarity", "seqlen_vocab_rarity")
+#: What a registered metric function receives: ``"batch"``, the map batch as a dict of Python lists (as
+#: ``Dataset.map(batched=True)`` gives it); ``"tokens"``, a :class:`TokenBatch` of flat numpy token arrays.
+METRIC_INPUTS = ("batch", "tokens")
+#: Part of every metric cache key, so a new library version never reuses metric columns of an older one.
+_CACHE_NAMESPACE = f"hf_data_efficiency.compute_metrics/{__version__}"
 #: Target number of tokens per ``map`` batch when ``batch_size`` is not given (~32 MB of float64).
 _TOKENS_PER_BATCH = 1 << 22
 #: Rows per in-batch piece (cache-sized work units inside one map batch).
@@ -123,66 +138,207 @@ def _count_batch(table: pa.Table, input_column: str, mask_column: str | None, pa
     return pa.table({"token_id": [ids.astype(np.int64)], "count": [counts[ids]]})
 
 
+class TokenBatch:
+    """The token rows of one slice of a map batch as flat numpy arrays: what ``inputs="tokens"`` metrics receive.
+
+    Attributes:
+        ids: flat token ids of every row, padding included (as stored in the dataset).
+        offsets: int64 row offsets; row ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
+        real: flat bool mask of the real (non-padding) tokens, or ``None`` when every token is real.
+        log_total_tokens: ``log`` of the number of real tokens counted over the dataset (0 without counts).
+    """
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        real: np.ndarray | None,
+        neg_log_prob: np.ndarray | None,
+        log_total_tokens: float,
+    ) -> None:
+        self.ids, self.offsets, self.real = ids, offsets, real
+        self.log_total_tokens = log_total_tokens
+        self._neg_log_prob = neg_log_prob
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.offsets) - 1
+
+    def row_sums(self, per_token: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        """Per-row sums of a flat per-token array over the real tokens (padding entries are ignored)."""
+        x = per_token if self.real is None else np.where(self.real, per_token, 0)
+        return _row_sums(x, self.offsets, dtype)
+
+    @cached_property
+    def seqlen(self) -> np.ndarray:
+        """Real tokens per row (int64)."""
+        return np.diff(self.offsets) if self.real is None else _row_sums(self.real, self.offsets, np.int64)
+
+    @cached_property
+    def token_rarity(self) -> np.ndarray:
+        """``-log(count(t) / total)`` per token (0 for padding); token ids never counted get a count of 1."""
+        if self._neg_log_prob is None:
+            raise ValueError("token rarities need token counts: register the metric with needs_token_counts=True.")
+        per_token = self._neg_log_prob.take(self.ids.astype(np.intp, copy=False), mode="clip")
+        if self.real is not None:
+            per_token[~self.real] = 0.0
+        return per_token
+
+    @cached_property
+    def rarity(self) -> np.ndarray:
+        """Per row, the sum of the token rarities (float64): the ``vocab_rarity`` metric."""
+        return _row_sums(self.token_rarity, self.offsets, np.float64)
+
+
 def _metrics_batch(
     table: pa.Table,
-    metrics: tuple[str, ...],
-    user_metrics: dict[str, Callable] | None,
+    metrics: tuple[CurriculumMetric, ...],
     input_column: str,
     mask_column: str | None,
     pad_token_id: int | None,
     neg_log_prob: np.ndarray | None,
-    rarity_scale: float,
+    log_total: float,
 ) -> pa.Table:
-    """Pass 2: every requested metric for one batch, as float64/int64 columns."""
-    n = table.num_rows
+    """Pass 2: every requested metric for one batch, as int64/float64 columns.
+
+    Token metrics run on cache-sized slices of the batch, sharing one :class:`TokenBatch` per slice (so
+    ``vocab_rarity`` and ``seqlen_vocab_rarity`` look the rarities up once); batch metrics see the whole batch.
+    """
     out: dict[str, np.ndarray] = {}
-    builtin = [m for m in metrics if m in BUILTIN_METRICS]
-    if builtin:
-        seqlens, rarities = [], []
+    by_tokens = [m for m in metrics if m.inputs == "tokens"]
+    if by_tokens:
+        parts: dict[str, list[np.ndarray]] = {m.name: [] for m in by_tokens}
         for piece in _pieces(table):
-            values, offsets, real = _tokens_and_mask(piece, input_column, mask_column, pad_token_id)
-            seqlens.append(np.diff(offsets) if real is None else _row_sums(real, offsets, np.int64))
-            if neg_log_prob is not None:
-                per_token = neg_log_prob.take(values.astype(np.intp, copy=False), mode="clip")
-                if real is not None:
-                    per_token[~real] = 0.0
-                rarities.append(_row_sums(per_token, offsets, np.float64))
-        seqlen = np.concatenate(seqlens) if seqlens else np.zeros(0, dtype=np.int64)
-        rarity = np.concatenate(rarities) if rarities else np.zeros(n)
-        for name in builtin:
-            if name == "seqlen":
-                out[name] = seqlen.astype(np.int64, copy=False)
-            elif name == "vocab_rarity":
-                out[name] = rarity
-            else:  # seqlen_vocab_rarity
-                mean = np.divide(rarity, seqlen, out=np.zeros(n), where=seqlen > 0)
-                out[name] = seqlen + mean / rarity_scale
-    if user_metrics:
+            tokens = TokenBatch(
+                *_tokens_and_mask(piece, input_column, mask_column, pad_token_id), neg_log_prob, log_total
+            )
+            for m in by_tokens:
+                parts[m.name].append(_check_output(m.name, m.fn(tokens), piece.num_rows))
+        out.update({name: np.concatenate(p) if p else np.zeros(0, dtype=np.int64) for name, p in parts.items()})
+    by_batch = [m for m in metrics if m.inputs == "batch"]
+    if by_batch:
         batch = table.to_pydict()
-        for name, fn in user_metrics.items():
-            out[name] = _check_user_output(name, fn(batch), n)
-    return pa.table({name: out[name] for name in metrics})
+        for m in by_batch:
+            out[m.name] = _check_output(m.name, m.fn(batch), table.num_rows)
+    return pa.table({m.name: out[m.name] for m in metrics})
 
 
-def _check_user_output(name: str, result: Any, n: int) -> np.ndarray:
-    if hasattr(result, "detach"):  # torch tensor
-        result = result.detach().cpu().numpy()
-    arr = np.asarray(result)
-    if arr.ndim != 1 or arr.shape[0] != n:
+def _check_output(name: str, result: Any, n: int) -> np.ndarray:
+    """One metric's output for ``n`` samples as int64 (bools, integers) or float64; finiteness is checked
+    on the whole column afterwards, where the sample index is known."""
+    arr = numeric_array(result, f"metric {name!r}")
+    if arr.shape[0] != n:
         raise ValueError(
-            f"user metric {name!r} returned shape {arr.shape} for a batch of {n} samples; "
-            f"it must return one number per sample (shape ({n},))."
+            f"metric {name!r} returned {arr.shape[0]} values for a batch of {n} samples; "
+            "it must return one number per sample."
         )
-    if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.int64)
-    try:
-        arr = arr.astype(np.float64)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"user metric {name!r} returned non-numeric values (dtype {arr.dtype}).") from e
-    if np.isnan(arr).any():
-        bad = int(np.flatnonzero(np.isnan(arr))[0])
-        raise ValueError(f"user metric {name!r} returned NaN (first at batch row {bad}); metrics must be numbers.")
-    return arr
+    return arr.astype(np.float64 if arr.dtype.kind == "f" else np.int64, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the metric registry
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CurriculumMetric:
+    """One registered per-sample difficulty metric (see :func:`register_curriculum_metric`)."""
+
+    name: str
+    fn: Callable[[Any], Any]
+    inputs: str = "batch"
+    needs_token_counts: bool = False
+    fingerprint: str | None = None
+
+    def cache_key(self) -> str:
+        """What identifies this metric in the datasets cache: its ``fingerprint``, else datasets' hash of ``fn``."""
+        if self.fingerprint is not None:
+            return f"{self.name}:{self.fingerprint}"
+        try:
+            return f"{self.name}:{Hasher.hash(self.fn)}"
+        except Exception:  # datasets' hasher raises whatever pickling the function raises
+            logger.warning(
+                f"curriculum metric {self.name!r}: its function cannot be hashed for the datasets cache, so its "
+                "column is recomputed on every call; register it with fingerprint='<version>' to cache it."
+            )
+            return f"{self.name}:{generate_random_fingerprint()}"
+
+
+_REGISTRY: dict[str, CurriculumMetric] = {}
+
+
+def register_curriculum_metric(
+    name: str,
+    batched_fn: Callable[[Any], Any],
+    *,
+    inputs: str = "batch",
+    needs_token_counts: bool = False,
+    fingerprint: str | None = None,
+    overwrite: bool = False,
+) -> CurriculumMetric:
+    """Register a per-sample difficulty metric, so that ``name`` works wherever a metric name does.
+
+    A registered name given as a curriculum metric (``compute_metrics(ds, [name])``, a curriculum config, the
+    ``analyze`` command) is computed with ``Dataset.map`` when the dataset has no column of that name.
+
+    Args:
+        name: the metric and column name (letters, digits, ``_``, ``-``, ``.``).
+        batched_fn: returns one number per sample of a batch. With ``inputs="batch"`` it receives the map batch
+            as ``{column: list}``; with ``inputs="tokens"`` a :class:`TokenBatch` (flat token ids, row offsets,
+            padding mask and vectorised helpers such as ``seqlen``, ``row_sums`` and ``token_rarity``).
+        inputs: ``"batch"`` or ``"tokens"``.
+        needs_token_counts: the metric reads token counts over the whole dataset (``TokenBatch.token_rarity``),
+            so a first pass counts them, as for ``vocab_rarity``. Needs ``inputs="tokens"``.
+        fingerprint: a string that identifies the function's behaviour in the datasets cache (e.g. ``"v2"``).
+            Without it, datasets hashes the function: lambdas and functions defined in ``__main__`` by their
+            code and the values they use, functions of importable modules by their qualified name only. Give
+            one (and change it whenever the function changes) for module-level functions and for functions
+            that cannot be pickled.
+        overwrite: replace an existing registration of ``name`` instead of raising.
+
+    Returns:
+        the :class:`CurriculumMetric` registered.
+    """
+    check_metric_name(name)
+    if name in SEQLEN_TRANSFORMS:
+        raise ValueError(f"metric name {name!r} is reserved for the sequence-length batch transforms.")
+    if not callable(batched_fn):
+        raise TypeError(f"register_curriculum_metric({name!r}): batched_fn must be callable, got {batched_fn!r}.")
+    if inputs not in METRIC_INPUTS:
+        raise ValueError(f"register_curriculum_metric({name!r}): inputs={inputs!r}; allowed values: {METRIC_INPUTS}.")
+    if not isinstance(needs_token_counts, bool):
+        raise TypeError(f"register_curriculum_metric({name!r}): needs_token_counts must be a bool.")
+    if needs_token_counts and inputs != "tokens":
+        raise ValueError(
+            f"register_curriculum_metric({name!r}): needs_token_counts=True needs inputs='tokens' (the counts are "
+            "read through TokenBatch.token_rarity)."
+        )
+    if fingerprint is not None and (not isinstance(fingerprint, str) or not fingerprint):
+        raise ValueError(f"register_curriculum_metric({name!r}): fingerprint={fingerprint!r} must be a non-empty str.")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"curriculum metric {name!r} is already registered; pass overwrite=True to replace it.")
+    metric = CurriculumMetric(name, batched_fn, inputs, needs_token_counts, fingerprint)
+    _REGISTRY[name] = metric
+    return metric
+
+
+def is_registered_metric(name: str) -> bool:
+    """Whether ``name`` can be computed by :func:`compute_metrics` without a precomputed column."""
+    return name in _REGISTRY
+
+
+def registered_metrics() -> tuple[str, ...]:
+    """The names of the registered metrics, built-in ones first, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_curriculum_metric(name: str) -> CurriculumMetric:
+    """The registered metric ``name``; a ``ValueError`` listing the registered names otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"metrics: unknown metric {name!r}; registered metrics are {', '.join(_REGISTRY)}. Register it with "
+            "hf_data_efficiency.register_curriculum_metric(name, batched_fn), or pass a batched callable "
+            "(batch dict -> one number per sample), e.g. {'name': fn}."
+        )
+    return _REGISTRY[name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,8 +365,9 @@ def _check_dataset(dataset: Any, input_column: str, need_tokens: bool) -> None:
         )
 
 
-def _normalize_metrics(metrics: MetricSpec | Iterable[MetricSpec] | Mapping[str, Callable]) -> dict[str, Any]:
-    """``{name: None (built-in) | callable}`` in the given order."""
+def _resolve_metrics(metrics: MetricSpec | Iterable[MetricSpec] | Mapping[str, Callable]) -> list[CurriculumMetric]:
+    """The requested metrics in the given order: registered names, callables (named after ``__name__``) and
+    ``{name: callable}`` mappings; callables are ``inputs="batch"`` metrics."""
     if isinstance(metrics, str) or callable(metrics):
         metrics = [metrics]
     items: list[tuple[str, Any]] = []
@@ -226,13 +383,8 @@ def _normalize_metrics(metrics: MetricSpec | Iterable[MetricSpec] | Mapping[str,
                 items.append((getattr(m, "__name__", None), m))
             else:
                 raise ValueError(f"metrics entry {m!r} must be a metric name or a callable.")
-    out: dict[str, Any] = {}
+    out: dict[str, CurriculumMetric] = {}
     for name, fn in items:
-        if fn is None and name not in BUILTIN_METRICS:
-            raise ValueError(
-                f"metrics: unknown metric {name!r}; built-in metrics are {', '.join(BUILTIN_METRICS)}, "
-                "or pass a batched callable (batch dict -> one number per sample), e.g. {'name': fn}."
-            )
         if fn is not None and not callable(fn):
             raise ValueError(f"metrics[{name!r}] must be a callable (batch dict -> one number per sample).")
         if not isinstance(name, str) or not name or name == "<lambda>":
@@ -242,10 +394,10 @@ def _normalize_metrics(metrics: MetricSpec | Iterable[MetricSpec] | Mapping[str,
             )
         if name in out:
             raise ValueError(f"metrics: {name!r} is given twice.")
-        out[name] = fn
+        out[name] = get_curriculum_metric(name) if fn is None else CurriculumMetric(name, fn)
     if not out:
-        raise ValueError(f"metrics is empty; give at least one of {', '.join(BUILTIN_METRICS)} or a callable.")
-    return out
+        raise ValueError(f"metrics is empty; give at least one of {', '.join(_REGISTRY)} or a callable.")
+    return list(out.values())
 
 
 def _auto_batch_size(dataset: datasets.Dataset, input_column: str) -> int:
@@ -341,9 +493,9 @@ def compute_metrics(
 
     Args:
         dataset: a map-style ``datasets.Dataset`` with a token id list column.
-        metrics: built-in names (``seqlen``, ``vocab_rarity``, ``seqlen_vocab_rarity``), batched
-            callables ``fn(batch: dict[str, list]) -> one number per sample`` (the column is named
-            after ``fn.__name__``) or a dict ``{name: fn}``.
+        metrics: registered names (the built-in ``seqlen``, ``vocab_rarity``, ``seqlen_vocab_rarity`` or any
+            :func:`register_curriculum_metric` one), batched callables ``fn(batch: dict[str, list]) -> one number
+            per sample`` (the column is named after ``fn.__name__``) or a dict ``{name: fn}``.
         num_proc: worker processes for ``Dataset.map``. ``None`` (default) computes in-process, which is
             fastest unless the dataset is very large: starting processes can cost more than the pass.
         input_column: the token id column.
@@ -357,13 +509,15 @@ def compute_metrics(
             (``datasets.distributed.split_dataset_by_node``), token counts are all-reduced before the
             second pass, and the metric columns are all-gathered, so every rank returns the full result.
 
-    Built-in metrics are int64 (``seqlen``) or float64; user metrics are int64 when they return
-    integers, else float64. Both passes are cached by the datasets fingerprint.
+    Metrics are int64 when they return integers (``seqlen``), else float64, and must be finite: an inf or
+    NaN is a ``ValueError`` naming the metric and the first such sample. Both passes are cached by the
+    datasets fingerprint, keyed by the metrics' :meth:`CurriculumMetric.cache_key`.
     """
-    specs = _normalize_metrics(metrics)
-    builtin = tuple(m for m, fn in specs.items() if fn is None)
-    _check_dataset(dataset, input_column, need_tokens=bool(builtin))
-    clashes = [m for m in specs if m in dataset.column_names]
+    specs = _resolve_metrics(metrics)
+    names = [m.name for m in specs]
+    by_tokens = any(m.inputs == "tokens" for m in specs)
+    _check_dataset(dataset, input_column, need_tokens=by_tokens)
+    clashes = [m for m in names if m in dataset.column_names]
     if clashes and not overwrite:
         raise ValueError(
             f"the dataset already has column(s) {clashes}; pass overwrite=True to recompute them "
@@ -379,16 +533,16 @@ def compute_metrics(
     part = base if world == 1 else split_dataset_by_node(base, rank=rank, world_size=world)
 
     mask_column = attention_mask_column if attention_mask_column in base.column_names else None
-    if mask_column is None and pad_token_id is None and builtin:
+    if mask_column is None and pad_token_id is None and by_tokens:
         logger.info("compute_metrics: no attention mask column and no pad_token_id; every token counts as real.")
     tokens_kw = {"input_column": input_column, "attention_mask_column": mask_column, "pad_token_id": pad_token_id}
     if batch_size is None:
-        batch_size = _auto_batch_size(base, input_column) if builtin else 1000
+        batch_size = _auto_batch_size(base, input_column) if by_tokens else 1000
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1 (or None for automatic).")
 
     neg_log_prob, log_total = None, 0.0
-    if any(m in _NEEDS_COUNTS for m in builtin):
+    if any(m.needs_token_counts for m in specs):
         if token_counts is None:
             token_counts = count_tokens(part, num_proc, batch_size=batch_size, **tokens_kw)
             if world > 1:
@@ -397,28 +551,34 @@ def compute_metrics(
         # one sentinel entry for ids past the counts (unseen tokens, count 1); lookups use mode="clip"
         neg_log_prob = np.append(neg_log_prob, log_total)
 
-    user = {m: fn for m, fn in specs.items() if fn is not None}
-    columns = None if user else [c for c in (input_column, mask_column) if c]
-    result = part.with_format("arrow", columns=columns).map(
+    by_batch = any(m.inputs == "batch" for m in specs)
+    source = part.with_format("arrow", columns=None if by_batch else [c for c in (input_column, mask_column) if c])
+    fn_kwargs = {
+        "metrics": tuple(specs),
+        "input_column": input_column,
+        "mask_column": mask_column,
+        "pad_token_id": pad_token_id,
+        "neg_log_prob": neg_log_prob,
+        "log_total": log_total,
+    }
+    cache_key = [_CACHE_NAMESPACE, source._fingerprint, batch_size, [m.cache_key() for m in specs]]
+    cache_key += [(k, v) for k, v in fn_kwargs.items() if k != "metrics"]
+    result = source.map(
         _metrics_batch,
-        fn_kwargs={
-            "metrics": tuple(specs),
-            "user_metrics": user or None,
-            "input_column": input_column,
-            "mask_column": mask_column,
-            "pad_token_id": pad_token_id,
-            "neg_log_prob": neg_log_prob,
-            "rarity_scale": log_total + 1.0,
-        },
-        desc=f"Computing metrics ({', '.join(specs)})",
+        fn_kwargs=fn_kwargs,
+        new_fingerprint=Hasher.hash(cache_key),
+        desc=f"Computing metrics ({', '.join(names)})",
         **_map_kwargs(part, num_proc, batch_size),
     )
+    arrays = _all_gather_columns(result, names) if world > 1 else metric_arrays(result, names)
+    for name, values in arrays.items():
+        check_finite(values, f"metric {name!r}")
     if world > 1:
-        result = datasets.Dataset.from_dict(_all_gather_columns(result, list(specs)), features=result.features)
+        result = datasets.Dataset.from_dict(arrays, features=result.features)
     out = datasets.concatenate_datasets([base.with_format(None), result.with_format(None)], axis=1)
     fmt = dict(dataset.format)
     if fmt.get("columns") is not None:
-        fmt["columns"] = [c for c in fmt["columns"] if c not in specs] + list(specs)
+        fmt["columns"] = [c for c in fmt["columns"] if c not in names] + names
     return out.with_format(
         fmt.pop("type"),
         columns=fmt.pop("columns"),
@@ -482,3 +642,29 @@ def _all_gather_columns(result: datasets.Dataset, names: list[str]) -> dict[str,
         dist.all_gather(parts, buf)
         out[name] = np.concatenate([p[:s].numpy() for p, s in zip(parts, sizes)])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# built-in metrics: registered like any user metric
+# ---------------------------------------------------------------------------------------------
+def _seqlen(tokens: TokenBatch) -> np.ndarray:
+    return tokens.seqlen
+
+
+def _vocab_rarity(tokens: TokenBatch) -> np.ndarray:
+    return tokens.rarity
+
+
+def _seqlen_vocab_rarity(tokens: TokenBatch) -> np.ndarray:
+    seqlen, rarity = tokens.seqlen, tokens.rarity
+    mean = np.divide(rarity, seqlen, out=np.zeros(len(seqlen)), where=seqlen > 0)
+    return seqlen + mean / (tokens.log_total_tokens + 1.0)
+
+
+register_curriculum_metric("seqlen", _seqlen, inputs="tokens")
+register_curriculum_metric("vocab_rarity", _vocab_rarity, inputs="tokens", needs_token_counts=True)
+register_curriculum_metric("seqlen_vocab_rarity", _seqlen_vocab_rarity, inputs="tokens", needs_token_counts=True)
+
+#: The metrics this library registers itself (derived from the registry; use :func:`is_registered_metric` to
+#: also accept user-registered ones).
+BUILTIN_METRICS = registered_metrics()

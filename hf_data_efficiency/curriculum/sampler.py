@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Iterator, Mapping
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -36,22 +34,20 @@ from transformers.utils import logging
 
 from ..config import CurriculumConfig
 from ..schedules import DifficultySchedule
+from .eligibility import (
+    CHUNK_SAMPLES,
+    DifficultyPacing,
+    admission_levels,
+    filtering_metrics,
+    metric_array,
+    percentile_count,
+)
 
 logger = logging.get_logger(__name__)
 
 STATE_VERSION = 1
-_CHUNK = 1 << 20  # samples per vectorised chunk while building clusters (bounds temporaries)
 _DRAWS_PER_BLOCK = 8192  # a block holds max(1, _DRAWS_PER_BLOCK // G) steps; part of the stream definition
 _RNG_DRAW, _RNG_WALK, _RNG_SHUFFLE = 0, 1, 2
-
-
-def percentile_count(num_samples: int, percentile: float) -> int:
-    """Number of samples a percentile difficulty admits: ``floor(N * p / 100)``, computed exactly.
-
-    ``p`` is read through its shortest decimal form (``12.5`` -> 25/2), so e.g. ``N=1000, p=29``
-    admits exactly 290 samples; ``p = 100`` admits all. (DeepSpeed uses ``(N // max_difficulty) * p``.)
-    """
-    return math.floor(Fraction(num_samples) * Fraction(repr(float(percentile))) / 100)
 
 
 def _dataset_column(dataset: Any, name: str) -> np.ndarray:
@@ -61,81 +57,6 @@ def _dataset_column(dataset: Any, name: str) -> np.ndarray:
     if indices is not None:
         column = column[indices.column(0).to_numpy()]
     return column
-
-
-def _monotone_changes(fn: Callable[[int], float], lo: int, hi: int) -> list[int]:
-    """Steps ``s`` in ``(lo, hi]`` where a non-decreasing ``fn`` changes, by bisection (O(changes * log))."""
-    found: list[int] = []
-    stack = [(lo, fn(lo), hi, fn(hi))]
-    while stack:
-        a, fa, b, fb = stack.pop()
-        if fa == fb:
-            continue
-        if b - a == 1:
-            found.append(b)
-            continue
-        mid = (a + b) // 2
-        fm = fn(mid)
-        stack.append((mid, fm, b, fb))
-        stack.append((a, fa, mid, fm))
-    return sorted(found)
-
-
-class _Pacing:
-    """Change points of the joint (running-maximum) difficulty of the sampling metrics.
-
-    ``steps[c]`` is the step cluster ``c`` is created at (``steps[0] == 1``) and ``diffs[name][c]`` the
-    effective difficulty of each metric from that step on. Built-in schedules are enumerated once
-    (bisection for the monotone root/linear pacing, breakpoints for ``fixed_discrete``); ``custom``
-    ones are evaluated step by step, lazily, up to ``horizon``.
-    """
-
-    def __init__(self, schedules: dict[str, DifficultySchedule]) -> None:
-        self.schedules = schedules
-        self.steps: list[int] = []
-        self.diffs: dict[str, list[float]] = {name: [] for name in schedules}
-        self._current: dict[str, float] = {}
-        self.horizon = 0
-        finals = [s.final_step() for s in schedules.values()]
-        self.complete_at = None if None in finals else max([1, *finals])
-
-    @property
-    def complete(self) -> bool:
-        return self.complete_at is not None and self.horizon >= self.complete_at
-
-    def _candidates(self, sched: DifficultySchedule, lo: int, hi: int) -> list[int]:
-        if sched.schedule_type == "custom":
-            return list(range(lo + 1, hi + 1))
-        first = [1] if lo == 0 else []
-        if sched.schedule_type == "fixed_discrete":
-            breaks = [math.floor(ms) + 1 for ms in sched.schedule_config["max_step"]]
-            return sorted({s for s in first + breaks if lo < s <= hi})
-        hi = min(hi, max(sched.final_step(), 1))
-        return first + (_monotone_changes(sched, max(lo, 1), hi) if hi > max(lo, 1) else [])
-
-    def extend(self, step: int) -> bool:
-        """Make the change points known up to ``step``; return True when new ones were added."""
-        if self.complete or step <= self.horizon:
-            return False
-        hi = self.complete_at if self.complete_at is not None else max(step, 2 * self.horizon, 1024)
-        candidates = sorted({s for sch in self.schedules.values() for s in self._candidates(sch, self.horizon, hi)})
-        if not self.schedules and self.horizon == 0:
-            candidates = [1]
-        added = False
-        for s in candidates:
-            changed = s == 1
-            for name, sched in self.schedules.items():
-                value = sched(s)
-                if name not in self._current or value > self._current[name]:
-                    self._current[name] = value
-                    changed = True
-            if changed:
-                self.steps.append(s)
-                for name in self.schedules:
-                    self.diffs[name].append(self._current[name])
-                added = True
-        self.horizon = hi
-        return added
 
 
 class CurriculumSampler(Sampler[int]):
@@ -163,7 +84,8 @@ class CurriculumSampler(Sampler[int]):
           below ``percentile_count(N, difficulty)``. Several metrics: eligible under all of them. Each
           metric's difficulty is the running maximum of its schedule, so samples once admitted stay
           admitted, as in DeepSpeed (all built-in schedules except a decreasing ``fixed_discrete`` are
-          non-decreasing anyway); ``difficulty_at`` reports that effective difficulty.
+          non-decreasing anyway); ``difficulty_at`` reports that effective difficulty. The rule lives in
+          ``curriculum/eligibility.py``, shared with the ``hf-data-efficiency analyze`` preview.
         * ``len(sampler)`` is ``N`` rounded down to a multiple of the global batch, so every epoch is a
           whole number of optimizer steps and the stream never needs padding. Epoch ``e`` (``set_epoch``)
           yields stream positions ``e * len ... (e + 1) * len - 1``: the curriculum continues across epochs.
@@ -215,7 +137,7 @@ class CurriculumSampler(Sampler[int]):
                 f"configured metrics: {[m.name for m in curriculum_config.metrics]}."
             )
         self.return_max_tokens = bool(return_max_tokens)
-        self._clustered = [m for m in curriculum_config.sampling_metrics if m.clustering_type != "single_cluster"]
+        self._clustered = filtering_metrics(curriculum_config.sampling_metrics)
         self._values = self._read_metrics(metric_values, num_samples)
         n = self.num_samples
         if self.global_batch_size > n:
@@ -229,7 +151,7 @@ class CurriculumSampler(Sampler[int]):
         self._index_dtype = np.int32 if n < 2**31 else np.int64
         self._fingerprint = self._compute_fingerprint()
 
-        self._pacing = _Pacing(self._schedules)
+        self._pacing = DifficultyPacing(self._schedules)
         self._pacing.extend(self.block_steps)
         self._order = np.empty(n, dtype=self._index_dtype)
         self._walk = np.empty(n, dtype=self._index_dtype)
@@ -296,24 +218,9 @@ class CurriculumSampler(Sampler[int]):
                     "Compute it with hf_data_efficiency.compute_metrics or pass it in metric_values."
                 )
             raw = _dataset_column(metric_values, m.name) if is_dataset else metric_values[m.name]
-            if hasattr(raw, "detach"):  # torch tensor
-                raw = raw.detach().cpu().numpy()
-            arr = np.asarray(raw)
-            if arr.ndim != 1:
-                raise ValueError(
-                    f"metric_values[{m.name!r}] must be 1-D (one number per sample), got shape {arr.shape}."
-                )
-            if arr.dtype.kind not in "biuf":
-                raise ValueError(f"metric_values[{m.name!r}] must be numeric, got dtype {arr.dtype}.")
+            arr = metric_array(raw, f"metric_values[{m.name!r}]")
             if arr.dtype.kind == "b":
                 arr = arr.astype(np.uint8)
-            if arr.dtype.kind == "f":
-                bad = np.flatnonzero(np.isnan(arr))
-                if bad.size:
-                    raise ValueError(
-                        f"metric_values[{m.name!r}] has NaN values (first at index {int(bad[0])}, {bad.size} in all); "
-                        "metric values must be finite numbers."
-                    )
             if num_samples is None:
                 num_samples, source = len(arr), f"metric_values[{m.name!r}]"
             elif len(arr) != num_samples:
@@ -346,41 +253,16 @@ class CurriculumSampler(Sampler[int]):
             h.update(np.ascontiguousarray(self._values[name]).data)
         return h.hexdigest()
 
-    def _admission_levels(self) -> np.ndarray:
-        """Per sample, the index of the cluster it joins (``C`` = never / not yet)."""
-        n, levels = self.num_samples, len(self._pacing.steps)
-        cid = np.zeros(n, dtype=np.int16 if levels < 2**15 - 1 else np.int32)
-        for m in self._clustered:
-            vals = self._values[m.name]
-            diffs = np.asarray(self._pacing.diffs[m.name], dtype=np.float64)
-            if m.difficulty_type == "value":
-                # non-negative integers of moderate range (seqlen, ...) use a value -> level table
-                small = vals.dtype.kind == "u" or (vals.dtype.kind == "i" and vals.min() >= 0)
-                table = None
-                if small and int(vals.max()) < 2**22:
-                    table = np.searchsorted(diffs, np.arange(int(vals.max()) + 1), side="left").astype(cid.dtype)
-                for start in range(0, n, _CHUNK):
-                    chunk = vals[start : start + _CHUNK]
-                    first = table[chunk] if table is not None else np.searchsorted(diffs, chunk, side="left")
-                    np.maximum(cid[start : start + _CHUNK], first, out=cid[start : start + _CHUNK], casting="unsafe")
-            else:
-                counts = np.array([percentile_count(n, p) for p in diffs], dtype=np.int64)
-                by_rank = np.repeat(np.arange(levels + 1, dtype=cid.dtype), np.diff(counts, prepend=0, append=n))
-                ranked = np.argsort(vals, kind="stable")
-                cid[ranked] = np.maximum(cid[ranked], by_rank)
-                del ranked, by_rank
-        return cid
-
     def _build_clusters(self) -> None:
         """Group the samples by cluster into ``self._order`` (a chunked, stable counting sort)."""
         old_levels = len(self._wrap)
-        cid = self._admission_levels()
+        cid = admission_levels(self._values, self._clustered, self._pacing, self.num_samples)
         levels = len(self._pacing.steps)
         sizes = np.bincount(cid, minlength=levels + 1).astype(np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         cursor = offsets[:-1].copy()
-        for start in range(0, self.num_samples, _CHUNK):
-            chunk = cid[start : start + _CHUNK]
+        for start in range(0, self.num_samples, CHUNK_SAMPLES):
+            chunk = cid[start : start + CHUNK_SAMPLES]
             idx = np.argsort(chunk, kind="stable").astype(self._index_dtype)
             idx += start
             counts = np.bincount(chunk, minlength=levels + 1)

