@@ -224,7 +224,10 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as e:
-        raise UsageError("the analyze command draws its plots with matplotlib, which is not installed.") from e
+        raise UsageError(
+            "the analyze command draws its plots with matplotlib, which is not installed; install the 'plots' extra: "
+            "pip install 'hf-data-efficiency[plots]'."
+        ) from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -115,6 +115,9 @@ class DataEfficiencyEngine:
             ``batch_size * world_size * gradient_accumulation_steps`` samples.
         pad_token_id: padding id used when metrics are computed and by ``seqlen_reshape``.
         metrics_num_proc: worker processes for computing missing metric columns.
+        seeded_collation: run the collator under a torch RNG seeded per micro-batch from its place in training
+            (see :class:`~hf_data_efficiency.curriculum.transforms.SeededCollation`), so collator randomness such as
+            MLM masking is the same after a resume as in an uninterrupted run. On by default.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class DataEfficiencyEngine:
         gradient_accumulation_steps: int = 1,
         pad_token_id: int | None = None,
         metrics_num_proc: int | None = None,
+        seeded_collation: bool = True,
     ) -> None:
         self.config = resolve_config(config)
         self.batch_size = int(batch_size)
@@ -133,6 +137,8 @@ class DataEfficiencyEngine:
         self.gradient_accumulation_steps = int(gradient_accumulation_steps)
         self.pad_token_id = pad_token_id
         self.metrics_num_proc = metrics_num_proc
+        self.seeded_collation = seeded_collation
+        self._collation: Any = None
         self.sampler: Any = None
         self.random_ltd_handle: Any = None
         self._metric_cache: tuple[Any, Any, list[str]] | None = None
@@ -180,7 +186,7 @@ class DataEfficiencyEngine:
         if self._metric_cache is not None and self._metric_cache[0] is dataset:
             return self._metric_cache[1]
         self.check_dataset(dataset)
-        from .curriculum.metrics import BUILTIN_METRICS, compute_metrics
+        from .curriculum.metrics import compute_metrics, is_registered_metric, registered_metrics
 
         original = dataset
         sampling = self.config.curriculum.sampling_metrics
@@ -201,12 +207,12 @@ class DataEfficiencyEngine:
             added.append(m.name)
         missing = [m.name for m in sampling if m.name not in dataset.column_names]
         if missing:
-            unknown = [n for n in missing if n not in BUILTIN_METRICS]
+            unknown = [n for n in missing if not is_registered_metric(n)]
             if unknown:
                 raise ValueError(
                     f"curriculum metric(s) {unknown} are neither columns of the training dataset "
-                    f"({dataset.column_names}) nor built-in metrics ({', '.join(BUILTIN_METRICS)}); add the "
-                    "column(s), e.g. hf_data_efficiency.compute_metrics(dataset, {name: batched_fn})."
+                    f"({dataset.column_names}) nor registered metrics ({', '.join(registered_metrics())}); add the "
+                    "column(s), or register a metric with hf_data_efficiency.register_curriculum_metric(name, fn)."
                 )
             if "input_ids" not in dataset.column_names:
                 raise ValueError(
@@ -223,8 +229,12 @@ class DataEfficiencyEngine:
         return dataset
 
     def build_sampler(self, dataset: Any) -> Any:
-        """The :class:`CurriculumSampler` over ``dataset``'s metric columns (see :meth:`metric_dataset`)."""
+        """Build the :class:`CurriculumSampler` over ``dataset``'s metric columns (see :meth:`metric_dataset`) as
+        :attr:`sampler`, and return what the DataLoader draws from: that stream, each index tagged with its stream
+        position (and its step's max tokens under a sequence-length transform) for :meth:`loader_dataset` and
+        :meth:`wrap_collator`."""
         from .curriculum.sampler import CurriculumSampler
+        from .curriculum.transforms import PositionTaggedSampler
 
         self.sampler = CurriculumSampler(
             self.metric_dataset(dataset),
@@ -234,34 +244,42 @@ class DataEfficiencyEngine:
             gradient_accumulation_steps=self.gradient_accumulation_steps,
             return_max_tokens=self.config.curriculum.transform is not None,
         )
-        return self.sampler
+        return PositionTaggedSampler(self.sampler)
 
     def loader_dataset(self, dataset: Any) -> Any:
-        """What the DataLoader indexes: ``dataset`` without the metric columns added here, and wrapped so that
-        each sample carries its step's max tokens when a sequence-length transform is on."""
+        """What the DataLoader indexes: ``dataset`` without the metric columns added here, wrapped so that each
+        sample carries its tags (stream position, max tokens; without the curriculum, its index) to the collator."""
+        from .curriculum.transforms import CurriculumDataset
+
         added = self._metric_cache[2] if self._metric_cache is not None else []
         leftover = [c for c in added if c in getattr(dataset, "column_names", ())]
         if leftover:  # columns we added ourselves never reach the collator
             dataset = dataset.remove_columns(leftover)
-        if self.config.curriculum is not None and self.config.curriculum.transform is not None:
-            from .curriculum.transforms import CurriculumDataset
-
-            dataset = CurriculumDataset(dataset)
-        return dataset
+        if self.config.curriculum is not None:
+            return CurriculumDataset(dataset)
+        return CurriculumDataset(dataset, tag_index=True) if self.seeded_collation else dataset
 
     def wrap_collator(self, collator: Callable | None) -> Callable | None:
-        """``collator`` wrapped in the sequence-length transform (features without a step tag pass unchanged)."""
-        transform = self.config.curriculum.transform if self.config.curriculum is not None else None
-        if transform is None:
-            return collator
-        from .curriculum.transforms import SeqlenTransform
+        """``collator`` wrapped in the sequence-length transform and the per-micro-batch seeded RNG (each only when
+        on); untagged features (evaluation) are collated unchanged."""
+        from transformers import default_data_collator
 
-        return SeqlenTransform(transform.name, collator, pad_token_id=self.pad_token_id)
+        from .curriculum.transforms import SeededCollation, SeqlenTransform
+
+        transform = self.config.curriculum.transform if self.config.curriculum is not None else None
+        if transform is not None:
+            collator = SeqlenTransform(transform.name, collator, pad_token_id=self.pad_token_id)
+        if self.seeded_collation and self.enabled:
+            self._collation = SeededCollation(collator or default_data_collator, self.config.seed)
+            return self._collation
+        return collator
 
     def set_epoch(self, epoch: int) -> None:
-        """Position the curriculum stream at the start of ``epoch``."""
+        """Position the curriculum stream (and the collation seeds) at the start of ``epoch``."""
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
+        if self._collation is not None:
+            self._collation.epoch = int(epoch)
 
     # ----- model ----------------------------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> Any:

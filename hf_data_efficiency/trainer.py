@@ -131,8 +131,8 @@ class DataEfficiencyTrainer(Trainer):
                     f"--dataloader_num_workers={self.args.dataloader_num_workers} and --dataloader_pin_memory="
                     f"{self.args.dataloader_pin_memory} instead."
                 )
-            # the outermost collator, so the step tag reaches it; batches without a tag (evaluation) pass unchanged
-            self.data_collator = self.engine.wrap_collator(self.data_collator)
+        # the outermost collator, so the tags reach it; batches without tags (evaluation) pass unchanged
+        self.data_collator = self.engine.wrap_collator(self.data_collator)
         if cfg.random_ltd is not None and self.engine.random_ltd_handle is None:
             self.engine.attach(self.model)
         self.add_callback(_EngineHooks(self))
@@ -180,7 +180,7 @@ class DataEfficiencyTrainer(Trainer):
 
     def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
         dataset = super()._remove_unused_columns(dataset, description=description)
-        if description == "Training" and self.engine.config.curriculum is not None:
+        if description == "Training" and self.engine.enabled:
             dataset = self.engine.loader_dataset(dataset)
         return dataset
 

@@ -20,17 +20,21 @@ column slicing would keep the padding and drop the text). ``padding_side`` force
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-#: Private example key that carries the max tokens per row from the dataset to the collator.
+#: Private example keys that carry per-draw tags from the dataset to the collator: the max tokens per row, the stream
+#: position and the sample index.
 MAX_TOKENS_KEY = "_hfde_max_tokens"
+POSITION_KEY = "_hfde_position"
+INDEX_KEY = "_hfde_index"
 MODES = ("seqlen_truncate", "seqlen_reshape")
 PADDING_SIDES = ("auto", "right", "left")
 _REFERENCE_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "labels")
@@ -176,40 +180,51 @@ def seqlen_reshape(
 
 
 class CurriculumDataset(Dataset):
-    """Thin dataset wrapper that accepts ``(index, max_tokens)`` keys from ``CurriculumSampler(return_max_tokens=True)``.
+    """Thin dataset wrapper that attaches per-draw tags to examples, so they reach the collator with the batch.
 
-    ``dataset[(i, m)]`` returns ``dict(dataset[i])`` with ``m`` under ``MAX_TOKENS_KEY``; a plain index is
-    passed through unchanged, so the wrapper is harmless under any other sampler. Examples must be mappings.
-    Other attributes are forwarded to the wrapped dataset.
+    Keys may be plain indices, ``(index, max_tokens)`` pairs from ``CurriculumSampler(return_max_tokens=True)``
+    (``max_tokens`` goes under ``MAX_TOKENS_KEY``), or ``(index, {tag key: value})`` pairs. With ``tag_index=True``
+    every example also carries its index under ``INDEX_KEY``. Untagged keys return the example unchanged, so the
+    wrapper is harmless under any other sampler. Examples must be mappings to be tagged. Other attributes are
+    forwarded to the wrapped dataset.
     """
 
-    def __init__(self, dataset: Any) -> None:
+    def __init__(self, dataset: Any, *, tag_index: bool = False) -> None:
         self.dataset = dataset
+        self.tag_index = tag_index
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _split(self, key: Any) -> tuple[Any, dict[str, Any]]:
+        index, tags = key if isinstance(key, tuple) else (key, {})
+        if not isinstance(tags, Mapping):
+            tags = {MAX_TOKENS_KEY: tags}
+        if self.tag_index:
+            tags = {**tags, INDEX_KEY: int(index)}
+        return index, tags
+
     @staticmethod
-    def _tag(example: Any, max_tokens: int) -> dict[str, Any]:
+    def _tag(example: Any, tags: Mapping[str, Any]) -> Any:
+        if not tags:
+            return example
         if not isinstance(example, Mapping):
             raise ValueError(
-                f"CurriculumDataset needs examples that are mappings (dicts) to attach {MAX_TOKENS_KEY!r}, "
+                f"CurriculumDataset needs examples that are mappings (dicts) to attach {sorted(tags)}, "
                 f"got {type(example).__name__}."
             )
-        return {**example, MAX_TOKENS_KEY: max_tokens}
+        return {**example, **tags}
 
     def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, tuple):
-            index, max_tokens = key
-            return self._tag(self.dataset[index], max_tokens)
-        return self.dataset[key]
+        index, tags = self._split(key)
+        return self._tag(self.dataset[index], tags)
 
     def __getitems__(self, keys: Sequence[Any]) -> list[Any]:
-        tagged = [isinstance(k, tuple) for k in keys]
-        indices = [k[0] if t else k for k, t in zip(keys, tagged)]
+        split = [self._split(k) for k in keys]
+        indices = [index for index, _ in split]
         getitems = getattr(self.dataset, "__getitems__", None)
         examples = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
-        return [self._tag(e, k[1]) if t else e for e, k, t in zip(examples, keys, tagged)]
+        return [self._tag(e, tags) for e, (_, tags) in zip(examples, split)]
 
     def __getattr__(self, name: str) -> Any:
         if name == "dataset":  # not set yet (e.g. while unpickling)
@@ -217,13 +232,87 @@ class CurriculumDataset(Dataset):
         return getattr(self.dataset, name)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"dataset": self.dataset}
+        return {"dataset": self.dataset, "tag_index": self.tag_index}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.dataset = state["dataset"]
+        self.tag_index = state.get("tag_index", False)
 
 
-class SeqlenTransform:
+class _CollatorWrapper:
+    """Base of the collator wrappers: the wrapped collator's attributes (e.g. ``tokenizer``, which the Trainer
+    saves with the model) stay reachable."""
+
+    collator: Callable[[list[Any]], Any]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "collator":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+
+class PositionTaggedSampler(Sampler):
+    """Wraps a ``CurriculumSampler``: yields ``(index, {POSITION_KEY: stream position[, MAX_TOKENS_KEY: m]})``, so
+    each micro-batch knows where in the stream it was drawn (its collation seed), even in DataLoader workers."""
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, int]]]:
+        position = self.sampler.position
+        for item in self.sampler:
+            index, tags = (item[0], {MAX_TOKENS_KEY: item[1]}) if isinstance(item, tuple) else (item, {})
+            yield index, {**tags, POSITION_KEY: position}
+            position += 1
+
+
+class SeededCollation(_CollatorWrapper):
+    """Runs ``collator`` under a torch RNG seeded for its micro-batch, so collator randomness (MLM masking, ...)
+    is a pure function of the batch's place in training: a resumed run masks exactly as an uninterrupted one.
+
+    The batch key is the stream position of its first sample (``POSITION_KEY``, from ``PositionTaggedSampler``), else
+    ``(epoch, its sample indices)`` (``INDEX_KEY``, from ``CurriculumDataset(tag_index=True)``); batches without tags
+    (evaluation) are collated with the global RNG as usual. The global RNG is left exactly as it was. A collator
+    with its own generator (e.g. ``DataCollatorForLanguageModeling(seed=...)``) keeps using it.
+    """
+
+    def __init__(self, collator: Callable[[list[Any]], Any], seed: int) -> None:
+        self.collator = collator
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def batch_seed(self, features: Sequence[Mapping[str, Any]]) -> int | None:
+        """The seed of a tagged batch (``None`` without tags)."""
+        positions = [f.get(POSITION_KEY) for f in features if isinstance(f, Mapping)]
+        if positions and None not in positions:
+            entropy = [self.seed, 0, min(positions)]
+        else:
+            indices = [f.get(INDEX_KEY) for f in features if isinstance(f, Mapping)]
+            if not indices or None in indices:
+                return None
+            entropy = [self.seed, 1, self.epoch, *indices]
+        return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+    def __call__(self, features: list[Any]) -> Any:
+        seed = self.batch_seed(features)
+        features = [
+            {k: v for k, v in f.items() if k not in (POSITION_KEY, INDEX_KEY)} if isinstance(f, Mapping) else f
+            for f in features
+        ]
+        if seed is None:
+            return self.collator(features)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.collator(features)
+
+
+class SeqlenTransform(_CollatorWrapper):
     """Collator wrapper applying ``seqlen_truncate``/``seqlen_reshape`` with each batch's own max tokens.
 
     Pops ``MAX_TOKENS_KEY`` from every feature (put there by ``CurriculumDataset``), checks the batch
