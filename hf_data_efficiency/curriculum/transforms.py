@@ -27,11 +27,12 @@ import torch
 from torch.utils.data import Dataset
 from transformers.utils import logging
 
+from ..config import SEQLEN_TRANSFORMS as MODES
+
 logger = logging.get_logger(__name__)
 
 #: Private example key that carries the max tokens per row from the dataset to the collator.
 MAX_TOKENS_KEY = "_hfde_max_tokens"
-MODES = ("seqlen_truncate", "seqlen_reshape")
 PADDING_SIDES = ("auto", "right", "left")
 _REFERENCE_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "labels")
 _DEFAULT_PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0, "position_ids": 0}
