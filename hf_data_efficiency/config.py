@@ -65,8 +65,22 @@ def _deprecated(message: str) -> None:
     warnings.warn(message, FutureWarning, stacklevel=3)
 
 
+class _ScheduledMetric:
+    """What a sampling metric and the seqlen transform share: a name and a difficulty schedule."""
+
+    name: str
+
+    @property
+    def path(self) -> str:
+        """Where this entry sits in a DeepSpeed config, for error messages."""
+        return f"curriculum_metrics.{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "schedule_fn"}
+
+
 @dataclass
-class CurriculumMetricConfig:
+class CurriculumMetricConfig(_ScheduledMetric):
     """One sampling metric: how difficult a sample is, and how fast the allowed difficulty grows.
 
     ``name`` is a dataset column, a registered metric, or a metric computed from the data (``seqlen``,
@@ -111,11 +125,6 @@ class CurriculumMetricConfig:
     )
     schedule_fn: Callable[[int], float] | None = field(default=None, compare=False, repr=False)
 
-    @property
-    def path(self) -> str:
-        """Where this metric sits in a config, for error messages."""
-        return f"curriculum_metrics.{self.name}"
-
     def __post_init__(self) -> None:
         check_str(self.name, "curriculum_metrics.<name>")
         check_fields(self, self.path)
@@ -140,9 +149,6 @@ class CurriculumMetricConfig:
         """True for the legacy spelling of a seqlen transform as a metric (see :class:`CurriculumConfig`)."""
         return self.name in SEQLEN_TRANSFORMS
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "schedule_fn"}
-
     def to_deepspeed(self) -> dict[str, Any]:
         out = self.to_dict()
         out.pop("name")
@@ -155,7 +161,7 @@ class CurriculumMetricConfig:
 
 
 @dataclass
-class SeqlenTransformConfig:
+class SeqlenTransformConfig(_ScheduledMetric):
     """The sequence-length curriculum: each batch is cut to at most ``difficulty`` tokens per row.
 
     ``name`` is ``seqlen_truncate`` (drop the tokens beyond the limit) or ``seqlen_reshape`` (keep them as extra
@@ -183,10 +189,6 @@ class SeqlenTransformConfig:
     #: Always value-based: the difficulty is a number of tokens.
     difficulty_type = "value"
 
-    @property
-    def path(self) -> str:
-        return f"curriculum_metrics.{self.name}"
-
     def __post_init__(self) -> None:
         check_str(self.name, "seqlen transform name", SEQLEN_TRANSFORMS)
         check_fields(self, self.path)
@@ -198,9 +200,6 @@ class SeqlenTransformConfig:
             has_fn=True,
             where=self.path,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "schedule_fn"}
 
     def to_deepspeed(self) -> dict[str, Any]:
         """DeepSpeed's entry: a value-based, single-cluster metric (DeepSpeed needs no index files for it)."""
@@ -389,6 +388,7 @@ class DynamicBatchingConfig:
         return from_mapping(cls, section, path)
 
     def to_deepspeed(self) -> dict[str, Any]:
+        """DeepSpeed's section (it passes ``truncate_long_samples``, our own key, through unread)."""
         return {"enabled": True, **self.to_dict()}
 
 
@@ -505,6 +505,12 @@ class RandomLTDConfig:
                     f"{w}.random_ltd_layer_id={ids} has ids >= total_layer_num={self.total_layer_num}; "
                     f"allowed: 0 ... {self.total_layer_num - 1}."
                 )
+        if self.min_value < self.seq_per_step:
+            raise ValueError(
+                f"{w}: min_value={self.min_value} with seq_per_step={self.seq_per_step} gives a kept length of "
+                f"{self.min_value - self.min_value % self.seq_per_step} at step 0 (kept lengths are rounded down to a "
+                "multiple of seq_per_step, as in DeepSpeed); allowed: min_value >= seq_per_step."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

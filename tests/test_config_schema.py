@@ -45,7 +45,11 @@ DISCRETE = {
 }
 RANDOM_LTD = {
     "enabled": True,
-    "random_ltd_schedule": {"min_value": 8, "max_value": 64, "schedule_config": {"require_steps": 10}},
+    "random_ltd_schedule": {
+        "min_value": 8,
+        "max_value": 64,
+        "schedule_config": {"require_steps": 10, "seq_per_step": 8},
+    },
 }
 DYNAMIC = {"enabled": True, "max_tokens": 512}
 
@@ -101,8 +105,13 @@ def ours(d):
     return lambda tmp_path: DataEfficiencyConfig.from_dict(d)
 
 
-RANDOM_LTD_FLAGS = {"random_ltd": True, "random_ltd_min_value": 8, "random_ltd_max_value": 64}
-RANDOM_LTD_FLAGS["random_ltd_require_steps"] = 10
+RANDOM_LTD_FLAGS = {
+    "random_ltd": True,
+    "random_ltd_min_value": 8,
+    "random_ltd_max_value": 64,
+    "random_ltd_require_steps": 10,
+    "random_ltd_seq_per_step": 8,
+}
 CURRICULUM_FLAGS = {
     "curriculum_metrics": ["seqlen"],
     "curriculum_min_difficulty": [8],
@@ -163,6 +172,11 @@ BAD_INPUTS = [
         "require_steps NaN",
         ds(ltd_with("random_ltd_schedule.schedule_config.require_steps", float("nan"))),
         "require_steps",
+    ),
+    (
+        "min_value below seq_per_step",
+        ds(ltd_with("random_ltd_schedule.schedule_config.seq_per_step", 16)),
+        "min_value",
     ),
     ("random_ltd_schedule a list", ds(ltd_with("random_ltd_schedule", [8, 64])), "random_ltd_schedule"),
     ("schedule_config unknown key", ds(ltd_with("random_ltd_schedule.schedule_config.seq_step", 8)), "seq_step"),
