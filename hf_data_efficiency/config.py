@@ -235,6 +235,18 @@ def _metric_entry(entry: Any, path: str) -> CurriculumMetricConfig | SeqlenTrans
     return from_mapping(CurriculumMetricConfig, entry, f"curriculum_metrics.{name}", name=name)
 
 
+def _split_metrics(entries: Any, path: str) -> tuple[list[CurriculumMetricConfig], SeqlenTransformConfig | None]:
+    """Type the entries of one metric list and split them into sampling metrics and the (one) seqlen transform."""
+    typed = check_list(entries, path, _metric_entry)
+    transforms = [m for m in typed if isinstance(m, SeqlenTransformConfig)]
+    if len(transforms) > 1:
+        raise ValueError(
+            f"{path}: only one of {SEQLEN_TRANSFORMS} may be used, got {[t.name for t in transforms]}; "
+            "allowed: one sequence-length transform."
+        )
+    return [m for m in typed if isinstance(m, CurriculumMetricConfig)], (transforms[0] if transforms else None)
+
+
 @dataclass
 class CurriculumConfig:
     """Curriculum learning (DeepSpeed ``data_sampling.curriculum_learning``).
@@ -257,20 +269,18 @@ class CurriculumConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "curriculum")
-        entries = check_list(self.sampling_metrics, "curriculum.sampling_metrics", _metric_entry)
-        transforms = [m for m in entries if isinstance(m, SeqlenTransformConfig)]
-        if transforms:
+        self.sampling_metrics, transform = _split_metrics(self.sampling_metrics, "curriculum.sampling_metrics")
+        if transform is not None:
             _deprecated(
-                "A seqlen_truncate/seqlen_reshape entry among the curriculum metrics is deprecated: give it as "
-                "CurriculumConfig(transform=SeqlenTransformConfig(...)) (key 'transform' in our JSON)."
+                "A seqlen_truncate/seqlen_reshape entry among the sampling metrics is deprecated: give it as "
+                "CurriculumConfig(transform=SeqlenTransformConfig(...))."
             )
-            if len(transforms) + (self.transform is not None) > 1:
-                names = [t.name for t in transforms] + ([self.transform.name] if self.transform is not None else [])
+            if self.transform is not None:
                 raise ValueError(
-                    f"curriculum_learning.curriculum_metrics: only one of {SEQLEN_TRANSFORMS} may be used, got {names}."
+                    f"curriculum: only one of {SEQLEN_TRANSFORMS} may be used, got {transform.name} among the "
+                    f"sampling metrics and transform={self.transform.name}."
                 )
-            self.transform = transforms[0]
-        self.sampling_metrics = [m for m in entries if isinstance(m, CurriculumMetricConfig)]
+            self.transform = transform
         if self.transform is not None and not isinstance(self.transform, SeqlenTransformConfig):
             entry = dict(expect_mapping(self.transform, "curriculum.transform"))
             name = check_str(entry.pop("name", None), "curriculum.transform.name", SEQLEN_TRANSFORMS)
@@ -302,8 +312,14 @@ class CurriculumConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> CurriculumConfig:
         """Inverse of :meth:`to_dict`; an old dict with one ``metrics`` list (transform included) loads too."""
         d = copy.deepcopy(dict(expect_mapping(d, "curriculum")))
-        if "metrics" in d and "sampling_metrics" not in d:
-            d["sampling_metrics"] = d.pop("metrics")
+        if "metrics" in d:
+            if "sampling_metrics" in d or "transform" in d:
+                raise ValueError("curriculum: give sampling_metrics/transform or the deprecated metrics, not both.")
+            _deprecated(
+                "curriculum.metrics (one list holding the transform too) is deprecated: write "
+                "curriculum.sampling_metrics and curriculum.transform, as to_dict does."
+            )
+            d["sampling_metrics"], d["transform"] = _split_metrics(d.pop("metrics"), "curriculum.metrics")
         return from_mapping(cls, d, "curriculum")
 
 
@@ -312,10 +328,10 @@ def _curriculum_init(init: Callable[..., None]) -> Callable[..., None]:
 
     def __init__(self: CurriculumConfig, *args: Any, metrics: Any = None, **kwargs: Any) -> None:
         if metrics is not None:
-            if args or "sampling_metrics" in kwargs:
-                raise ValueError("CurriculumConfig: give sampling_metrics (or the deprecated metrics), not both.")
+            if args or "sampling_metrics" in kwargs or "transform" in kwargs:
+                raise ValueError("curriculum: give sampling_metrics/transform or the deprecated metrics, not both.")
             _deprecated("CurriculumConfig(metrics=...) is deprecated; use sampling_metrics=... and transform=...")
-            kwargs["sampling_metrics"] = metrics
+            kwargs["sampling_metrics"], kwargs["transform"] = _split_metrics(metrics, "curriculum.metrics")
         init(self, *args, **kwargs)
 
     __init__.__doc__ = init.__doc__
@@ -767,17 +783,13 @@ def _sampling_from_deepspeed(
     entries = expect_mapping(cl["curriculum_metrics"], f"{cl_path}.curriculum_metrics")
     if not entries:
         raise ValueError(f"{cl_path}.curriculum_metrics is empty; give at least one metric.")
-    sampling_metrics = [
-        CurriculumMetricConfig.from_deepspeed(n, e) for n, e in entries.items() if n not in SEQLEN_TRANSFORMS
-    ]
-    transforms = [SeqlenTransformConfig.from_deepspeed(n, e) for n, e in entries.items() if n in SEQLEN_TRANSFORMS]
-    if len(transforms) > 1:
-        raise ValueError(
-            f"{cl_path}.curriculum_metrics: only one of {SEQLEN_TRANSFORMS} may be used, got {[t.name for t in transforms]}."
-        )
+    metrics_path = f"{cl_path}.curriculum_metrics"
+    sampling_metrics, transform = _split_metrics(
+        [{**expect_mapping(e, f"{metrics_path}.{n}"), "name": n} for n, e in entries.items()], metrics_path
+    )
     curriculum = CurriculumConfig(
         sampling_metrics=sampling_metrics,
-        transform=transforms[0] if transforms else None,
+        transform=transform,
         seed=seed,
         num_epochs=sampling.get("num_epochs", 1000),
         num_workers=sampling.get("num_workers", 0),
