@@ -18,7 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 #: Value kinds a :class:`Rule` can check.
-KINDS = ("int", "number", "bool", "str", "int_list", "mapping", "object")
+KINDS = ("int", "number", "bool", "str", "int_list", "mapping")
 
 
 def did_you_mean(name: Any, allowed: Iterable[str], cutoff: float = 0.6) -> str:
@@ -121,8 +121,9 @@ def check_list(value: Any, path: str, item: Callable[[Any, str], Any], *, nonemp
 class Rule:
     """How one config field is checked and how its flag looks.
 
-    ``kind`` is one of :data:`KINDS`; ``minimum``/``above`` bound numbers (``minimum`` also bounds ``int_list``
-    items); ``nullable`` allows ``None``; ``flag=False`` keeps the field out of the generated Trainer flags.
+    ``kind`` is one of :data:`KINDS`; ``minimum`` bounds integers (and ``int_list`` items) and numbers, ``above``
+    bounds numbers (exclusive); ``nullable`` allows ``None``; ``flag=False`` keeps the field out of the
+    generated Trainer flags.
     """
 
     kind: str
@@ -130,27 +131,27 @@ class Rule:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     above: float | None = None
-    maximum: float | None = None
     nullable: bool = False
     flag: bool = True
+
+    def __post_init__(self) -> None:
+        check_str(self.kind, "Rule.kind", KINDS)
 
     def check(self, value: Any, path: str) -> Any:
         """The checked (and normalised) value, or a ``ValueError`` naming ``path``."""
         if value is None and self.nullable:
             return None
         if self.kind == "int":
-            return check_int(value, path, minimum=self.minimum if self.above is None else self.above + 1)
+            return check_int(value, path, minimum=self.minimum)
         if self.kind == "number":
-            return check_number(value, path, minimum=self.minimum, above=self.above, maximum=self.maximum)
+            return check_number(value, path, minimum=self.minimum, above=self.above)
         if self.kind == "bool":
             return check_bool(value, path)
         if self.kind == "str":
             return check_str(value, path, self.choices)
         if self.kind == "int_list":
             return check_list(value, path, lambda v, p: check_int(v, p, minimum=self.minimum))
-        if self.kind == "mapping":
-            return dict(expect_mapping(value, path))
-        return value
+        return dict(expect_mapping(value, path))  # "mapping"
 
 
 def setting(default: Any = MISSING, *, default_factory: Any = MISSING, compare: bool = True, **rule: Any) -> Any:
