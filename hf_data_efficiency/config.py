@@ -65,27 +65,10 @@ def _deprecated(message: str) -> None:
     warnings.warn(message, FutureWarning, stacklevel=3)
 
 
-class _ScheduledMetric:
-    """What a sampling metric and the seqlen transform share: a name and a difficulty schedule."""
-
-    name: str
-
-    @property
-    def path(self) -> str:
-        """Where this entry sits in a DeepSpeed config, for error messages."""
-        return f"curriculum_metrics.{self.name}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "schedule_fn"}
-
-
 @dataclass
-class CurriculumMetricConfig(_ScheduledMetric):
-    """One sampling metric: how difficult a sample is, and how fast the allowed difficulty grows.
-
-    ``name`` is a dataset column, a registered metric, or a metric computed from the data (``seqlen``,
-    ``vocab_rarity``, ...). The sequence-length batch transforms are :class:`SeqlenTransformConfig`.
-    """
+class _ScheduledMetric:
+    """What a sampling metric and the seqlen transform share: a name and a difficulty schedule (the fields and
+    rules of a sampling metric; the transform narrows some of them)."""
 
     name: str = setting(kind="str", help="Metric name (a dataset column or a registered metric).", flag=False)
     min_difficulty: float = setting(
@@ -103,6 +86,36 @@ class CurriculumMetricConfig(_ScheduledMetric):
     schedule_config: dict[str, Any] = setting(
         default_factory=dict, kind="mapping", help="Schedule parameters (DeepSpeed's keys).", flag=False
     )
+    schedule_fn: Callable[[int], float] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def path(self) -> str:
+        """Where this entry sits in a DeepSpeed config, for error messages."""
+        return f"curriculum_metrics.{self.name}"
+
+    def __post_init__(self) -> None:
+        check_fields(self, self.path)
+        self.schedule_config = validate_schedule(
+            self.schedule_type,
+            self.schedule_config,
+            self.min_difficulty,
+            self.max_difficulty,
+            has_fn=True,  # a custom schedule's callable may be attached later; the sampler checks it
+            where=self.path,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "schedule_fn"}
+
+
+@dataclass
+class CurriculumMetricConfig(_ScheduledMetric):
+    """One sampling metric: how difficult a sample is, and how fast the allowed difficulty grows.
+
+    ``name`` is a dataset column, a registered metric, or a metric computed from the data (``seqlen``,
+    ``vocab_rarity``, ...). The sequence-length batch transforms are :class:`SeqlenTransformConfig`.
+    """
+
     difficulty_type: str = setting(
         "value",
         kind="str",
@@ -123,19 +136,9 @@ class CurriculumMetricConfig(_ScheduledMetric):
     index_to_metric_path: str | None = setting(
         None, kind="str", nullable=True, help="DeepSpeed index_to_metric file prefix.", flag=False
     )
-    schedule_fn: Callable[[int], float] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        check_str(self.name, "curriculum_metrics.<name>")
-        check_fields(self, self.path)
-        self.schedule_config = validate_schedule(
-            self.schedule_type,
-            self.schedule_config,
-            self.min_difficulty,
-            self.max_difficulty,
-            has_fn=True,  # a custom schedule's callable may be attached later; the sampler checks it
-            where=self.path,
-        )
+        super().__post_init__()
         if self.difficulty_type == "percentile":
             for key in ("min_difficulty", "max_difficulty"):
                 value = getattr(self, key)
@@ -181,25 +184,9 @@ class SeqlenTransformConfig(_ScheduledMetric):
         choices=SCHEDULE_TYPES,
         help="Pacing of the sequence-length curriculum: fixed_linear or fixed_root.",
     )
-    schedule_config: dict[str, Any] = setting(
-        default_factory=dict, kind="mapping", help="Schedule parameters (DeepSpeed's keys).", flag=False
-    )
-    schedule_fn: Callable[[int], float] | None = field(default=None, compare=False, repr=False)
 
     #: Always value-based: the difficulty is a number of tokens.
     difficulty_type = "value"
-
-    def __post_init__(self) -> None:
-        check_str(self.name, "seqlen transform name", SEQLEN_TRANSFORMS)
-        check_fields(self, self.path)
-        self.schedule_config = validate_schedule(
-            self.schedule_type,
-            self.schedule_config,
-            self.min_difficulty,
-            self.max_difficulty,
-            has_fn=True,
-            where=self.path,
-        )
 
     def to_deepspeed(self) -> dict[str, Any]:
         """DeepSpeed's entry: a value-based, single-cluster metric (DeepSpeed needs no index files for it)."""
