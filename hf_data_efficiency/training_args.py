@@ -39,7 +39,7 @@ from typing import Any
 from transformers import TrainingArguments
 from transformers.utils import logging
 
-from ._validation import Rule, check_str, rule_of
+from ._validation import Rule, check_bool, check_int, check_list, check_str, rule_of
 from .config import (
     DEEPSPEED_KEYS,
     SEQLEN_TRANSFORMS,
@@ -286,6 +286,12 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
                 setattr(self, name, list(value))
         if self.seqlen_curriculum is not None:
             check_str(self.seqlen_curriculum, "--seqlen_curriculum", SEQLEN_FLAG_CHOICES)
+        for switch in ("random_ltd", "layer_token_lr_schedule", "dynamic_batching"):
+            check_bool(getattr(self, switch), f"--{switch}")
+        if self.curriculum_metrics is not None:
+            check_list(self.curriculum_metrics, "--curriculum_metrics", check_str, nonempty=True)
+        if self.curriculum_metrics_num_proc is not None:
+            check_int(self.curriculum_metrics_num_proc, "--curriculum_metrics_num_proc", minimum=1)
         src = self.data_efficiency_config
         if isinstance(src, str) and src.lstrip().startswith("{"):  # before TrainingArguments parses it bare
             try:
