@@ -16,6 +16,8 @@ _LAZY = {
     "DataEfficiencyConfig": ".config",
     "CurriculumConfig": ".config",
     "CurriculumMetricConfig": ".config",
+    "SeqlenTransformConfig": ".config",
+    "DynamicBatchingConfig": ".config",
     "RandomLTDConfig": ".config",
     "LayerTokenLRConfig": ".config",
     "DifficultySchedule": ".schedules",

@@ -1,8 +1,15 @@
 """Configuration dataclasses, DeepSpeed ``data_efficiency`` import/export and validation.
 
-``DataEfficiencyConfig`` is the single source of truth for both techniques. It reads DeepSpeed's
-JSON layout (a whole ds_config or just its ``data_efficiency`` block) with DeepSpeed's defaults,
-and has its own flat JSON form for ``save_pretrained``/``from_pretrained``.
+``DataEfficiencyConfig`` is the single source of truth for curriculum learning, dynamic batching and random-LTD.
+
+One name per setting: a field's name is its key in our JSON and (with a section prefix) its Trainer flag; the rule
+declared with the field (:func:`~hf_data_efficiency._validation.setting`) checks it and gives the flag its help.
+DeepSpeed's layout (nested ``random_ltd_schedule``, ``curriculum_metrics`` keyed by name, ...) is read and written
+only by the ``from_deepspeed``/``to_deepspeed`` methods, with DeepSpeed's defaults.
+
+Enabled sections, one rule: a DeepSpeed section is on only when it and every enclosing section say
+``enabled: true``; a missing ``enabled`` means false, as in DeepSpeed. A section that holds settings but ends up off
+this way is logged as a warning that names the key to set.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,82 +25,132 @@ from typing import Any
 
 from transformers.utils import logging
 
+from ._validation import (
+    check_bool,
+    check_fields,
+    check_int,
+    check_keys,
+    check_list,
+    check_str,
+    did_you_mean,
+    expect_mapping,
+    from_mapping,
+    setting,
+)
 from .fileio import atomic_write_text
-from .schedules import SCHEDULE_TYPES, validate_schedule
+from .schedules import ROOT_SCHEDULE_TYPES, SCHEDULE_TYPES, validate_schedule
 
 logger = logging.get_logger(__name__)
 
 CONFIG_NAME = "data_efficiency_config.json"
 DIFFICULTY_TYPES = ("value", "percentile")
 CLUSTERING_TYPES = ("schedule_based", "single_cluster")
-#: Curriculum "metrics" that are batch transforms on the sequence length, not per-sample metrics.
+#: The sequence-length batch transforms (DeepSpeed lists them among the curriculum metrics).
 SEQLEN_TRANSFORMS = ("seqlen_truncate", "seqlen_reshape")
-RANDOM_LTD_SCHEDULE_TYPES = ("fixed_linear", "fixed_root")
+#: Kept-length pacing of random-LTD (DeepSpeed has fixed_linear; fixed_root is ours).
+RANDOM_LTD_SCHEDULE_TYPES = ROOT_SCHEDULE_TYPES
 LR_WARMUP_TYPES = ("linear", "constant")
+LR_SCALING_METHODS = ("linear", "sqrt", "none")
+SEQUENCE_PICKING_ORDERS = ("dataloader", "random", "seqlen")
+DEFAULT_SEED = 1234
+#: Largest nesting of a config file; real configs use about 6 levels.
+MAX_CONFIG_DEPTH = 32
+#: Largest config file read, in bytes.
+MAX_CONFIG_BYTES = 16 * 2**20
+#: Top-level DeepSpeed keys that hold data-efficiency settings.
+DEEPSPEED_KEYS = ("data_efficiency", "curriculum_learning")
 
 
-def _check_keys(given: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys: {sorted(allowed)}.")
-
-
-def _check_choice(value: Any, allowed: tuple[str, ...], where: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"{where}={value!r} is not supported; allowed values: {', '.join(allowed)}.")
+def _deprecated(message: str) -> None:
+    warnings.warn(message, FutureWarning, stacklevel=3)
 
 
 @dataclass
-class CurriculumMetricConfig:
-    """One curriculum metric: how difficult a sample is, and how fast the allowed difficulty grows.
+class _ScheduledMetric:
+    """What a sampling metric and the seqlen transform share: a name and a difficulty schedule (the fields and
+    rules of a sampling metric; the transform narrows some of them)."""
 
-    ``name`` is a built-in metric (``seqlen``, ``vocab_rarity``, ``seqlen_vocab_rarity``), a
-    dataset column / user metric of that name, or one of the sequence-length batch transforms
-    ``seqlen_truncate`` / ``seqlen_reshape`` (difficulty = max tokens per row).
-    """
-
-    name: str
-    min_difficulty: float
-    max_difficulty: float
-    schedule_type: str = "fixed_linear"
-    schedule_config: dict[str, Any] = field(default_factory=dict)
-    difficulty_type: str = "value"
-    clustering_type: str = "schedule_based"
-    index_to_sample_path: str | None = None
-    index_to_metric_path: str | None = None
+    name: str = setting(kind="str", help="Metric name (a dataset column or a registered metric).", flag=False)
+    min_difficulty: float = setting(
+        kind="number", help="Starting difficulty per metric (a value, or a percentile in (0, 100])."
+    )
+    max_difficulty: float = setting(
+        kind="number", help="Final difficulty per metric (a value, or a percentile in (0, 100])."
+    )
+    schedule_type: str = setting(
+        "fixed_linear",
+        kind="str",
+        choices=SCHEDULE_TYPES,
+        help="Pacing schedule per metric: fixed_linear or fixed_root (files also take fixed_discrete and custom).",
+    )
+    schedule_config: dict[str, Any] = setting(
+        default_factory=dict, kind="mapping", help="Schedule parameters (DeepSpeed's keys).", flag=False
+    )
     schedule_fn: Callable[[int], float] | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def path(self) -> str:
+        """Where this entry sits in a DeepSpeed config, for error messages."""
+        return f"curriculum_metrics.{self.name}"
+
     def __post_init__(self) -> None:
-        where = f"curriculum_metrics.{self.name}"
-        _check_choice(self.schedule_type, SCHEDULE_TYPES, f"{where}.schedule_type")
-        _check_choice(self.difficulty_type, DIFFICULTY_TYPES, f"{where}.difficulty_type")
-        _check_choice(self.clustering_type, CLUSTERING_TYPES, f"{where}.clustering_type")
-        validate_schedule(
+        check_fields(self, self.path)
+        self.schedule_config = validate_schedule(
             self.schedule_type,
             self.schedule_config,
             self.min_difficulty,
             self.max_difficulty,
             has_fn=True,  # a custom schedule's callable may be attached later; the sampler checks it
-            where=where,
+            where=self.path,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "schedule_fn"}
+
+
+@dataclass
+class CurriculumMetricConfig(_ScheduledMetric):
+    """One sampling metric: how difficult a sample is, and how fast the allowed difficulty grows.
+
+    ``name`` is a dataset column, a registered metric, or a metric computed from the data (``seqlen``,
+    ``vocab_rarity``, ...). The sequence-length batch transforms are :class:`SeqlenTransformConfig`.
+    """
+
+    difficulty_type: str = setting(
+        "value",
+        kind="str",
+        choices=DIFFICULTY_TYPES,
+        help="Difficulty type per metric: 'value' (metric <= difficulty) or 'percentile' (rank within the first "
+        "difficulty percent).",
+    )
+    clustering_type: str = setting(
+        "schedule_based",
+        kind="str",
+        choices=CLUSTERING_TYPES,
+        help="Clustering per metric: schedule_based (samples admitted as the difficulty grows) or single_cluster "
+        "(the metric does not filter samples).",
+    )
+    index_to_sample_path: str | None = setting(
+        None, kind="str", nullable=True, help="DeepSpeed index_to_sample file prefix.", flag=False
+    )
+    index_to_metric_path: str | None = setting(
+        None, kind="str", nullable=True, help="DeepSpeed index_to_metric file prefix.", flag=False
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.difficulty_type == "percentile":
             for key in ("min_difficulty", "max_difficulty"):
                 value = getattr(self, key)
                 if not 0 < value <= 100:
-                    raise ValueError(f"{where}.{key}={value} must lie in (0, 100] for difficulty_type='percentile'.")
-        if self.is_transform and self.difficulty_type != "value":
-            raise ValueError(f"{where}.difficulty_type must be 'value' for the {self.name} batch transform.")
-        if self.is_transform and self.min_difficulty < 1:
-            raise ValueError(f"{where}.min_difficulty={self.min_difficulty} must be >= 1 token per row.")
+                    raise ValueError(
+                        f"{self.path}.{key}={value} must lie in (0, 100] for difficulty_type='percentile'."
+                    )
 
     @property
     def is_transform(self) -> bool:
-        """True for ``seqlen_truncate``/``seqlen_reshape``, which act on batches, not on sampling."""
+        """True for the legacy spelling of a seqlen transform as a metric (see :class:`CurriculumConfig`)."""
         return self.name in SEQLEN_TRANSFORMS
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "schedule_fn"}
-        return out
 
     def to_deepspeed(self) -> dict[str, Any]:
         out = self.to_dict()
@@ -101,198 +159,399 @@ class CurriculumMetricConfig:
 
     @classmethod
     def from_deepspeed(cls, name: str, entry: Mapping[str, Any]) -> CurriculumMetricConfig:
-        allowed = {f.name for f in fields(cls)} - {"name"}
-        _check_keys(entry, allowed, f"curriculum_metrics.{name}")
-        for key in ("min_difficulty", "max_difficulty", "schedule_type"):
-            if key not in entry:
-                raise ValueError(f"curriculum_metrics.{name} is missing the required key '{key}'.")
-        return cls(name=name, **copy.deepcopy(dict(entry)))
+        """Build from one DeepSpeed ``curriculum_metrics`` entry (the metric name is its key)."""
+        return from_mapping(cls, entry, f"curriculum_metrics.{name}", name=name)
+
+
+@dataclass
+class SeqlenTransformConfig(_ScheduledMetric):
+    """The sequence-length curriculum: each batch is cut to at most ``difficulty`` tokens per row.
+
+    ``name`` is ``seqlen_truncate`` (drop the tokens beyond the limit) or ``seqlen_reshape`` (keep them as extra
+    rows). It acts on the batch of each step, not on which samples are drawn.
+    """
+
+    name: str = setting(kind="str", choices=SEQLEN_TRANSFORMS, help="seqlen_truncate or seqlen_reshape.", flag=False)
+    min_difficulty: int = setting(
+        kind="int", minimum=1, help="Max tokens per row at the start of the sequence-length curriculum."
+    )
+    max_difficulty: int = setting(
+        kind="int", minimum=1, help="Max tokens per row at the end of the sequence-length curriculum."
+    )
+    schedule_type: str = setting(
+        "fixed_linear",
+        kind="str",
+        choices=SCHEDULE_TYPES,
+        help="Pacing of the sequence-length curriculum: fixed_linear or fixed_root.",
+    )
+
+    #: Always value-based: the difficulty is a number of tokens.
+    difficulty_type = "value"
+
+    def to_deepspeed(self) -> dict[str, Any]:
+        """DeepSpeed's entry: a value-based, single-cluster metric (DeepSpeed needs no index files for it)."""
+        out = self.to_dict()
+        out.pop("name")
+        return {**out, "difficulty_type": "value", "clustering_type": "single_cluster"}
+
+    @classmethod
+    def from_deepspeed(cls, name: str, entry: Mapping[str, Any]) -> SeqlenTransformConfig:
+        """Build from DeepSpeed's ``curriculum_metrics.seqlen_truncate``/``seqlen_reshape`` entry."""
+        path = f"curriculum_metrics.{name}"
+        entry = dict(expect_mapping(entry, path))
+        check_str(entry.pop("difficulty_type", "value"), f"{path}.difficulty_type", ("value",))
+        check_str(entry.pop("clustering_type", "single_cluster"), f"{path}.clustering_type", CLUSTERING_TYPES)
+        return from_mapping(cls, entry, path, name=name)
+
+
+def _metric_entry(entry: Any, path: str) -> CurriculumMetricConfig | SeqlenTransformConfig:
+    """One entry of a metric list, typed; a dict with ``name`` is read like a DeepSpeed entry of that name."""
+    if isinstance(entry, CurriculumMetricConfig) and entry.is_transform:
+        transform = SeqlenTransformConfig.from_deepspeed(entry.name, entry.to_deepspeed())
+        transform.schedule_fn = entry.schedule_fn
+        return transform
+    if isinstance(entry, (CurriculumMetricConfig, SeqlenTransformConfig)):
+        return entry
+    entry = dict(expect_mapping(entry, path))
+    name = check_str(entry.pop("name", None), f"{path}.name")
+    if name in SEQLEN_TRANSFORMS:
+        for key in ("index_to_sample_path", "index_to_metric_path"):  # written as null by older versions
+            if key in entry and entry[key] is None:
+                del entry[key]
+        return SeqlenTransformConfig.from_deepspeed(name, entry)
+    return from_mapping(CurriculumMetricConfig, entry, f"curriculum_metrics.{name}", name=name)
+
+
+def _split_metrics(entries: Any, path: str) -> tuple[list[CurriculumMetricConfig], SeqlenTransformConfig | None]:
+    """Type the entries of one metric list and split them into sampling metrics and the (one) seqlen transform."""
+    typed = check_list(entries, path, _metric_entry)
+    transforms = [m for m in typed if isinstance(m, SeqlenTransformConfig)]
+    if len(transforms) > 1:
+        raise ValueError(
+            f"{path}: only one of {SEQLEN_TRANSFORMS} may be used, got {[t.name for t in transforms]}; "
+            "allowed: one sequence-length transform."
+        )
+    return [m for m in typed if isinstance(m, CurriculumMetricConfig)], (transforms[0] if transforms else None)
 
 
 @dataclass
 class CurriculumConfig:
-    """Curriculum learning (DeepSpeed ``data_sampling.curriculum_learning``)."""
+    """Curriculum learning (DeepSpeed ``data_sampling.curriculum_learning``).
 
-    metrics: list[CurriculumMetricConfig]
-    seed: int = 1234
-    num_epochs: int = 1000
-    num_workers: int = 0
-    pin_memory: bool = False
-    data_cluster_path: str | None = None
+    ``sampling_metrics`` decide which samples are eligible at each step; ``transform`` (optional) cuts each batch to
+    the sequence-length difficulty of its step. ``metrics`` lists both, the transform last. The old single list
+    (``CurriculumConfig(metrics=[...])``, or a transform among ``sampling_metrics``) is still accepted with a
+    deprecation warning and split into the two fields.
+    """
+
+    sampling_metrics: list[CurriculumMetricConfig] = field(default_factory=list)
+    transform: SeqlenTransformConfig | None = None
+    seed: int = setting(DEFAULT_SEED, kind="int", minimum=0, help="Seed of the curriculum stream.", flag=False)
+    num_epochs: int = setting(1000, kind="int", minimum=1, help="DeepSpeed data_sampling.num_epochs.", flag=False)
+    num_workers: int = setting(0, kind="int", minimum=0, help="DeepSpeed data_sampling.num_workers.", flag=False)
+    pin_memory: bool = setting(False, kind="bool", help="DeepSpeed data_sampling.pin_memory.", flag=False)
+    data_cluster_path: str | None = setting(
+        None, kind="str", nullable=True, help="DeepSpeed data_cluster_path (accepted, unused).", flag=False
+    )
 
     def __post_init__(self) -> None:
-        self.metrics = [
-            m if isinstance(m, CurriculumMetricConfig) else CurriculumMetricConfig(**m) for m in self.metrics
-        ]
+        check_fields(self, "curriculum")
+        self.sampling_metrics, transform = _split_metrics(self.sampling_metrics, "curriculum.sampling_metrics")
+        if transform is not None:
+            _deprecated(
+                "A seqlen_truncate/seqlen_reshape entry among the sampling metrics is deprecated: give it as "
+                "CurriculumConfig(transform=SeqlenTransformConfig(...))."
+            )
+            if self.transform is not None:
+                raise ValueError(
+                    f"curriculum: only one of {SEQLEN_TRANSFORMS} may be used, got {transform.name} among the "
+                    f"sampling metrics and transform={self.transform.name}."
+                )
+            self.transform = transform
+        if self.transform is not None and not isinstance(self.transform, SeqlenTransformConfig):
+            entry = dict(expect_mapping(self.transform, "curriculum.transform"))
+            name = check_str(entry.pop("name", None), "curriculum.transform.name", SEQLEN_TRANSFORMS)
+            self.transform = from_mapping(SeqlenTransformConfig, entry, f"curriculum_metrics.{name}", name=name)
         if not self.metrics:
             raise ValueError("curriculum_learning.curriculum_metrics is empty; give at least one metric.")
-        names = [m.name for m in self.metrics]
+        names = [m.name for m in self.sampling_metrics]
         if len(set(names)) != len(names):
             raise ValueError(f"curriculum_learning.curriculum_metrics has duplicate names: {names}.")
-        transforms = [m.name for m in self.metrics if m.is_transform]
-        if len(transforms) > 1:
-            raise ValueError(
-                f"curriculum_learning.curriculum_metrics: only one of {SEQLEN_TRANSFORMS} may be used, got {transforms}."
-            )
-        if self.num_epochs < 1:
-            raise ValueError(f"data_sampling.num_epochs={self.num_epochs} must be >= 1.")
 
     @property
-    def sampling_metrics(self) -> list[CurriculumMetricConfig]:
-        """Metrics that decide which samples are eligible."""
-        return [m for m in self.metrics if not m.is_transform]
+    def metrics(self) -> list[CurriculumMetricConfig | SeqlenTransformConfig]:
+        """Every metric: the sampling metrics, then the transform (if any)."""
+        return [*self.sampling_metrics, *([self.transform] if self.transform is not None else [])]
 
-    @property
-    def transform(self) -> CurriculumMetricConfig | None:
-        """The sequence-length batch transform, if any."""
-        return next((m for m in self.metrics if m.is_transform), None)
-
-    def metric(self, name: str) -> CurriculumMetricConfig:
+    def metric(self, name: str) -> CurriculumMetricConfig | SeqlenTransformConfig:
         for m in self.metrics:
             if m.name == name:
                 return m
         raise KeyError(f"no curriculum metric named {name!r}; configured: {[m.name for m in self.metrics]}")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "metrics"}
-        out["metrics"] = [m.to_dict() for m in self.metrics]
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        out["sampling_metrics"] = [m.to_dict() for m in self.sampling_metrics]
+        out["transform"] = self.transform.to_dict() if self.transform is not None else None
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CurriculumConfig:
-        _check_keys(d, {f.name for f in fields(cls)}, "curriculum")
-        d = copy.deepcopy(dict(d))
-        d["metrics"] = [CurriculumMetricConfig(**m) for m in d.get("metrics", [])]
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; an old dict with one ``metrics`` list (transform included) loads too."""
+        d = copy.deepcopy(dict(expect_mapping(d, "curriculum")))
+        if "metrics" in d:
+            if "sampling_metrics" in d or "transform" in d:
+                raise ValueError("curriculum: give sampling_metrics/transform or the deprecated metrics, not both.")
+            _deprecated(
+                "curriculum.metrics (one list holding the transform too) is deprecated: write "
+                "curriculum.sampling_metrics and curriculum.transform, as to_dict does."
+            )
+            d["sampling_metrics"], d["transform"] = _split_metrics(d.pop("metrics"), "curriculum.metrics")
+        return from_mapping(cls, d, "curriculum")
+
+
+def _curriculum_init(init: Callable[..., None]) -> Callable[..., None]:
+    """Accept the deprecated ``metrics=`` argument of ``CurriculumConfig`` (it becomes ``sampling_metrics``)."""
+
+    def __init__(self: CurriculumConfig, *args: Any, metrics: Any = None, **kwargs: Any) -> None:
+        if metrics is not None:
+            if args or "sampling_metrics" in kwargs or "transform" in kwargs:
+                raise ValueError("curriculum: give sampling_metrics/transform or the deprecated metrics, not both.")
+            _deprecated("CurriculumConfig(metrics=...) is deprecated; use sampling_metrics=... and transform=...")
+            kwargs["sampling_metrics"], kwargs["transform"] = _split_metrics(metrics, "curriculum.metrics")
+        init(self, *args, **kwargs)
+
+    __init__.__doc__ = init.__doc__
+    return __init__
+
+
+CurriculumConfig.__init__ = _curriculum_init(CurriculumConfig.__init__)  # type: ignore[method-assign]
+
+
+@dataclass
+class DynamicBatchingConfig:
+    """Token-budget batching (DeepSpeed ``data_sampling.dynamic_batching``); defaults are DeepSpeed 0.19's.
+
+    A micro-batch holds as many samples as fit ``max_tokens`` per device, within ``[min_batch_size,
+    max_batch_size]``; the LR of each step is scaled from its batch size by ``lr_scaling_method``.
+    """
+
+    max_tokens: int = setting(kind="int", minimum=1, help="Token budget of one micro-batch on one device.")
+    min_batch_size: int = setting(1, kind="int", minimum=1, help="Fewest samples in a micro-batch.")
+    max_batch_size: int | None = setting(
+        None, kind="int", minimum=1, nullable=True, help="Most samples in a micro-batch (default: no limit)."
+    )
+    lr_scaling_method: str = setting(
+        "linear",
+        kind="str",
+        choices=LR_SCALING_METHODS,
+        help="How the LR follows each step's batch size relative to the reference batch: linear, sqrt or none.",
+    )
+    sequence_picking_order: str = setting(
+        "dataloader",
+        kind="str",
+        choices=SEQUENCE_PICKING_ORDERS,
+        help="Order in which samples are packed into micro-batches: dataloader, random or seqlen (ascending).",
+    )
+    metrics_path: str | None = setting(
+        None, kind="str", nullable=True, help="Folder of DeepSpeed's seqlen metric files (optional)."
+    )
+    verbose: bool = setting(False, kind="bool", help="Log the composition of every batch.")
+    truncate_long_samples: bool = setting(
+        False,
+        kind="bool",
+        help="Cut samples longer than max_tokens to max_tokens (and count them) instead of refusing them.",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "dynamic_batching")
+        if self.max_batch_size is not None and self.min_batch_size > self.max_batch_size:
+            raise ValueError(
+                f"dynamic_batching.min_batch_size={self.min_batch_size} is larger than "
+                f"dynamic_batching.max_batch_size={self.max_batch_size}; allowed: min_batch_size <= max_batch_size."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DynamicBatchingConfig:
+        return from_mapping(cls, d, "dynamic_batching")
+
+    @classmethod
+    def from_deepspeed(cls, section: Mapping[str, Any]) -> DynamicBatchingConfig:
+        """Build from DeepSpeed's ``dynamic_batching`` section (its ``enabled`` is read by the caller)."""
+        path = "data_efficiency.data_sampling.dynamic_batching"
+        section = {k: v for k, v in expect_mapping(section, path).items() if k != "enabled"}
+        if "sentence_picking_order" in section:
+            raise ValueError(
+                f"{path}.sentence_picking_order is not a DeepSpeed key (DeepSpeed's README names it, its code ignores "
+                f"it); use {path}.sequence_picking_order ({', '.join(SEQUENCE_PICKING_ORDERS)})."
+            )
+        return from_mapping(cls, section, path)
+
+    def to_deepspeed(self) -> dict[str, Any]:
+        """DeepSpeed's section (it passes ``truncate_long_samples``, our own key, through unread)."""
+        return {"enabled": True, **self.to_dict()}
 
 
 @dataclass
 class LayerTokenLRConfig:
     """LR warmup/decay measured in consumed layer-tokens (DeepSpeed ``layer_token_lr_schedule``)."""
 
-    enabled: bool = False
-    total_layer_tokens: int | None = None
-    warmup_type: str = "linear"
-    warmup_layer_tokens: int = 0
+    enabled: bool = setting(False, kind="bool", help="Measure LR warmup and decay in layer-tokens.", flag=False)
+    total_layer_tokens: int | None = setting(
+        None,
+        kind="int",
+        minimum=1,
+        nullable=True,
+        help="Layer-tokens at which the decay ends (default: the layer-tokens of all training steps).",
+    )
+    warmup_type: str = setting("linear", kind="str", choices=LR_WARMUP_TYPES, help="Warmup shape: linear or constant.")
+    warmup_layer_tokens: int = setting(
+        0,
+        kind="int",
+        minimum=0,
+        help="Warmup length in layer-tokens (0: the layer-tokens of the Trainer's warmup steps).",
+    )
 
     def __post_init__(self) -> None:
-        _check_choice(self.warmup_type, LR_WARMUP_TYPES, "layer_token_lr_schedule.warmup_type")
-        if self.warmup_layer_tokens < 0:
-            raise ValueError(f"layer_token_lr_schedule.warmup_layer_tokens={self.warmup_layer_tokens} must be >= 0.")
-        if self.total_layer_tokens is not None and self.total_layer_tokens <= 0:
-            raise ValueError(f"layer_token_lr_schedule.total_layer_tokens={self.total_layer_tokens} must be > 0.")
+        check_fields(self, "random_ltd.layer_token_lr_schedule")
 
 
 @dataclass
 class RandomLTDConfig:
     """Random layerwise token dropping (DeepSpeed ``data_routing.random_ltd``).
 
-    ``min_value``/``max_value`` are kept sequence lengths; the kept length grows from ``min_value``
-    to ``max_value`` over ``require_steps`` steps in multiples of ``seq_per_step``.
-    ``random_ltd_layer_id=None`` means every layer but the first and the last.
+    The kept length grows from ``min_value`` to ``max_value`` over ``require_steps`` steps in multiples of
+    ``seq_per_step``. ``random_ltd_layer_id=None`` means every layer but the first and the last.
     ``keep_positions=None`` uses the architecture default (e.g. CLS at 0 for BERT and ViT).
     """
 
-    min_value: int
-    max_value: int
-    require_steps: int
-    seq_per_step: int = 16
-    schedule_type: str = "fixed_linear"
-    root_degree: float | None = None
-    random_ltd_layer_id: list[int] | None = None
-    random_ltd_layer_num: int | None = None
-    total_layer_num: int | None = None
-    keep_positions: list[int] | None = None
+    min_value: int = setting(kind="int", minimum=1, help="Kept sequence length at step 0.")
+    max_value: int = setting(
+        kind="int", minimum=1, help="Final kept sequence length, usually the full sequence length."
+    )
+    require_steps: int = setting(
+        kind="int", minimum=1, help="Optimizer steps until the kept length reaches its maximum."
+    )
+    seq_per_step: int = setting(16, kind="int", minimum=1, help="The kept length grows in multiples of this.")
+    schedule_type: str = setting(
+        "fixed_linear", kind="str", choices=RANDOM_LTD_SCHEDULE_TYPES, help="Pacing of the kept length."
+    )
+    root_degree: float | None = setting(
+        None, kind="number", above=0, nullable=True, help="Root degree of a fixed_root kept-length schedule."
+    )
+    random_ltd_layer_id: list[int] | None = setting(
+        None,
+        kind="int_list",
+        minimum=0,
+        nullable=True,
+        help="0-based ids of the layers that drop tokens (default: all but the first and the last).",
+    )
+    random_ltd_layer_num: int | None = setting(
+        None, kind="int", minimum=1, nullable=True, help="Number of random-LTD layers (checked).", flag=False
+    )
+    total_layer_num: int | None = setting(
+        None, kind="int", minimum=1, nullable=True, help="Number of layers of the model (checked).", flag=False
+    )
+    keep_positions: list[int] | None = setting(
+        None,
+        kind="int_list",
+        nullable=True,
+        help="Positions every random-LTD layer always keeps (default: per architecture, CLS for BERT/ViT).",
+    )
     layer_token_lr_schedule: LayerTokenLRConfig = field(default_factory=LayerTokenLRConfig)
-    global_batch_size: int | None = None
-    micro_batch_size: int | None = None
-    model_mask_name: str | None = None
-    model_type: str | None = None
-    hidden_state_order: str | None = None
+    global_batch_size: int | None = setting(
+        None, kind="int", minimum=1, nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
+    )
+    micro_batch_size: int | None = setting(
+        None, kind="int", minimum=1, nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
+    )
+    model_mask_name: str | None = setting(
+        None, kind="str", nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
+    )
+    model_type: str | None = setting(
+        None, kind="str", nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
+    )
+    hidden_state_order: str | None = setting(
+        None, kind="str", nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
+    )
 
     def __post_init__(self) -> None:
-        if isinstance(self.layer_token_lr_schedule, Mapping):
-            self.layer_token_lr_schedule = LayerTokenLRConfig(**self.layer_token_lr_schedule)
-        w = "random_ltd.random_ltd_schedule"
-        _check_choice(self.schedule_type, RANDOM_LTD_SCHEDULE_TYPES, f"{w}.schedule_type")
-        if self.min_value <= 0:
-            raise ValueError(f"{w}.min_value={self.min_value} must be a kept length > 0.")
+        if not isinstance(self.layer_token_lr_schedule, LayerTokenLRConfig):
+            self.layer_token_lr_schedule = from_mapping(
+                LayerTokenLRConfig, self.layer_token_lr_schedule, "random_ltd.layer_token_lr_schedule"
+            )
+        check_fields(self, "random_ltd")
+        w = "random_ltd"
         if self.min_value > self.max_value:
-            raise ValueError(f"{w}.min_value={self.min_value} is larger than max_value={self.max_value}.")
-        if self.require_steps <= 0:
-            raise ValueError(f"{w}.schedule_config.require_steps={self.require_steps} must be > 0.")
-        if self.seq_per_step <= 0:
-            raise ValueError(f"{w}.schedule_config.seq_per_step={self.seq_per_step} must be > 0.")
-        if self.schedule_type == "fixed_root" and not (self.root_degree and self.root_degree > 0):
-            raise ValueError(f"{w}.schedule_config.root_degree={self.root_degree} must be > 0 for fixed_root.")
-        if self.random_ltd_layer_id is not None:
-            self.random_ltd_layer_id = [int(i) for i in self.random_ltd_layer_id]
-            if len(set(self.random_ltd_layer_id)) != len(self.random_ltd_layer_id):
-                raise ValueError(f"random_ltd.random_ltd_layer_id={self.random_ltd_layer_id} has duplicates.")
-            if any(i < 0 for i in self.random_ltd_layer_id):
-                raise ValueError(f"random_ltd.random_ltd_layer_id={self.random_ltd_layer_id} has negative ids.")
-            if self.random_ltd_layer_num is not None and self.random_ltd_layer_num != len(self.random_ltd_layer_id):
+            raise ValueError(
+                f"{w}.min_value={self.min_value} is larger than max_value={self.max_value}; "
+                "allowed: min_value <= max_value."
+            )
+        if self.schedule_type == "fixed_root" and self.root_degree is None:
+            raise ValueError(
+                f"{w}.root_degree=None is not allowed for schedule_type='fixed_root'; allowed: a number > 0."
+            )
+        ids = self.random_ltd_layer_id
+        if ids is not None:
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{w}.random_ltd_layer_id={ids} has duplicates; allowed: distinct layer ids.")
+            if self.random_ltd_layer_num is not None and self.random_ltd_layer_num != len(ids):
                 raise ValueError(
-                    f"random_ltd.random_ltd_layer_num={self.random_ltd_layer_num} disagrees with "
-                    f"len(random_ltd_layer_id)={len(self.random_ltd_layer_id)}."
+                    f"{w}.random_ltd_layer_num={self.random_ltd_layer_num} disagrees with "
+                    f"len(random_ltd_layer_id)={len(ids)}."
                 )
+            if self.total_layer_num is not None and any(i >= self.total_layer_num for i in ids):
+                raise ValueError(
+                    f"{w}.random_ltd_layer_id={ids} has ids >= total_layer_num={self.total_layer_num}; "
+                    f"allowed: 0 ... {self.total_layer_num - 1}."
+                )
+        if self.min_value < self.seq_per_step:
+            raise ValueError(
+                f"{w}: min_value={self.min_value} with seq_per_step={self.seq_per_step} gives a kept length of "
+                f"{self.min_value - self.min_value % self.seq_per_step} at step 0 (kept lengths are rounded down to a "
+                "multiple of seq_per_step, as in DeepSpeed); allowed: min_value >= seq_per_step."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RandomLTDConfig:
-        _check_keys(d, {f.name for f in fields(cls)}, "random_ltd")
-        return cls(**copy.deepcopy(dict(d)))
+        return from_mapping(cls, copy.deepcopy(dict(expect_mapping(d, "random_ltd"))), "random_ltd")
 
     @classmethod
     def from_deepspeed(cls, section: Mapping[str, Any]) -> RandomLTDConfig:
-        """Build from DeepSpeed's ``random_ltd`` section (``enabled`` is ignored here)."""
-        allowed = {
-            "enabled",
-            "random_ltd_schedule",
-            "random_ltd_layer_id",
-            "random_ltd_layer_num",
-            "total_layer_num",
-            "layer_token_lr_schedule",
-            "global_batch_size",
-            "micro_batch_size",
-            "model_mask_name",
-            "model_type",
-            "hidden_state_order",
-            "keep_positions",
-        }
-        _check_keys(section, allowed, "random_ltd")
-        if "random_ltd_schedule" not in section:
-            raise ValueError("random_ltd is missing the required key 'random_ltd_schedule'.")
-        sched = section["random_ltd_schedule"]
-        _check_keys(sched, {"min_value", "max_value", "schedule_type", "schedule_config"}, "random_ltd_schedule")
-        for key in ("min_value", "max_value", "schedule_config"):
-            if key not in sched:
-                raise ValueError(f"random_ltd.random_ltd_schedule is missing the required key '{key}'.")
-        sc = sched["schedule_config"]
-        _check_keys(sc, {"require_steps", "seq_per_step", "root_degree"}, "random_ltd_schedule.schedule_config")
-        if "require_steps" not in sc:
-            raise ValueError("random_ltd.random_ltd_schedule.schedule_config is missing 'require_steps'.")
-        lr = dict(section.get("layer_token_lr_schedule", {}))
-        _check_keys(lr, {f.name for f in fields(LayerTokenLRConfig)}, "random_ltd.layer_token_lr_schedule")
+        """Build from DeepSpeed's ``random_ltd`` section (its ``enabled`` is read by the caller)."""
+        path = "data_efficiency.data_routing.random_ltd"
+        section = dict(expect_mapping(section, path))
+        top = [n for n in _RANDOM_LTD_TOP_LEVEL if n != "layer_token_lr_schedule"]
+        check_keys(
+            section,
+            ["enabled", "random_ltd_schedule", "layer_token_lr_schedule", *top],
+            path,
+            required=["random_ltd_schedule"],
+        )
+        sched = expect_mapping(section["random_ltd_schedule"], f"{path}.random_ltd_schedule")
+        check_keys(
+            sched,
+            ["min_value", "max_value", "schedule_type", "schedule_config"],
+            f"{path}.random_ltd_schedule",
+            required=["min_value", "max_value", "schedule_config"],
+        )
+        sc_path = f"{path}.random_ltd_schedule.schedule_config"
+        sc = expect_mapping(sched["schedule_config"], sc_path)
+        check_keys(sc, ["require_steps", "seq_per_step", "root_degree"], sc_path, required=["require_steps"])
+        lr = from_mapping(
+            LayerTokenLRConfig, section.get("layer_token_lr_schedule", {}), f"{path}.layer_token_lr_schedule"
+        )
         return cls(
-            min_value=sched["min_value"],
-            max_value=sched["max_value"],
-            require_steps=sc["require_steps"],
-            seq_per_step=sc.get("seq_per_step", 16),
-            schedule_type=sched.get("schedule_type", "fixed_linear"),
-            root_degree=sc.get("root_degree"),
-            random_ltd_layer_id=section.get("random_ltd_layer_id"),
-            random_ltd_layer_num=section.get("random_ltd_layer_num"),
-            total_layer_num=section.get("total_layer_num"),
-            keep_positions=section.get("keep_positions"),
-            layer_token_lr_schedule=LayerTokenLRConfig(**lr),
-            global_batch_size=section.get("global_batch_size"),
-            micro_batch_size=section.get("micro_batch_size"),
-            model_mask_name=section.get("model_mask_name"),
-            model_type=section.get("model_type"),
-            hidden_state_order=section.get("hidden_state_order"),
+            **{k: sched[k] for k in ("min_value", "max_value", "schedule_type") if k in sched},
+            **dict(sc),
+            **{k: copy.deepcopy(section[k]) for k in top if k in section},
+            layer_token_lr_schedule=lr,
         )
 
     def to_deepspeed(self) -> dict[str, Any]:
@@ -309,53 +568,59 @@ class RandomLTDConfig:
             },
             "layer_token_lr_schedule": asdict(self.layer_token_lr_schedule),
         }
-        for key in (
-            "random_ltd_layer_id",
-            "random_ltd_layer_num",
-            "total_layer_num",
-            "keep_positions",
-            "global_batch_size",
-            "micro_batch_size",
-            "model_mask_name",
-            "model_type",
-            "hidden_state_order",
-        ):
-            if getattr(self, key) is not None:
+        for key in _RANDOM_LTD_TOP_LEVEL:
+            if key != "layer_token_lr_schedule" and getattr(self, key) is not None:
                 out[key] = copy.deepcopy(getattr(self, key))
         return out
 
 
+#: RandomLTDConfig fields that sit at the top of DeepSpeed's random_ltd section (the rest is random_ltd_schedule).
+_RANDOM_LTD_TOP_LEVEL = tuple(
+    f.name
+    for f in fields(RandomLTDConfig)
+    if f.name not in ("min_value", "max_value", "require_steps", "seq_per_step", "schedule_type", "root_degree")
+)
+
+
 @dataclass
 class DataEfficiencyConfig:
-    """Both data-efficiency techniques; either part may be ``None`` (off)."""
+    """All data-efficiency techniques; each part may be ``None`` (off)."""
 
     curriculum: CurriculumConfig | None = None
     random_ltd: RandomLTDConfig | None = None
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
+    dynamic_batching: DynamicBatchingConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.seed = check_int(self.seed, "seed", minimum=0)
+        for name, cls in _PARTS.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, cls):
+                raise ValueError(f"{name} must be a {cls.__name__} or None, got {type(value).__name__}.")
 
     @property
     def enabled(self) -> bool:
-        return self.curriculum is not None or self.random_ltd is not None
+        return any(getattr(self, name) is not None for name in _PARTS)
 
     # ----- our own JSON form -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "curriculum": self.curriculum.to_dict() if self.curriculum else None,
-            "random_ltd": self.random_ltd.to_dict() if self.random_ltd else None,
-        }
+        out: dict[str, Any] = {"seed": self.seed}
+        for name in _PARTS:
+            part = getattr(self, name)
+            out[name] = part.to_dict() if part is not None else None
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataEfficiencyConfig:
         """Inverse of :meth:`to_dict`. A DeepSpeed layout is detected and routed to :meth:`from_deepspeed`."""
-        if "data_efficiency" in d or "data_sampling" in d or "data_routing" in d:
+        d = expect_mapping(d, "data efficiency config")
+        if any(key in d for key in ("data_sampling", "data_routing", "curriculum_type", *DEEPSPEED_KEYS)) or any(
+            _near_deepspeed_key(key) for key in d
+        ):
             return cls.from_deepspeed(d)
-        _check_keys(d, {"seed", "curriculum", "random_ltd"}, "data efficiency config")
-        return cls(
-            curriculum=CurriculumConfig.from_dict(d["curriculum"]) if d.get("curriculum") else None,
-            random_ltd=RandomLTDConfig.from_dict(d["random_ltd"]) if d.get("random_ltd") else None,
-            seed=d.get("seed", 1234),
-        )
+        check_keys(d, ["seed", *_PARTS], "data efficiency config")
+        parts = {name: _PARTS[name].from_dict(d[name]) if d.get(name) else None for name in _PARTS}
+        return cls(**parts, seed=d.get("seed", DEFAULT_SEED))
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -382,49 +647,48 @@ class DataEfficiencyConfig:
     # ----- DeepSpeed JSON ----------------------------------------------------------------
     @classmethod
     def from_deepspeed(cls, ds_config: Mapping[str, Any] | str | os.PathLike) -> DataEfficiencyConfig:
-        """Read a whole ds_config (dict or JSON path) or only its ``data_efficiency`` block.
+        """Read a whole ds_config (dict or JSON/YAML path) or only its ``data_efficiency`` block.
 
         A legacy top-level ``curriculum_learning`` block (``curriculum_type: seqlen``) becomes a
-        ``seqlen_truncate`` transform. A block with ``enabled: false`` yields an empty config and a
-        warning; options this project cannot honour raise a ``ValueError``.
+        ``seqlen_truncate`` transform. Sections follow the enabled rule of the module docstring; a top-level key
+        that looks like a misspelled ``data_efficiency``/``curriculum_learning`` is warned about.
         """
         if not isinstance(ds_config, Mapping):
             ds_config = load_config_file(ds_config)
-        ds_config = copy.deepcopy(dict(ds_config))
-        block_keys = {"enabled", "seed", "data_sampling", "data_routing"}
+        ds_config = copy.deepcopy(dict(expect_mapping(ds_config, "ds_config")))
+        block_keys = ("enabled", "seed", "data_sampling", "data_routing")
         if "curriculum_type" in ds_config:  # the legacy block on its own
             legacy, block = ds_config, {}
-        elif "data_efficiency" in ds_config or "curriculum_learning" in ds_config or not block_keys & set(ds_config):
-            # a whole ds_config
-            legacy, block = ds_config.get("curriculum_learning"), ds_config.get("data_efficiency", {})
+        elif any(k in ds_config for k in DEEPSPEED_KEYS) or not set(block_keys) & set(ds_config):
+            _warn_near_misses(ds_config)
+            legacy = ds_config.get("curriculum_learning")
+            block = expect_mapping(ds_config.get("data_efficiency", {}), "data_efficiency")
             if legacy is None and not block:
                 logger.warning("The DeepSpeed config has no 'data_efficiency' or 'curriculum_learning' block.")
         else:  # only the data_efficiency block
             legacy, block = None, ds_config
-        _check_keys(block, block_keys, "data_efficiency")
-        seed = int(block.get("seed", 1234))
-        curriculum = random_ltd = None
-        if block and not block.get("enabled", False):
-            if _any_enabled(block):
-                logger.warning(
-                    "data_efficiency.enabled is false, so its data_sampling/data_routing sections are ignored "
-                    "(set data_efficiency.enabled=true to use them)."
-                )
-        elif block:
-            curriculum = _curriculum_from_deepspeed(block.get("data_sampling", {}), seed)
-            random_ltd = _random_ltd_from_deepspeed(block.get("data_routing", {}))
-        if legacy and legacy.get("enabled", False):
+        check_keys(block, block_keys, "data_efficiency")
+        seed = check_int(block.get("seed", DEFAULT_SEED), "data_efficiency.seed", minimum=0)
+        on = _section_on(block, "data_efficiency", None)
+        sampling = expect_mapping(block.get("data_sampling", {}), "data_efficiency.data_sampling")
+        curriculum, dynamic_batching = _sampling_from_deepspeed(sampling, seed, on)
+        random_ltd = _routing_from_deepspeed(
+            expect_mapping(block.get("data_routing", {}), "data_efficiency.data_routing"), on
+        )
+        if legacy is not None and _section_on(
+            expect_mapping(legacy, "curriculum_learning"), "curriculum_learning", None
+        ):
             if curriculum is not None:
                 raise ValueError(
                     "Both the legacy top-level 'curriculum_learning' block and data_efficiency.data_sampling."
                     "curriculum_learning are enabled; keep only one."
                 )
             curriculum = _curriculum_from_legacy(legacy, seed)
-        return cls(curriculum=curriculum, random_ltd=random_ltd, seed=seed)
+        return cls(curriculum=curriculum, random_ltd=random_ltd, seed=seed, dynamic_batching=dynamic_batching)
 
     def to_deepspeed(self) -> dict[str, Any]:
         """The ``data_efficiency`` block DeepSpeed would read for this config."""
-        sampling: dict[str, Any] = {"enabled": self.curriculum is not None}
+        sampling: dict[str, Any] = {"enabled": self.curriculum is not None or self.dynamic_batching is not None}
         if self.curriculum is not None:
             c = self.curriculum
             cl: dict[str, Any] = {
@@ -436,77 +700,174 @@ class DataEfficiencyConfig:
             sampling.update(
                 num_epochs=c.num_epochs, num_workers=c.num_workers, pin_memory=c.pin_memory, curriculum_learning=cl
             )
+        if self.dynamic_batching is not None:
+            sampling["dynamic_batching"] = self.dynamic_batching.to_deepspeed()
         routing: dict[str, Any] = {"enabled": self.random_ltd is not None}
         if self.random_ltd is not None:
             routing["random_ltd"] = self.random_ltd.to_deepspeed()
         return {"enabled": self.enabled, "seed": self.seed, "data_sampling": sampling, "data_routing": routing}
 
 
-def _any_enabled(block: Mapping[str, Any]) -> bool:
-    return bool(block.get("data_sampling", {}).get("enabled") or block.get("data_routing", {}).get("enabled"))
+#: The parts of a DataEfficiencyConfig, by their key in our JSON.
+_PARTS: dict[str, Any] = {
+    "curriculum": CurriculumConfig,
+    "random_ltd": RandomLTDConfig,
+    "dynamic_batching": DynamicBatchingConfig,
+}
 
 
-def _curriculum_from_deepspeed(sampling: Mapping[str, Any], seed: int) -> CurriculumConfig | None:
-    allowed = {"enabled", "num_epochs", "num_workers", "pin_memory", "curriculum_learning", "dynamic_batching"}
-    _check_keys(sampling, allowed, "data_efficiency.data_sampling")
-    if sampling.get("dynamic_batching", {}).get("enabled", False):
-        raise ValueError(
-            "data_sampling.dynamic_batching.enabled=true is not supported by hf-data-efficiency; "
-            "set it to false (allowed: false)."
-        )
-    cl = sampling.get("curriculum_learning", {})
-    if not sampling.get("enabled", False) or not cl.get("enabled", False):
-        if cl.get("enabled", False):
+def _near_deepspeed_key(key: Any) -> str:
+    """`` (did you mean ...)`` when ``key`` looks like a misspelled ``data_efficiency``/``curriculum_learning``."""
+    if not isinstance(key, str) or key in DEEPSPEED_KEYS:
+        return ""
+    return did_you_mean(key.lower(), DEEPSPEED_KEYS, cutoff=0.8)
+
+
+def _warn_near_misses(ds_config: Mapping[str, Any]) -> None:
+    """Warn about top-level keys that look like a misspelled data-efficiency block (DeepSpeed ignores them)."""
+    for key in ds_config:
+        hint = _near_deepspeed_key(key)
+        if hint:
             logger.warning(
-                "curriculum_learning.enabled is true but data_sampling.enabled is false; curriculum is off."
+                f"The DeepSpeed config has a top-level key {key!r}{hint}; it is not read as data-efficiency settings."
             )
-        return None
-    _check_keys(cl, {"enabled", "curriculum_metrics", "data_cluster_path"}, "data_sampling.curriculum_learning")
-    if not cl.get("curriculum_metrics"):
-        raise ValueError("curriculum_learning is enabled, so curriculum_learning.curriculum_metrics must be given.")
-    return CurriculumConfig(
-        metrics=[CurriculumMetricConfig.from_deepspeed(n, e) for n, e in cl["curriculum_metrics"].items()],
+
+
+def _section_on(section: Mapping[str, Any], path: str, parent: tuple[bool, str] | None) -> bool:
+    """The one enabled rule (module docstring): on only when ``section`` and all its parents say enabled=true."""
+    on = check_bool(section["enabled"], f"{path}.enabled") if "enabled" in section else False
+    parent_on, parent_path = parent if parent is not None else (True, "")
+    settings = [k for k in section if k != "enabled"]
+    if parent_on and "enabled" not in section and settings:
+        logger.warning(
+            f"{path} has settings but no 'enabled' key, so it is off (a missing 'enabled' means false, as in "
+            f"DeepSpeed); set {path}.enabled=true to use it."
+        )
+    if on and not parent_on:
+        logger.warning(f"{path}.enabled is true but {parent_path} is off, so {path} is off too.")
+    return on and parent_on
+
+
+def _sampling_from_deepspeed(
+    sampling: Mapping[str, Any], seed: int, parent_on: bool
+) -> tuple[CurriculumConfig | None, DynamicBatchingConfig | None]:
+    path = "data_efficiency.data_sampling"
+    check_keys(
+        sampling,
+        ("enabled", "num_epochs", "num_workers", "pin_memory", "curriculum_learning", "dynamic_batching"),
+        path,
+    )
+    on = _section_on(sampling, path, (parent_on, "data_efficiency"))
+    db = expect_mapping(sampling.get("dynamic_batching", {}), f"{path}.dynamic_batching")
+    dynamic = (
+        DynamicBatchingConfig.from_deepspeed(db) if _section_on(db, f"{path}.dynamic_batching", (on, path)) else None
+    )
+    cl_path = f"{path}.curriculum_learning"
+    cl = expect_mapping(sampling.get("curriculum_learning", {}), cl_path)
+    if not _section_on(cl, cl_path, (on, path)):
+        return None, dynamic
+    check_keys(cl, ("enabled", "curriculum_metrics", "data_cluster_path"), cl_path, required=["curriculum_metrics"])
+    entries = expect_mapping(cl["curriculum_metrics"], f"{cl_path}.curriculum_metrics")
+    if not entries:
+        raise ValueError(f"{cl_path}.curriculum_metrics is empty; give at least one metric.")
+    metrics_path = f"{cl_path}.curriculum_metrics"
+    sampling_metrics, transform = _split_metrics(
+        [{**expect_mapping(e, f"{metrics_path}.{n}"), "name": n} for n, e in entries.items()], metrics_path
+    )
+    curriculum = CurriculumConfig(
+        sampling_metrics=sampling_metrics,
+        transform=transform,
         seed=seed,
-        num_epochs=int(sampling.get("num_epochs", 1000)),
-        num_workers=int(sampling.get("num_workers", 0)),
-        pin_memory=bool(sampling.get("pin_memory", False)),
+        num_epochs=sampling.get("num_epochs", 1000),
+        num_workers=sampling.get("num_workers", 0),
+        pin_memory=sampling.get("pin_memory", False),
         data_cluster_path=cl.get("data_cluster_path"),
     )
+    return curriculum, dynamic
 
 
 def _curriculum_from_legacy(legacy: Mapping[str, Any], seed: int) -> CurriculumConfig:
-    allowed = {"enabled", "curriculum_type", "min_difficulty", "max_difficulty", "schedule_type", "schedule_config"}
-    _check_keys(legacy, allowed, "curriculum_learning (legacy)")
-    _check_choice(legacy.get("curriculum_type"), ("seqlen",), "curriculum_learning.curriculum_type")
-    entry = {
-        k: legacy[k] for k in ("min_difficulty", "max_difficulty", "schedule_type", "schedule_config") if k in legacy
-    }
-    return CurriculumConfig(metrics=[CurriculumMetricConfig.from_deepspeed("seqlen_truncate", entry)], seed=seed)
+    keys = ("min_difficulty", "max_difficulty", "schedule_type", "schedule_config")
+    check_keys(legacy, ("enabled", "curriculum_type", *keys), "curriculum_learning (legacy)")
+    check_str(legacy.get("curriculum_type"), "curriculum_learning.curriculum_type", ("seqlen",))
+    entry = {k: legacy[k] for k in keys if k in legacy}
+    return CurriculumConfig(transform=SeqlenTransformConfig.from_deepspeed("seqlen_truncate", entry), seed=seed)
 
 
-def _random_ltd_from_deepspeed(routing: Mapping[str, Any]) -> RandomLTDConfig | None:
-    _check_keys(routing, {"enabled", "random_ltd"}, "data_efficiency.data_routing")
-    section = routing.get("random_ltd", {})
-    if not routing.get("enabled", False) or not section.get("enabled", False):
-        if section.get("enabled", False):
-            logger.warning("random_ltd.enabled is true but data_routing.enabled is false; random-LTD is off.")
+def _routing_from_deepspeed(routing: Mapping[str, Any], parent_on: bool) -> RandomLTDConfig | None:
+    path = "data_efficiency.data_routing"
+    check_keys(routing, ("enabled", "random_ltd"), path)
+    on = _section_on(routing, path, (parent_on, "data_efficiency"))
+    section = expect_mapping(routing.get("random_ltd", {}), f"{path}.random_ltd")
+    if not _section_on(section, f"{path}.random_ltd", (on, path)):
         return None
     return RandomLTDConfig.from_deepspeed(section)
 
 
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a JSON or YAML file (``yaml.safe_load``) into a dict."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+def _depth(value: Any) -> int:
+    """Nesting depth of JSON-like data, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_CONFIG_DEPTH:
+            break
+        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
-        data = yaml.safe_load(text)
-    else:
-        try:
+
+def _yaml_loader() -> type:
+    """A ``yaml.SafeLoader`` that refuses aliases, so a small file cannot expand into a huge object."""
+    import yaml
+
+    class _NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ValueError(
+                    f"line {mark.line + 1}: YAML aliases (*name) are not allowed in config files; "
+                    "write the value out instead."
+                )
+            return super().compose_node(parent, index)
+
+    return _NoAliasLoader
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON or YAML config file into a dict, with bounded size, nesting and no YAML aliases.
+
+    Malformed files, aliases, a nesting deeper than ``MAX_CONFIG_DEPTH`` or a top level that is not a mapping
+    give a ``ValueError`` naming the file (and the line where the parser knows it).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}.")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path} is {size} bytes; config files are limited to {MAX_CONFIG_BYTES} bytes.")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+        else:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}.") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ValueError(f"{path}: {line}not valid YAML: {getattr(e, 'problem', None) or e}.") from None
+    except ValueError as e:  # aliases
+        raise ValueError(f"{path}: {e}") from None
+    except RecursionError:
+        raise ValueError(
+            f"{path} is nested too deeply; config files are limited to {MAX_CONFIG_DEPTH} levels."
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON/YAML object at the top level, got {type(data).__name__}.")
+    if _depth(data) > MAX_CONFIG_DEPTH:
+        raise ValueError(f"{path} is nested too deeply; config files are limited to {MAX_CONFIG_DEPTH} levels.")
     return data

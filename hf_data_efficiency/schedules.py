@@ -8,11 +8,24 @@ over a number of steps. The arithmetic below reproduces DeepSpeed's ``Curriculum
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEDULE_TYPES = ("fixed_linear", "fixed_root", "fixed_discrete", "custom")
+from ._validation import Rule, check_int, check_keys, check_list, check_number, check_str, expect_mapping
+
+#: Schedules given by a closed formula; random-LTD and the Trainer flags offer only these.
+ROOT_SCHEDULE_TYPES = ("fixed_linear", "fixed_root")
+#: Every curriculum schedule type (DeepSpeed's ``CurriculumScheduler`` types).
+SCHEDULE_TYPES = (*ROOT_SCHEDULE_TYPES, "fixed_discrete", "custom")
+#: ``schedule_config`` keys of the root schedules, with their rules (also the source of their Trainer flags).
+ROOT_SCHEDULE_KEYS = {
+    "total_curriculum_step": Rule("int", "Optimizer steps until the final difficulty is reached.", minimum=1),
+    "difficulty_step": Rule("number", "The difficulty grows in multiples of this.", above=0),
+    "root_degree": Rule("number", "Root degree of a fixed_root schedule.", above=0),
+}
+#: ``schedule_config`` keys of a ``fixed_discrete`` schedule.
+DISCRETE_SCHEDULE_KEYS = ("difficulty", "max_step")
 
 
 def root_pacing(
@@ -61,13 +74,14 @@ class DifficultySchedule:
     schedule_fn: Callable[[int], float] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        validate_schedule(
+        sc = validate_schedule(
             self.schedule_type,
             self.schedule_config,
             self.min_difficulty,
             self.max_difficulty,
             has_fn=self.schedule_fn is not None,
         )
+        object.__setattr__(self, "schedule_config", sc)
 
     @classmethod
     def from_dict(
@@ -76,11 +90,12 @@ class DifficultySchedule:
         """Build from a DeepSpeed metric entry (``min_difficulty``, ``max_difficulty``,
         ``schedule_type``, ``schedule_config``). ``custom`` schedules take ``schedule_fn``."""
         where = "curriculum metric config"
+        expect_mapping(cfg, where)
         return cls(
             min_difficulty=_require(cfg, "min_difficulty", where),
             max_difficulty=_require(cfg, "max_difficulty", where),
             schedule_type=_require(cfg, "schedule_type", where),
-            schedule_config=dict(cfg.get("schedule_config", {})),
+            schedule_config=cfg.get("schedule_config", {}),
             schedule_fn=schedule_fn or cfg.get("schedule_fn"),
         )
 
@@ -115,6 +130,15 @@ class DifficultySchedule:
         return int(math.ceil(sc["total_curriculum_step"]))
 
 
+def schedule_keys(schedule_type: str) -> tuple[str, ...]:
+    """The ``schedule_config`` keys a schedule type reads (all of them are required)."""
+    if schedule_type == "fixed_discrete":
+        return DISCRETE_SCHEDULE_KEYS
+    if schedule_type in ROOT_SCHEDULE_TYPES:
+        return tuple(k for k in ROOT_SCHEDULE_KEYS if k != "root_degree" or schedule_type == "fixed_root")
+    return ()
+
+
 def validate_schedule(
     schedule_type: str,
     schedule_config: Mapping[str, Any],
@@ -123,45 +147,47 @@ def validate_schedule(
     *,
     has_fn: bool,
     where: str = "curriculum schedule",
-) -> None:
-    """Raise a ``ValueError`` naming the offending field for an invalid schedule."""
-    if schedule_type not in SCHEDULE_TYPES:
-        raise ValueError(f"{where}: schedule_type={schedule_type!r} is unknown; allowed: {', '.join(SCHEDULE_TYPES)}.")
-    for name, value in (("min_difficulty", min_difficulty), ("max_difficulty", max_difficulty)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"{where}: {name}={value!r} must be a number.")
-    if min_difficulty > max_difficulty:
+) -> dict[str, Any]:
+    """Check a curriculum schedule; return its normalised ``schedule_config``.
+
+    Every problem is a ``ValueError`` naming ``where.<field>``, the value and what is allowed: the type, numeric
+    (finite, non-boolean) difficulties, exactly the keys the schedule type reads, and for ``fixed_discrete`` lists
+    of the right lengths with strictly increasing ``max_step`` and difficulties within [min, max].
+    """
+    check_str(schedule_type, f"{where}.schedule_type", SCHEDULE_TYPES)
+    lo = check_number(min_difficulty, f"{where}.min_difficulty")
+    hi = check_number(max_difficulty, f"{where}.max_difficulty")
+    if lo > hi:
         raise ValueError(
-            f"{where}: min_difficulty={min_difficulty} is larger than max_difficulty={max_difficulty}; "
+            f"{where}: min_difficulty={lo} is larger than max_difficulty={hi}; "
             "min_difficulty must be <= max_difficulty."
         )
-    sc = schedule_config
-    if schedule_type in ("fixed_linear", "fixed_root"):
-        needed = ["total_curriculum_step", "difficulty_step"] + (
-            ["root_degree"] if schedule_type == "fixed_root" else []
-        )
-        for key in needed:
-            _require(sc, key, f"{where}: schedule_config of a {schedule_type} schedule")
-        if not sc["total_curriculum_step"] > 0:
-            raise ValueError(
-                f"{where}: schedule_config.total_curriculum_step={sc['total_curriculum_step']} must be > 0."
-            )
-        if not sc["difficulty_step"] > 0:
-            raise ValueError(f"{where}: schedule_config.difficulty_step={sc['difficulty_step']} must be > 0.")
-        if schedule_type == "fixed_root" and not sc["root_degree"] > 0:
-            raise ValueError(f"{where}: schedule_config.root_degree={sc['root_degree']} must be > 0.")
+    path = f"{where}.schedule_config"
+    sc = dict(expect_mapping(schedule_config, path))
+    keys = schedule_keys(schedule_type)
+    check_keys(sc, keys, f"{path} (of a {schedule_type} schedule)", required=keys)
+    if schedule_type in ROOT_SCHEDULE_TYPES:
+        for key in keys:
+            sc[key] = ROOT_SCHEDULE_KEYS[key].check(sc[key], f"{path}.{key}")
     elif schedule_type == "fixed_discrete":
-        difficulty = _require(sc, "difficulty", f"{where}: schedule_config of a fixed_discrete schedule")
-        max_step = _require(sc, "max_step", f"{where}: schedule_config of a fixed_discrete schedule")
-        if not isinstance(difficulty, Sequence) or not isinstance(max_step, Sequence) or len(max_step) == 0:
-            raise ValueError(f"{where}: schedule_config.difficulty and .max_step must be non-empty lists.")
+        sc["difficulty"] = check_list(
+            sc["difficulty"],
+            f"{path}.difficulty",
+            lambda v, p: check_number(v, p, minimum=lo, maximum=hi),
+            nonempty=True,
+        )
+        sc["max_step"] = check_list(sc["max_step"], f"{path}.max_step", lambda v, p: check_int(v, p, minimum=1))
+        difficulty, max_step = sc["difficulty"], sc["max_step"]
         if len(difficulty) != len(max_step) + 1:
             raise ValueError(
                 f"{where}: fixed_discrete needs len(schedule_config.difficulty) == len(schedule_config.max_step) + 1 "
                 f"(the last difficulty holds after the last max_step); got {len(difficulty)} and {len(max_step)}."
             )
-    elif schedule_type == "custom" and not has_fn:
+        if any(b <= a for a, b in zip(max_step, max_step[1:])):
+            raise ValueError(f"{path}.max_step={max_step} is not allowed; allowed: strictly increasing steps.")
+    elif not has_fn:
         raise ValueError(
             f"{where}: schedule_type='custom' needs a Python callable step -> difficulty "
             "(pass schedule_fn=... or set CurriculumMetricConfig.schedule_fn)."
         )
+    return sc

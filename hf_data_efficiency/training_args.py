@@ -1,4 +1,14 @@
-"""``DataEfficiencyTrainingArguments``: ``TrainingArguments`` plus flags for curriculum learning and random-LTD.
+"""``DataEfficiencyTrainingArguments``: ``TrainingArguments`` plus flags for curriculum learning, random-LTD and
+dynamic batching.
+
+The flags are generated from the config dataclasses
+-----------------------------------------------------
+Each setting has one name: the config field (or ``schedule_config`` key). Its flag is that name behind the
+section's prefix (``--random_ltd_min_value`` sets ``RandomLTDConfig.min_value``, ``--curriculum_root_degree`` sets
+``schedule_config.root_degree`` of each curriculum metric), with the field's help text and checks. A section is
+turned on by its switch: ``--curriculum_metrics NAME ...``, ``--seqlen_curriculum {truncate,reshape}``,
+``--random_ltd``, ``--layer_token_lr_schedule``, ``--dynamic_batching``. The curriculum flags take one value for
+all metrics or one per metric. Flags of earlier versions (:data:`DEPRECATED_FLAGS`) still work, with a warning.
 
 Where the settings come from, and the one precedence rule
 ----------------------------------------------------------
@@ -6,11 +16,11 @@ Where the settings come from, and the one precedence rule
    ``data_efficiency`` block), or a ``data_efficiency`` block (or legacy top-level ``curriculum_learning`` block)
    inside ``--deepspeed ds_config.json``. Giving both is an error: keep the settings in one place.
 2. Flags. **A flag that is given overrides the same setting of the file; everything else in the file stays.**
-   Each override is logged. A flag is "given" when it is not ``None`` (or ``True`` for the switches
-   ``--random_ltd`` / ``--layer_token_lr_schedule``, which can only turn a part on).
+   Each override is logged. A flag is "given" when it is not ``None`` (switches: when true; they only turn a
+   part on).
 
-Without a file the flags build the whole configuration. Flags that belong to a part that is off (e.g.
-``--random_ltd_min_kept`` without ``--random_ltd``) are contradictory and raise a ``ValueError``.
+Without a file the flags build the whole configuration. Flags of a part that is off (e.g. ``--random_ltd_min_value``
+without ``--random_ltd``) are contradictory and raise a ``ValueError``.
 
 The ``data_efficiency`` block of a DeepSpeed config is removed from the config DeepSpeed receives, so the
 DeepSpeed engine never sees it (it would otherwise need ``deepspeed.initialize(training_data=...)`` and its own
@@ -18,69 +28,160 @@ patched layers); this package implements it instead.
 """
 
 import copy
+import dataclasses
 import json
 import os
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from transformers import TrainingArguments
 from transformers.utils import logging
 
+from ._validation import Rule, check_bool, check_int, check_list, check_str, rule_of
 from .config import (
-    DIFFICULTY_TYPES,
+    DEEPSPEED_KEYS,
+    SEQLEN_TRANSFORMS,
     CurriculumConfig,
     CurriculumMetricConfig,
     DataEfficiencyConfig,
+    DynamicBatchingConfig,
     LayerTokenLRConfig,
     RandomLTDConfig,
+    SeqlenTransformConfig,
 )
+from .schedules import ROOT_SCHEDULE_KEYS, ROOT_SCHEDULE_TYPES, schedule_keys
 
 logger = logging.get_logger(__name__)
 
-#: Keys of a DeepSpeed config that hold data-efficiency settings; they are removed before DeepSpeed sees them.
-DEEPSPEED_DATA_EFFICIENCY_KEYS = ("data_efficiency", "curriculum_learning")
-FLAG_SCHEDULE_TYPES = ("fixed_linear", "fixed_root")
+#: Values of ``--seqlen_curriculum``: the transform name without its ``seqlen_`` prefix.
+SEQLEN_FLAG_CHOICES = tuple(name.removeprefix("seqlen_") for name in SEQLEN_TRANSFORMS)
 
-_CURRICULUM_LIST_FLAGS = {
-    # flag -> (CurriculumMetricConfig attribute or schedule_config key, where it goes)
-    "curriculum_difficulty_type": ("difficulty_type", "metric"),
-    "curriculum_schedule": ("schedule_type", "metric"),
-    "curriculum_min_difficulty": ("min_difficulty", "metric"),
-    "curriculum_max_difficulty": ("max_difficulty", "metric"),
-    "curriculum_total_steps": ("total_curriculum_step", "schedule"),
-    "curriculum_difficulty_step": ("difficulty_step", "schedule"),
-    "curriculum_root_degree": ("root_degree", "schedule"),
+
+@dataclass(frozen=True)
+class Section:
+    """A part of the config that flags can set: its flag prefix, its dataclass and the switch that turns it on."""
+
+    name: str
+    prefix: str
+    config: type
+    switch: str
+    per_metric: bool = False
+    #: values used when flags alone build the section (schedule_config keys)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_schedule(self) -> bool:
+        return any(f.name == "schedule_config" for f in fields(self.config))
+
+
+SECTIONS = {
+    s.name: s
+    for s in (
+        Section(
+            "curriculum", "curriculum_", CurriculumMetricConfig, "curriculum_metrics", True, {"difficulty_step": 1}
+        ),
+        Section(
+            "seqlen_curriculum",
+            "seqlen_curriculum_",
+            SeqlenTransformConfig,
+            "seqlen_curriculum",
+            False,
+            {"difficulty_step": 8},
+        ),
+        Section("random_ltd", "random_ltd_", RandomLTDConfig, "random_ltd"),
+        Section("layer_token_lr", "layer_token_lr_", LayerTokenLRConfig, "layer_token_lr_schedule"),
+        Section("dynamic_batching", "dynamic_batching_", DynamicBatchingConfig, "dynamic_batching"),
+    )
 }
-_SEQLEN_FLAGS = {
-    "seqlen_curriculum_min": ("min_difficulty", "metric"),
-    "seqlen_curriculum_max": ("max_difficulty", "metric"),
-    "seqlen_curriculum_schedule": ("schedule_type", "metric"),
-    "seqlen_curriculum_total_steps": ("total_curriculum_step", "schedule"),
-    "seqlen_curriculum_step": ("difficulty_step", "schedule"),
-    "seqlen_curriculum_root_degree": ("root_degree", "schedule"),
-}
-_RANDOM_LTD_FLAGS = {
+
+
+@dataclass(frozen=True, eq=False)
+class Flag:
+    """One generated flag: it sets ``key`` of its section (a field, or a ``schedule_config`` key)."""
+
+    name: str
+    section: Section
+    key: str
+    in_schedule: bool
+    rule: Rule
+    default: Any = None
+
+    @property
+    def help(self) -> str:
+        text = self.rule.help
+        default = self.section.defaults.get(self.key, self.default)
+        if default is not None and default is not dataclasses.MISSING:
+            text += f" Default: {default}."
+        if self.section.per_metric:
+            text += " One value for all metrics, or one per metric."
+        return text
+
+
+def flag_name(prefix: str, key: str) -> str:
+    """The flag of a setting: its name behind the section prefix (not repeated when the name starts with it)."""
+    return key if key.startswith(prefix) else prefix + key
+
+
+def _section_flags(section: Section) -> list[Flag]:
+    out = []
+    for f in fields(section.config):
+        rule = rule_of(f)
+        if rule is not None and rule.flag:
+            if f.name == "schedule_type":  # fixed_discrete needs lists and custom a callable: files only
+                rule = replace(rule, choices=ROOT_SCHEDULE_TYPES)
+            out.append(Flag(flag_name(section.prefix, f.name), section, f.name, False, rule, f.default))
+    if section.has_schedule:
+        out += [Flag(flag_name(section.prefix, k), section, k, True, r) for k, r in ROOT_SCHEDULE_KEYS.items()]
+    return out
+
+
+#: Every generated flag, by name.
+FLAGS = {flag.name: flag for section in SECTIONS.values() for flag in _section_flags(section)}
+#: Flags of earlier versions -> the flag of the same setting now; accepted with a FutureWarning.
+DEPRECATED_FLAGS = {
+    "curriculum_schedule": "curriculum_schedule_type",
+    "curriculum_total_steps": "curriculum_total_curriculum_step",
+    "seqlen_curriculum_min": "seqlen_curriculum_min_difficulty",
+    "seqlen_curriculum_max": "seqlen_curriculum_max_difficulty",
+    "seqlen_curriculum_total_steps": "seqlen_curriculum_total_curriculum_step",
+    "seqlen_curriculum_step": "seqlen_curriculum_difficulty_step",
+    "seqlen_curriculum_schedule": "seqlen_curriculum_schedule_type",
     "random_ltd_layers": "random_ltd_layer_id",
-    "random_ltd_min_kept": "min_value",
-    "random_ltd_max_kept": "max_value",
-    "random_ltd_total_steps": "require_steps",
-    "random_ltd_step_size": "seq_per_step",
-    "random_ltd_schedule": "schedule_type",
-    "random_ltd_root_degree": "root_degree",
-    "random_ltd_keep_positions": "keep_positions",
+    "random_ltd_min_kept": "random_ltd_min_value",
+    "random_ltd_max_kept": "random_ltd_max_value",
+    "random_ltd_total_steps": "random_ltd_require_steps",
+    "random_ltd_step_size": "random_ltd_seq_per_step",
+    "random_ltd_schedule": "random_ltd_schedule_type",
+    "layer_token_lr_warmup_tokens": "layer_token_lr_warmup_layer_tokens",
+    "layer_token_lr_total_tokens": "layer_token_lr_total_layer_tokens",
 }
-_LR_FLAGS = {
-    "layer_token_lr_warmup_tokens": "warmup_layer_tokens",
-    "layer_token_lr_total_tokens": "total_layer_tokens",
-}
+_FLAG_TYPES = {"int": int, "number": float, "str": str, "bool": bool, "int_list": list[int]}
 
 
-def _plain(value: Any) -> Any:
-    """Integral floats become ints (``8.0`` -> ``8``), so flags and files give equal configs."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+def _is_list(flag: Flag) -> bool:
+    return flag.section.per_metric or flag.rule.kind == "int_list"
+
+
+def _flag_field(flag: Flag, help_text: str) -> tuple[Any, Any]:
+    kind = _FLAG_TYPES[flag.rule.kind]
+    typ = list[kind] if flag.section.per_metric else kind
+    metadata: dict[str, Any] = {"help": help_text}
+    if flag.rule.choices is not None:
+        metadata["choices"] = list(flag.rule.choices)
+    return typ | None, field(default=None, metadata=metadata)
+
+
+def _with_generated_flags(cls: type) -> type:
+    """Add one dataclass field per :data:`FLAGS` entry and per deprecated flag (applied before ``@dataclass``)."""
+    for flag in FLAGS.values():
+        cls.__annotations__[flag.name], default = _flag_field(flag, flag.help)
+        setattr(cls, flag.name, default)
+    for old, new in DEPRECATED_FLAGS.items():
+        cls.__annotations__[old], default = _flag_field(FLAGS[new], f"Deprecated: use --{new}.")
+        setattr(cls, old, default)
+    return cls
 
 
 def split_deepspeed_config(ds_config: dict[str, Any]) -> dict[str, Any] | None:
@@ -88,7 +189,7 @@ def split_deepspeed_config(ds_config: dict[str, Any]) -> dict[str, Any] | None:
 
     The removed part is what :meth:`DataEfficiencyConfig.from_deepspeed` reads; the rest is what DeepSpeed gets.
     """
-    removed = {key: ds_config.pop(key) for key in DEEPSPEED_DATA_EFFICIENCY_KEYS if key in ds_config}
+    removed = {key: ds_config.pop(key) for key in DEEPSPEED_KEYS if key in ds_config}
     return removed or None
 
 
@@ -99,9 +200,11 @@ def config_from_deepspeed_keys(removed: dict[str, Any]) -> DataEfficiencyConfig:
 
 
 @dataclass
+@_with_generated_flags
 class DataEfficiencyTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` with curriculum-learning and random-LTD options (see the module docstring for the
-    precedence rule). :meth:`get_data_efficiency_config` returns the resolved :class:`DataEfficiencyConfig`."""
+    """``TrainingArguments`` with curriculum-learning, random-LTD and dynamic-batching options (see the module
+    docstring for the naming and precedence rules). :meth:`get_data_efficiency_config` returns the resolved
+    :class:`DataEfficiencyConfig`. The per-setting flags are generated from the config dataclasses."""
 
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "data_efficiency_config"]
 
@@ -113,102 +216,28 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             "Flags given explicitly override the same settings of this file."
         },
     )
-    # ----- curriculum learning (data sampling) -------------------------------------------------
     curriculum_metrics: list[str] | None = field(
         default=None,
         metadata={
             "help": "Curriculum metrics deciding which samples are eligible (e.g. seqlen vocab_rarity "
             "seqlen_vocab_rarity, or any dataset column). Missing columns are computed. The curriculum_* flags "
-            "below take one value for all metrics or one per metric."
+            "take one value for all metrics or one per metric."
         },
-    )
-    curriculum_difficulty_type: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Difficulty type per metric: 'value' (metric <= difficulty) or 'percentile' (default value)."
-        },
-    )
-    curriculum_schedule: list[str] | None = field(
-        default=None,
-        metadata={"help": "Pacing schedule per metric: fixed_linear or fixed_root (default fixed_linear)."},
-    )
-    curriculum_min_difficulty: list[float] | None = field(
-        default=None, metadata={"help": "Starting difficulty per metric (a value, or a percentile in (0, 100])."}
-    )
-    curriculum_max_difficulty: list[float] | None = field(
-        default=None, metadata={"help": "Final difficulty per metric (a value, or a percentile in (0, 100])."}
-    )
-    curriculum_total_steps: list[int] | None = field(
-        default=None, metadata={"help": "Optimizer steps until the maximum difficulty is reached, per metric."}
-    )
-    curriculum_difficulty_step: list[float] | None = field(
-        default=None,
-        metadata={"help": "Difficulty grows in multiples of this, per metric (default 1)."},
-    )
-    curriculum_root_degree: list[float] | None = field(
-        default=None, metadata={"help": "Root degree of a fixed_root schedule, per metric."}
     )
     curriculum_metrics_num_proc: int | None = field(
         default=None, metadata={"help": "Worker processes for computing missing metric columns (datasets.map)."}
     )
-    # ----- sequence-length curriculum (batch transform) ----------------------------------------
-    seqlen_curriculum: Literal["truncate", "reshape"] | None = field(
+    seqlen_curriculum: str | None = field(
         default=None,
         metadata={
             "help": "Sequence-length curriculum applied to each batch: 'truncate' drops the tokens beyond the "
-            "current max length, 'reshape' keeps them as extra rows (DeepSpeed seqlen_truncate/seqlen_reshape)."
+            "current max length, 'reshape' keeps them as extra rows (DeepSpeed seqlen_truncate/seqlen_reshape).",
+            "choices": list(SEQLEN_FLAG_CHOICES),
         },
     )
-    seqlen_curriculum_min: int | None = field(
-        default=None, metadata={"help": "Max tokens per row at the start of the sequence-length curriculum."}
-    )
-    seqlen_curriculum_max: int | None = field(
-        default=None, metadata={"help": "Max tokens per row at the end of the sequence-length curriculum."}
-    )
-    seqlen_curriculum_total_steps: int | None = field(
-        default=None, metadata={"help": "Optimizer steps until the sequence-length curriculum reaches its maximum."}
-    )
-    seqlen_curriculum_step: int | None = field(
-        default=None, metadata={"help": "The max length grows in multiples of this (default 8)."}
-    )
-    seqlen_curriculum_schedule: Literal["fixed_linear", "fixed_root"] | None = field(
-        default=None, metadata={"help": "Pacing of the sequence-length curriculum (default fixed_linear)."}
-    )
-    seqlen_curriculum_root_degree: float | None = field(
-        default=None, metadata={"help": "Root degree of a fixed_root sequence-length schedule."}
-    )
-    # ----- random-LTD (data routing) -------------------------------------------------------------
     random_ltd: bool = field(
         default=False,
         metadata={"help": "Turn on random layerwise token dropping (random-LTD) in the middle layers."},
-    )
-    random_ltd_layers: list[int] | None = field(
-        default=None,
-        metadata={"help": "0-based ids of the layers that drop tokens (default: all but the first and the last)."},
-    )
-    random_ltd_min_kept: int | None = field(
-        default=None, metadata={"help": "Kept sequence length at step 0 (random-LTD min_value)."}
-    )
-    random_ltd_max_kept: int | None = field(
-        default=None, metadata={"help": "Final kept sequence length, usually the full sequence length (max_value)."}
-    )
-    random_ltd_total_steps: int | None = field(
-        default=None, metadata={"help": "Optimizer steps until the kept length reaches its maximum (require_steps)."}
-    )
-    random_ltd_step_size: int | None = field(
-        default=None, metadata={"help": "The kept length grows in multiples of this (seq_per_step, default 16)."}
-    )
-    random_ltd_schedule: Literal["fixed_linear", "fixed_root"] | None = field(
-        default=None, metadata={"help": "Pacing of the kept length (default fixed_linear)."}
-    )
-    random_ltd_root_degree: float | None = field(
-        default=None, metadata={"help": "Root degree of a fixed_root kept-length schedule."}
-    )
-    random_ltd_keep_positions: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "Positions every random-LTD layer always keeps (default: per architecture, CLS for BERT/ViT)."
-        },
     )
     layer_token_lr_schedule: bool = field(
         default=False,
@@ -217,16 +246,13 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             "decay follows --lr_scheduler_type: linear, cosine or constant)."
         },
     )
-    layer_token_lr_warmup_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Warmup length in layer-tokens (default: the layer-tokens of the warmup steps)."},
-    )
-    layer_token_lr_total_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Layer-tokens at which the decay ends (default: the layer-tokens of all training steps)."},
+    dynamic_batching: bool = field(
+        default=False,
+        metadata={"help": "Turn on token-budget (dynamic) batching: micro-batches fit --dynamic_batching_max_tokens."},
     )
 
     def __post_init__(self) -> None:
+        self._apply_deprecated_flags()
         self._normalize_flag_values()
         super().__post_init__()
         self._deepspeed_data_efficiency = self._strip_deepspeed_block()
@@ -238,14 +264,40 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         return self._de_config
 
     # ----- internals --------------------------------------------------------------------------------------
+    def _apply_deprecated_flags(self) -> None:
+        for old, new in DEPRECATED_FLAGS.items():
+            value = getattr(self, old)
+            if value is None:
+                continue
+            warnings.warn(f"--{old} is deprecated; use --{new} (the same setting).", FutureWarning, stacklevel=4)
+            if getattr(self, new) is not None and getattr(self, new) != value:
+                raise ValueError(f"--{old} (deprecated) and --{new} set the same setting to different values.")
+            setattr(self, new, value)
+            setattr(self, old, None)
+
     def _normalize_flag_values(self) -> None:
         """Accept scalars for list flags (YAML/JSON recipes, Python) and a DataEfficiencyConfig object."""
-        for name in [*_CURRICULUM_LIST_FLAGS, "curriculum_metrics", "random_ltd_layers", "random_ltd_keep_positions"]:
+        list_flags = ["curriculum_metrics", *(name for name, flag in FLAGS.items() if _is_list(flag))]
+        for name in list_flags:
             value = getattr(self, name)
             if value is not None and not isinstance(value, (list, tuple)):
                 setattr(self, name, [value])
             elif isinstance(value, tuple):
                 setattr(self, name, list(value))
+        if self.seqlen_curriculum is not None:
+            check_str(self.seqlen_curriculum, "--seqlen_curriculum", SEQLEN_FLAG_CHOICES)
+        for switch in ("random_ltd", "layer_token_lr_schedule", "dynamic_batching"):
+            check_bool(getattr(self, switch), f"--{switch}")
+        if self.curriculum_metrics is not None:
+            check_list(self.curriculum_metrics, "--curriculum_metrics", check_str, nonempty=True)
+        if self.curriculum_metrics_num_proc is not None:
+            check_int(self.curriculum_metrics_num_proc, "--curriculum_metrics_num_proc", minimum=1)
+        src = self.data_efficiency_config
+        if isinstance(src, str) and src.lstrip().startswith("{"):  # before TrainingArguments parses it bare
+            try:
+                self.data_efficiency_config = json.loads(src)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--data_efficiency_config is not valid JSON: {e}.") from None
         if isinstance(self.data_efficiency_config, DataEfficiencyConfig):
             cfg = self.data_efficiency_config
             if cfg.curriculum is not None and any(m.schedule_fn is not None for m in cfg.curriculum.metrics):
@@ -276,8 +328,6 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             return None
         if isinstance(src, Mapping):
             return DataEfficiencyConfig.from_dict(copy.deepcopy(dict(src)))
-        if isinstance(src, str) and src.lstrip().startswith("{"):
-            return DataEfficiencyConfig.from_dict(json.loads(src))
         if isinstance(src, (str, os.PathLike)):
             return DataEfficiencyConfig.from_pretrained(src)
         raise ValueError(f"data_efficiency_config must be a path, a dict or a JSON string, got {type(src).__name__}.")
@@ -296,59 +346,127 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         seed = self.data_seed if self.data_seed is not None else self.seed
         if base is None:
             base = DataEfficiencyConfig(seed=seed)
-        curriculum = self._resolve_curriculum(base.curriculum, seed, source)
-        random_ltd = self._resolve_random_ltd(base.random_ltd, source)
-        return DataEfficiencyConfig(curriculum=curriculum, random_ltd=random_ltd, seed=base.seed)
+        return DataEfficiencyConfig(
+            curriculum=self._resolve_curriculum(base.curriculum, seed, source),
+            random_ltd=self._resolve_random_ltd(base.random_ltd, source),
+            seed=base.seed,
+            dynamic_batching=self._resolve_dynamic_batching(base.dynamic_batching, source),
+        )
 
-    def _log_override(self, flag: str, old: Any, new: Any, source: str | None) -> None:
-        if source is not None and old != new:
-            logger.warning(f"--{flag}={new!r} overrides {old!r} from {source} (explicit flags take precedence).")
+    # ----- generic flag merging -----------------------------------------------------------------------------
+    def _given(self, section: Section) -> list[Flag]:
+        return [f for f in FLAGS.values() if f.section is section and getattr(self, f.name) is not None]
 
-    def _per_metric(self, flag: str, n: int) -> list[Any] | None:
-        values = getattr(self, flag)
-        if values is None:
-            return None
+    def _per_metric(self, flag: Flag, n: int) -> list[Any]:
+        values = getattr(self, flag.name)
         if len(values) == 1:
             return list(values) * n
         if len(values) != n:
             raise ValueError(
-                f"--{flag} has {len(values)} values but there are {n} curriculum metrics; give one value for all "
-                f"metrics or one per metric (in the order of --curriculum_metrics)."
+                f"--{flag.name} has {len(values)} values but there are {n} curriculum metrics; give one value for "
+                f"all metrics or one per metric (in the order of --curriculum_metrics)."
             )
         return list(values)
 
+    def _apply(
+        self, section: Section, current: dict[str, Any], values: dict[Flag, Any], source: str | None, switch: str
+    ) -> Any:
+        """Write flag ``values`` into ``current`` (a config dict, from the file or new) and build the section.
+
+        Overrides of file values are logged; settings that flags alone must give are asked for by flag name.
+        """
+        d = copy.deepcopy(current)
+        sc = dict(d.get("schedule_config") or {})
+        for flag, value in values.items():
+            value = flag.rule.check(value, f"--{flag.name}")
+            target = sc if flag.in_schedule else d
+            if source is not None and target.get(flag.key) != value:
+                logger.warning(
+                    f"--{flag.name}={value!r} overrides {target.get(flag.key)!r} from {source} "
+                    "(explicit flags take precedence)."
+                )
+            target[flag.key] = value
+        schedule_type = d.get("schedule_type", "fixed_linear")
+        missing = [
+            f.name
+            for f in fields(section.config)
+            if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if section.has_schedule:
+            sc = {k: v for k, v in sc.items() if k in schedule_keys(schedule_type)}  # what the schedule reads
+            missing += [k for k in schedule_keys(schedule_type) if k not in sc]
+            d["schedule_config"] = sc
+        elif schedule_type == "fixed_root" and d.get("root_degree") is None:
+            missing.append("root_degree")
+        if "root_degree" in missing and schedule_type == "fixed_root":
+            prefix = section.prefix
+            raise ValueError(f"--{prefix}schedule_type fixed_root needs --{flag_name(prefix, 'root_degree')}.")
+        if missing:
+            raise ValueError(f"{switch} needs --{flag_name(section.prefix, missing[0])}.")
+        return section.config(**d)
+
+    def _check_schedule_flags_used(self, section: Section, built: list[Any]) -> None:
+        """A schedule flag no built schedule reads (e.g. a root degree without fixed_root) is a contradiction."""
+        for flag in self._given(section):
+            if flag.in_schedule and not any(flag.key in schedule_keys(m.schedule_type) for m in built):
+                users = [t for t in ROOT_SCHEDULE_TYPES if flag.key in schedule_keys(t)]
+                raise ValueError(
+                    f"--{flag.name} is only used by --{section.prefix}schedule_type {' or '.join(users)}; "
+                    "drop one of them."
+                )
+
+    def _off(self, section: Section, what: str, hint: str) -> None:
+        given = self._given(section)
+        if given:
+            raise ValueError(
+                f"{['--' + f.name for f in given]} given but {what} is off; add --{section.switch}{hint}."
+            )
+
+    # ----- sections -----------------------------------------------------------------------------------------
     def _resolve_curriculum(
         self, base: CurriculumConfig | None, seed: int, source: str | None
     ) -> CurriculumConfig | None:
-        given = [f for f in _CURRICULUM_LIST_FLAGS if getattr(self, f) is not None]
-        seqlen_given = [f for f in _SEQLEN_FLAGS if getattr(self, f) is not None]
+        section, seq = SECTIONS["curriculum"], SECTIONS["seqlen_curriculum"]
+        given = self._given(section)
         sampling = list(base.sampling_metrics) if base is not None else []
         transform = base.transform if base is not None else None
+        names = self.curriculum_metrics
 
-        # sampling metrics
-        if self.curriculum_metrics is not None:
-            bad = [m for m in self.curriculum_metrics if m in ("seqlen_truncate", "seqlen_reshape")]
+        if names is not None:
+            bad = [m for m in names if m in SEQLEN_TRANSFORMS]
             if bad:
                 raise ValueError(
                     f"--curriculum_metrics {bad}: sequence-length transforms are set with --seqlen_curriculum "
                     "{truncate,reshape} and the seqlen_curriculum_* flags."
                 )
-            if sampling and [m.name for m in sampling] != list(self.curriculum_metrics):
+            if sampling and [m.name for m in sampling] != list(names):
                 raise ValueError(
-                    f"--curriculum_metrics {self.curriculum_metrics} contradicts the curriculum metrics "
+                    f"--curriculum_metrics {names} contradicts the curriculum metrics "
                     f"{[m.name for m in sampling]} of {source}; drop the flag or edit the file."
                 )
-        if given and not sampling and self.curriculum_metrics is None:
+        elif given and not sampling:
             raise ValueError(
-                f"{['--' + f for f in given]} given without --curriculum_metrics (and no curriculum in a config "
+                f"{['--' + f.name for f in given]} given without --curriculum_metrics (and no curriculum in a config "
                 "file); add --curriculum_metrics, e.g. --curriculum_metrics seqlen."
             )
-        if self.curriculum_metrics is not None and not sampling:
-            sampling = self._metrics_from_flags(self.curriculum_metrics)
-        elif given:
-            sampling = self._override_metrics(sampling, source)
+        if given or (names is not None and not sampling):
+            building = not sampling
+            n = len(names) if building else len(sampling)
+            values = {f: self._per_metric(f, n) for f in given}
+            currents = [{"name": m, "schedule_config": dict(section.defaults)} for m in names] if building else None
+            sampling = [
+                self._apply(
+                    section,
+                    currents[i] if building else m.to_dict(),
+                    {f: v[i] for f, v in values.items()},
+                    None if building else source,
+                    f"--curriculum_metrics {list(names)}" if building else "--curriculum_metrics",
+                )
+                for i, m in enumerate(currents if building else sampling)
+            ]
+            self._check_schedule_flags_used(section, sampling)
 
-        # sequence-length transform
+        seq_given = self._given(seq)
         if self.seqlen_curriculum is not None:
             name = f"seqlen_{self.seqlen_curriculum}"
             if transform is not None and transform.name != name:
@@ -356,179 +474,74 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
                     f"--seqlen_curriculum {self.seqlen_curriculum} contradicts {transform.name} in {source}; "
                     "drop the flag or edit the file."
                 )
-            if transform is None:
-                transform = self._seqlen_from_flags(name)
-            else:
-                transform = self._override_one(transform, _SEQLEN_FLAGS, None, source)
-        elif seqlen_given:
-            if transform is None:
-                raise ValueError(
-                    f"{['--' + f for f in seqlen_given]} given without --seqlen_curriculum {{truncate,reshape}}; "
-                    "add --seqlen_curriculum to turn the sequence-length curriculum on."
-                )
-            transform = self._override_one(transform, _SEQLEN_FLAGS, None, source)
+        elif seq_given and transform is None:
+            raise ValueError(
+                f"{['--' + f.name for f in seq_given]} given without --seqlen_curriculum {{truncate,reshape}}; "
+                "add --seqlen_curriculum to turn the sequence-length curriculum on."
+            )
+        if seq_given or (self.seqlen_curriculum is not None and transform is None):
+            current = (
+                transform.to_dict()
+                if transform is not None
+                else {"name": f"seqlen_{self.seqlen_curriculum}", "schedule_config": dict(seq.defaults)}
+            )
+            values = {f: getattr(self, f.name) for f in seq_given}
+            transform = self._apply(
+                seq, current, values, source if transform is not None else None, "--seqlen_curriculum"
+            )
+            self._check_schedule_flags_used(seq, [transform])
 
-        metrics = sampling + ([transform] if transform is not None else [])
-        if not metrics:
+        if not sampling and transform is None:
             return None
         if base is not None:
-            return replace(base, metrics=metrics)
-        return CurriculumConfig(metrics=metrics, seed=seed)
-
-    def _metrics_from_flags(self, names: list[str]) -> list[CurriculumMetricConfig]:
-        n = len(names)
-        for flag in ("curriculum_min_difficulty", "curriculum_max_difficulty", "curriculum_total_steps"):
-            if getattr(self, flag) is None:
-                raise ValueError(f"--curriculum_metrics {names} needs --{flag} (one value, or one per metric).")
-        vals = {f: self._per_metric(f, n) for f in _CURRICULUM_LIST_FLAGS}
-        metrics = []
-        for i, name in enumerate(names):
-            schedule = (vals["curriculum_schedule"] or ["fixed_linear"] * n)[i]
-            dtype = (vals["curriculum_difficulty_type"] or ["value"] * n)[i]
-            self._check_flag_choice("curriculum_schedule", schedule, FLAG_SCHEDULE_TYPES)
-            self._check_flag_choice("curriculum_difficulty_type", dtype, DIFFICULTY_TYPES)
-            sc: dict[str, Any] = {
-                "total_curriculum_step": int(vals["curriculum_total_steps"][i]),
-                "difficulty_step": _plain((vals["curriculum_difficulty_step"] or [1] * n)[i]),
-            }
-            if schedule == "fixed_root":
-                if vals["curriculum_root_degree"] is None:
-                    raise ValueError("--curriculum_schedule fixed_root needs --curriculum_root_degree.")
-                sc["root_degree"] = _plain(vals["curriculum_root_degree"][i])
-            elif vals["curriculum_root_degree"] is not None and len(set(vals["curriculum_schedule"] or [])) <= 1:
-                raise ValueError(
-                    "--curriculum_root_degree is only used by --curriculum_schedule fixed_root; drop one of them."
-                )
-            metrics.append(
-                CurriculumMetricConfig(
-                    name=name,
-                    min_difficulty=_plain(vals["curriculum_min_difficulty"][i]),
-                    max_difficulty=_plain(vals["curriculum_max_difficulty"][i]),
-                    schedule_type=schedule,
-                    schedule_config=sc,
-                    difficulty_type=dtype,
-                )
-            )
-        return metrics
-
-    @staticmethod
-    def _check_flag_choice(flag: str, value: Any, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            raise ValueError(f"--{flag}={value!r} is not supported; allowed values: {', '.join(allowed)}.")
-
-    def _override_metrics(
-        self, metrics: list[CurriculumMetricConfig], source: str | None
-    ) -> list[CurriculumMetricConfig]:
-        n = len(metrics)
-        vals = {f: self._per_metric(f, n) for f in _CURRICULUM_LIST_FLAGS}
-        return [
-            self._override_one(m, _CURRICULUM_LIST_FLAGS, {f: v[i] for f, v in vals.items() if v}, source)
-            for i, m in enumerate(metrics)
-        ]
-
-    def _override_one(
-        self,
-        metric: CurriculumMetricConfig,
-        flags: dict[str, tuple[str, str]],
-        values: dict[str, Any] | None,
-        source: str | None,
-    ) -> CurriculumMetricConfig:
-        d = metric.to_dict()
-        sc = dict(d["schedule_config"])
-        for flag, (key, where) in flags.items():
-            value = values.get(flag) if values is not None else getattr(self, flag)
-            if value is None:
-                continue
-            value = _plain(value)
-            if flag.endswith("_schedule"):
-                self._check_flag_choice(flag, value, FLAG_SCHEDULE_TYPES)
-            if flag.endswith("_difficulty_type"):
-                self._check_flag_choice(flag, value, DIFFICULTY_TYPES)
-            old = d[key] if where == "metric" else sc.get(key)
-            self._log_override(flag, old, value, source)
-            if where == "metric":
-                d[key] = value
-            else:
-                sc[key] = value
-        if d["schedule_type"] != metric.schedule_type and d["schedule_type"] in FLAG_SCHEDULE_TYPES:
-            sc = {k: v for k, v in sc.items() if k in ("total_curriculum_step", "difficulty_step", "root_degree")}
-            if d["schedule_type"] == "fixed_linear":
-                sc.pop("root_degree", None)
-        d["schedule_config"] = sc
-        return CurriculumMetricConfig(**d)
-
-    def _seqlen_from_flags(self, name: str) -> CurriculumMetricConfig:
-        for flag in ("seqlen_curriculum_min", "seqlen_curriculum_max", "seqlen_curriculum_total_steps"):
-            if getattr(self, flag) is None:
-                raise ValueError(f"--seqlen_curriculum needs --{flag}.")
-        schedule = self.seqlen_curriculum_schedule or "fixed_linear"
-        self._check_flag_choice("seqlen_curriculum_schedule", schedule, FLAG_SCHEDULE_TYPES)
-        sc: dict[str, Any] = {
-            "total_curriculum_step": int(self.seqlen_curriculum_total_steps),
-            "difficulty_step": int(self.seqlen_curriculum_step or 8),
-        }
-        if schedule == "fixed_root":
-            if self.seqlen_curriculum_root_degree is None:
-                raise ValueError("--seqlen_curriculum_schedule fixed_root needs --seqlen_curriculum_root_degree.")
-            sc["root_degree"] = _plain(self.seqlen_curriculum_root_degree)
-        elif self.seqlen_curriculum_root_degree is not None:
-            raise ValueError(
-                "--seqlen_curriculum_root_degree is only used by --seqlen_curriculum_schedule fixed_root; "
-                "drop one of them."
-            )
-        return CurriculumMetricConfig(
-            name=name,
-            min_difficulty=int(self.seqlen_curriculum_min),
-            max_difficulty=int(self.seqlen_curriculum_max),
-            schedule_type=schedule,
-            schedule_config=sc,
-        )
+            return replace(base, sampling_metrics=sampling, transform=transform)
+        return CurriculumConfig(sampling_metrics=sampling, transform=transform, seed=seed)
 
     def _resolve_random_ltd(self, base: RandomLTDConfig | None, source: str | None) -> RandomLTDConfig | None:
-        given = [f for f in _RANDOM_LTD_FLAGS if getattr(self, f) is not None]
-        lr_given = [f for f in _LR_FLAGS if getattr(self, f) is not None]
+        section, lr_section = SECTIONS["random_ltd"], SECTIONS["layer_token_lr"]
         if base is None and not self.random_ltd:
-            if given:
-                raise ValueError(
-                    f"{['--' + f for f in given]} given but random-LTD is off; add --random_ltd (or a random_ltd "
-                    "section in the config file)."
-                )
-            if self.layer_token_lr_schedule or lr_given:
+            self._off(section, "random-LTD", " (or a random_ltd section in the config file)")
+            if self.layer_token_lr_schedule or self._given(lr_section):
                 raise ValueError(
                     "--layer_token_lr_schedule (and its layer_token_lr_* flags) needs random-LTD: add --random_ltd."
                 )
             return None
-        if base is None:
-            for flag in ("random_ltd_min_kept", "random_ltd_max_kept", "random_ltd_total_steps"):
-                if getattr(self, flag) is None:
-                    raise ValueError(f"--random_ltd needs --{flag}.")
-            d: dict[str, Any] = {"min_value": 0, "max_value": 0, "require_steps": 0}
-        else:
-            d = base.to_dict()
+        d = base.to_dict() if base is not None else {}
         lr = dict(d.get("layer_token_lr_schedule") or {})
-        for flag, key in _RANDOM_LTD_FLAGS.items():
-            value = getattr(self, flag)
-            if value is None:
-                continue
-            if base is not None:
-                self._log_override(flag, d.get(key), value, source)
-            d[key] = _plain(value)
-        if d.get("schedule_type") == "fixed_root" and d.get("root_degree") is None:
-            raise ValueError("--random_ltd_schedule fixed_root needs --random_ltd_root_degree.")
         if self.layer_token_lr_schedule:
-            if base is not None:
-                self._log_override("layer_token_lr_schedule", lr.get("enabled", False), True, source)
-            lr["enabled"] = True
-        for flag, key in _LR_FLAGS.items():
-            value = getattr(self, flag)
-            if value is None:
-                continue
-            if not lr.get("enabled"):
-                raise ValueError(
-                    f"--{flag} given but the layer-token LR schedule is off; add --layer_token_lr_schedule."
+            if source is not None and not lr.get("enabled", False):
+                logger.warning(
+                    f"--layer_token_lr_schedule overrides enabled=False from {source} (explicit flags take precedence)."
                 )
-            if base is not None:
-                self._log_override(flag, lr.get(key), value, source)
-            lr[key] = value
-        d["layer_token_lr_schedule"] = LayerTokenLRConfig(**lr)
-        return RandomLTDConfig(**d)
+            lr["enabled"] = True
+        if not lr.get("enabled", False):
+            self._off(lr_section, "the layer-token LR schedule", "")
+        lr_values = {f: getattr(self, f.name) for f in self._given(lr_section)}
+        d["layer_token_lr_schedule"] = self._apply(lr_section, lr, lr_values, source, "--layer_token_lr_schedule")
+        values = {f: getattr(self, f.name) for f in self._given(section)}
+        return self._apply(section, d, values, source if base is not None else None, "--random_ltd")
+
+    def _resolve_dynamic_batching(
+        self, base: DynamicBatchingConfig | None, source: str | None
+    ) -> DynamicBatchingConfig | None:
+        section = SECTIONS["dynamic_batching"]
+        if base is None and not self.dynamic_batching:
+            self._off(section, "dynamic batching", " (or a dynamic_batching section in the config file)")
+            return None
+        values = {f: getattr(self, f.name) for f in self._given(section)}
+        current = base.to_dict() if base is not None else {}
+        return self._apply(section, current, values, source if base is not None else None, "--dynamic_batching")
+
+
+def flag_table() -> str:
+    """The Markdown table of every data-efficiency flag and its help (the README's flag table is this text)."""
+    inherited = {f.name for f in fields(TrainingArguments)}
+    rows = ["| flag | meaning |", "|---|---|"]
+    for f in fields(DataEfficiencyTrainingArguments):
+        if f.name in inherited or f.name in DEPRECATED_FLAGS:
+            continue
+        choices = f.metadata.get("choices")
+        name = f"--{f.name}" + (f" {{{','.join(choices)}}}" if choices else "")
+        rows.append(f"| `{name}` | {f.metadata['help'].replace('|', '/')} |")
+    renamed = ", ".join(f"`--{old}` → `--{new}`" for old, new in DEPRECATED_FLAGS.items())
+    return "\n".join(rows) + f"\n\nDeprecated flags, still accepted with a warning: {renamed}.\n"

@@ -32,11 +32,12 @@ def root_configs(draw, schedule_type):
 
 @st.composite
 def discrete_configs(draw):
+    # valid configs: increasing max_step, difficulties within [min, max] (in any order: they may decrease)
     n = draw(st.integers(min_value=1, max_value=6))
-    difficulty = draw(st.lists(st.integers(1, 1000), min_size=n + 1, max_size=n + 1))
-    max_step = draw(st.lists(st.integers(1, 50_000), min_size=n, max_size=n))
     lo = draw(st.integers(1, 1000))
     hi = draw(st.integers(lo, 2000))
+    difficulty = draw(st.lists(st.integers(lo, hi), min_size=n + 1, max_size=n + 1))
+    max_step = sorted(draw(st.sets(st.integers(1, 50_000), min_size=n, max_size=n)))
     return {
         "min_difficulty": lo,
         "max_difficulty": hi,

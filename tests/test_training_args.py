@@ -130,8 +130,8 @@ def test_explicit_flags_override_the_file_and_are_logged(tmp_path):
             tmp_path,
             data_efficiency_config=str(path),
             curriculum_max_difficulty=[32],
-            seqlen_curriculum_step=16,
-            random_ltd_max_kept=32,
+            seqlen_curriculum_difficulty_step=16,
+            random_ltd_max_value=32,
             layer_token_lr_schedule=True,
         )
     cfg = args.get_data_efficiency_config()
@@ -141,7 +141,7 @@ def test_explicit_flags_override_the_file_and_are_logged(tmp_path):
     assert cfg.random_ltd.max_value == 32 and cfg.random_ltd.min_value == 8
     assert cfg.random_ltd.layer_token_lr_schedule.enabled
     assert cfg.seed == 7  # the file's seed, not the Trainer seed
-    for flag in ("curriculum_max_difficulty", "seqlen_curriculum_step", "random_ltd_max_kept"):
+    for flag in ("curriculum_max_difficulty", "seqlen_curriculum_difficulty_step", "random_ltd_max_value"):
         assert f"--{flag}" in cl.out
     assert "precedence" in cl.out
 
@@ -149,11 +149,11 @@ def test_explicit_flags_override_the_file_and_are_logged(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"random_ltd_min_kept": 8}, "random_ltd_min_kept.*add --random_ltd"),
+        ({"random_ltd_min_value": 8}, "random_ltd_min_value.*add --random_ltd"),
         ({"curriculum_min_difficulty": [8]}, "without --curriculum_metrics"),
-        ({"seqlen_curriculum_min": 8}, "without --seqlen_curriculum"),
+        ({"seqlen_curriculum_min_difficulty": 8}, "without --seqlen_curriculum"),
         ({"layer_token_lr_schedule": True}, "needs random-LTD"),
-        ({"random_ltd": True, "random_ltd_min_kept": 8}, "--random_ltd needs --random_ltd_max_kept"),
+        ({"random_ltd": True, "random_ltd_min_value": 8}, "--random_ltd needs --random_ltd_max_value"),
         ({"curriculum_metrics": ["seqlen"], "curriculum_min_difficulty": [8]}, "needs --curriculum_max_difficulty"),
         (
             {
@@ -197,7 +197,7 @@ def test_file_and_flags_contradictions(tmp_path):
             "data_sampling": {"enabled": True, "dynamic_batching": {"enabled": True}},
         }
     }
-    with pytest.raises(ValueError, match="dynamic_batching"):
+    with pytest.raises(ValueError, match="dynamic_batching is missing the required key 'max_tokens'"):
         make(tmp_path, deepspeed={"zero_optimization": {"stage": 2}, **bad})
 
 

@@ -28,6 +28,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers.utils import logging
 
+from ..config import SEQLEN_TRANSFORMS as MODES
+
 logger = logging.get_logger(__name__)
 
 #: Private example keys that carry per-draw tags from the dataset to the collator: the max tokens per row, the stream
@@ -35,7 +37,6 @@ logger = logging.get_logger(__name__)
 MAX_TOKENS_KEY = "_hfde_max_tokens"
 POSITION_KEY = "_hfde_position"
 INDEX_KEY = "_hfde_index"
-MODES = ("seqlen_truncate", "seqlen_reshape")
 PADDING_SIDES = ("auto", "right", "left")
 _REFERENCE_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "labels")
 _DEFAULT_PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0, "position_ids": 0}

@@ -1,0 +1,191 @@
+"""A small schema checker for configuration inputs.
+
+Every config value (our dataclasses, DeepSpeed blocks, nested ``schedule_config`` mappings, flags) goes through
+these helpers, so every refusal is a ``ValueError`` that names the field path, the bad value and what is allowed,
+instead of a raw ``TypeError``/``AttributeError`` later. Booleans are not numbers, non-integral floats are not
+integers, NaN and infinity are not numbers, and unknown keys come with a close-match suggestion.
+
+A dataclass field declares its rule once with :func:`setting`; :func:`check_fields` applies the rules in
+``__post_init__``, and the Trainer flags are generated from the same rules (type, choices and help text).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+#: Value kinds a :class:`Rule` can check.
+KINDS = ("int", "number", "bool", "str", "int_list", "mapping")
+
+
+def did_you_mean(name: Any, allowed: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed name (difflib similarity >= ``cutoff``), or ``""``."""
+    match = difflib.get_close_matches(str(name), list(allowed), n=1, cutoff=cutoff)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def check_keys(given: Mapping[str, Any], allowed: Iterable[str], path: str, required: Iterable[str] = ()) -> None:
+    """Refuse keys outside ``allowed`` (with a suggestion) and missing ``required`` keys."""
+    allowed = sorted(allowed)
+    for key in given:
+        if key not in allowed:
+            raise ValueError(
+                f"{path}: unknown key {key!r}{did_you_mean(key, allowed)}; allowed keys: {', '.join(allowed)}."
+            )
+    for key in required:
+        if key not in given:
+            raise ValueError(f"{path} is missing the required key {key!r}.")
+
+
+def expect_mapping(value: Any, path: str) -> Mapping[str, Any]:
+    """``value`` if it is a mapping with string keys, else a ``ValueError`` naming ``path``."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{path}={_show(value)} must be a mapping (a JSON object), got {type(value).__name__}.")
+    return value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _fail(path: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{path}={_show(value)} is not allowed; allowed: {allowed}.")
+
+
+def check_int(value: Any, path: str, *, minimum: float | None = None) -> int:
+    """An integer (integral floats such as ``8.0`` are accepted as ``8``; booleans are refused)."""
+    bound = "" if minimum is None else f" >= {minimum:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, value, f"an integer{bound}")
+    if isinstance(value, float) and not value.is_integer():
+        raise _fail(path, value, f"an integer{bound} (not a fraction, NaN or infinity)")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise _fail(path, value, f"an integer{bound}")
+    return value
+
+
+def check_number(
+    value: Any, path: str, *, minimum: float | None = None, above: float | None = None, maximum: float | None = None
+) -> int | float:
+    """A finite int or float (booleans, NaN and infinity are refused); integral floats become ints."""
+    parts = [f">= {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None else ""]
+    parts.append(f"<= {maximum:g}" if maximum is not None else "")
+    bound = " and ".join(p for p in parts if p)
+    allowed = f"a finite number{' ' + bound if bound else ''}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(path, value, allowed)
+    if (
+        (minimum is not None and value < minimum)
+        or (above is not None and value <= above)
+        or (maximum is not None and value > maximum)
+    ):
+        raise _fail(path, value, allowed)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def check_bool(value: Any, path: str) -> bool:
+    """``True`` or ``False`` (not ``0``/``1``/``"true"``)."""
+    if not isinstance(value, bool):
+        raise _fail(path, value, "true or false")
+    return value
+
+
+def check_str(value: Any, path: str, choices: Iterable[str] | None = None) -> str:
+    """A string, one of ``choices`` when given."""
+    if choices is not None:
+        choices = tuple(choices)
+        if value not in choices or not isinstance(value, str):
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+            raise ValueError(f"{path}={_show(value)} is not supported{hint}; allowed values: {', '.join(choices)}.")
+        return value
+    if not isinstance(value, str):
+        raise _fail(path, value, "a string")
+    return value
+
+
+def check_list(value: Any, path: str, item: Callable[[Any, str], Any], *, nonempty: bool = False) -> list[Any]:
+    """A list (or tuple) whose items each pass ``item(value, path[i])``."""
+    if not isinstance(value, (list, tuple)):
+        raise _fail(path, value, "a list" + (" (non-empty)" if nonempty else ""))
+    if nonempty and not value:
+        raise _fail(path, value, "a non-empty list")
+    return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one config field is checked and how its flag looks.
+
+    ``kind`` is one of :data:`KINDS`; ``minimum`` bounds integers (and ``int_list`` items) and numbers, ``above``
+    bounds numbers (exclusive); ``nullable`` allows ``None``; ``flag=False`` keeps the field out of the
+    generated Trainer flags.
+    """
+
+    kind: str
+    help: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    above: float | None = None
+    nullable: bool = False
+    flag: bool = True
+
+    def __post_init__(self) -> None:
+        check_str(self.kind, "Rule.kind", KINDS)
+
+    def check(self, value: Any, path: str) -> Any:
+        """The checked (and normalised) value, or a ``ValueError`` naming ``path``."""
+        if value is None and self.nullable:
+            return None
+        if self.kind == "int":
+            return check_int(value, path, minimum=self.minimum)
+        if self.kind == "number":
+            return check_number(value, path, minimum=self.minimum, above=self.above)
+        if self.kind == "bool":
+            return check_bool(value, path)
+        if self.kind == "str":
+            return check_str(value, path, self.choices)
+        if self.kind == "int_list":
+            return check_list(value, path, lambda v, p: check_int(v, p, minimum=self.minimum))
+        return dict(expect_mapping(value, path))  # "mapping"
+
+
+def setting(default: Any = MISSING, *, default_factory: Any = MISSING, compare: bool = True, **rule: Any) -> Any:
+    """A dataclass field carrying its :class:`Rule` (checked by :func:`check_fields`, used for flags and docs)."""
+    return field(
+        default=default,
+        default_factory=default_factory,
+        compare=compare,
+        repr=compare,
+        metadata={"rule": Rule(**rule)},
+    )
+
+
+def rule_of(f: Any) -> Rule | None:
+    """The :class:`Rule` of a dataclass field, if it has one."""
+    return f.metadata.get("rule")
+
+
+def check_fields(obj: Any, path: str) -> None:
+    """Check and normalise every ruled field of the dataclass instance ``obj`` in place."""
+    for f in fields(obj):
+        rule = rule_of(f)
+        if rule is not None:
+            object.__setattr__(obj, f.name, rule.check(getattr(obj, f.name), f"{path}.{f.name}"))
+
+
+def from_mapping(cls: type, data: Any, path: str, **extra: Any) -> Any:
+    """Build the dataclass ``cls`` from a mapping after refusing unknown and missing keys."""
+    data = dict(expect_mapping(data, path))
+    names = [f.name for f in fields(cls) if f.init and f.name not in extra]
+    required = [
+        f.name
+        for f in fields(cls)
+        if f.init and f.name not in extra and f.default is MISSING and f.default_factory is MISSING
+    ]
+    check_keys(data, names, path, required)
+    return cls(**data, **extra)
