@@ -121,7 +121,9 @@ def build(family: str, impl: str = "sdpa", seed: int = 0) -> tuple[tf.PreTrained
 
 def ltd_config(family: str = "gpt2", **kw: Any) -> RandomLTDConfig:
     """A schedule whose ``max_value`` fits the tiny model of ``family``."""
-    base = dict(min_value=16, max_value=17 if ARCHS[family].kind == "vision" else 32, require_steps=10, seq_per_step=16)
+    base = dict(
+        min_value=16, max_value=17 if ARCHS[family].kind == "vision" else 32, require_steps=10, seq_per_step=16
+    )
     base.update(kw)
     return RandomLTDConfig(**base)
 

@@ -38,7 +38,9 @@ IMPLS = ["eager", "sdpa"]
 def test_every_registered_architecture_has_a_test_entry():
     registered = {name for name in supported_layer_classes() if name.startswith("transformers.")}
     tested = {arch.layer for arch in ARCHS.values()}
-    assert registered == tested, f"registered without a test entry: {registered - tested}; stale: {tested - registered}"
+    assert registered == tested, (
+        f"registered without a test entry: {registered - tested}; stale: {tested - registered}"
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
