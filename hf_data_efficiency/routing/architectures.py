@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -151,7 +152,7 @@ def register_random_ltd_layer(
         raise TypeError(f"register_random_ltd_layer: layer_cls={layer_cls!r} must be a class or a qualified name.")
     name = layer_cls if isinstance(layer_cls, str) else _qualname(layer_cls)
     keep = tuple(keep_positions) if isinstance(keep_positions, Iterable) else None
-    if keep is None or not all(isinstance(p, int) and not isinstance(p, bool) for p in keep):
+    if keep is None or not all(isinstance(p, Integral) and not isinstance(p, bool) for p in keep):
         raise TypeError(f"register_random_ltd_layer: keep_positions={keep_positions!r} must be a list of ints.")
     if not isinstance(hidden_states_arg, str):
         raise TypeError(f"register_random_ltd_layer: hidden_states_arg={hidden_states_arg!r} must be a str.")
@@ -164,7 +165,7 @@ def register_random_ltd_layer(
         )
     spec = LayerSpec(
         name=name,
-        keep_positions=keep,
+        keep_positions=tuple(int(p) for p in keep),
         hidden_states_arg=hidden_states_arg,
         mask_args=_names(mask_args, "mask_args"),
         sequence_args=_names(sequence_args, "sequence_args"),

@@ -6,8 +6,8 @@
 
 1. draws, per sample, a fresh uniform order-preserving subset of ``kept_length`` positions
    (``keep_positions`` such as a CLS token at 0 are always in it);
-2. gathers the hidden states and the per-position inputs (``position_ids``, rotary ``(cos, sin)``),
-   restricts the attention mask (2-D by columns, 4-D by rows and columns; ``None`` stays ``None``,
+2. gathers the hidden states and the per-position inputs (``position_ids``, rotary ``(cos, sin)``,
+   arguments with a registered gather hook), restricts the attention mask (2-D by columns, 4-D by rows and columns; ``None`` stays ``None``,
    since causal attention over an ordered subset is still causal);
 3. runs the original layer on the subset and scatters its output back; dropped tokens pass
    through unchanged.
@@ -184,7 +184,7 @@ class _LayerCall:
         return self.arguments[name] if name in self.arguments else self.extra.get(name)
 
     def put(self, name: str, value: Any) -> None:
-        """Replace an argument the caller passed (or that has a default); absent ``**kwargs`` stay absent."""
+        """Replace an argument the caller passed; arguments it did not pass stay absent."""
         if name in self.arguments:
             self.arguments[name] = value
         elif name in self.extra:
