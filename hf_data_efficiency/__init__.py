@@ -33,6 +33,7 @@ _LAZY = {
     "apply_random_ltd": ".routing.random_ltd",
     "RandomLTDHandle": ".routing.random_ltd",
     "register_random_ltd_layer": ".routing.architectures",
+    "find_layers": ".routing.architectures",
     "RandomLTDScheduler": ".routing.scheduler",
     "get_layer_token_lr_scheduler": ".routing.lr_schedule",
     "LayerTokenLRScheduler": ".routing.lr_schedule",

@@ -139,7 +139,7 @@ def main() -> None:
     tf.logging.set_verbosity_error()
 
     model = build_model(layers, d, heads, args.vocab, max(seqs))
-    ltd_layers = list(range(1, layers - 1))
+    ltd_layers = list(range(1, len(hfde.find_layers(model)) - 1))  # every layer but the first and the last
     cfg = RandomLTDConfig(min_value=16, max_value=max(seqs), require_steps=1, random_ltd_layer_id=ltd_layers)
     print(
         f"GPT-2-shaped model: {layers} layers, d={d}, {heads} heads, vocab {args.vocab}, batch {args.batch}, "

@@ -1,216 +1,35 @@
 """random-LTD on real transformers models, each checked against an independent oracle.
 
-Oracles: an unpatched deep copy (bit-identical no-drop steps, ``remove()``, eval), and a
-from-scratch run of the original layer on the gathered tokens with a freshly built mask (and, for
-Llama-family layers, freshly computed rotary embeddings at the kept positions).
+Oracles: an unpatched deep copy (``remove()``, eval, checkpointing), and a from-scratch run of the original
+layer on the gathered tokens with a freshly built mask (and, for Llama-family layers, freshly computed rotary
+embeddings at the kept positions). The per-architecture keep-all, forced-gather, drop/recompute and bf16 tests
+run over the whole registry in ``test_random_ltd_architectures.py``.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 
 import pytest
 import torch
 import transformers as tf
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from _random_ltd_archs import B, T, V, assert_same_run, build, ltd_config, run
+from _random_ltd_archs import capture as _capture
 
 import hf_data_efficiency as hfde
-from hf_data_efficiency.config import RandomLTDConfig
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 tf.logging.set_verbosity_error()
-
-B, T, V = 3, 16, 64
-FAMILIES = ["gpt2", "bert", "vit", "llama", "qwen2", "mistral"]
-DECODERS = {"gpt2", "llama", "qwen2", "mistral"}
-
-
-def _config(family: str, impl: str):
-    common = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=4)
-    if family == "gpt2":
-        cfg = tf.GPT2Config(
-            vocab_size=V, n_positions=32, n_embd=32, n_layer=4, n_head=4, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
-        )
-    elif family == "bert":
-        cfg = tf.BertConfig(
-            vocab_size=V,
-            intermediate_size=64,
-            max_position_embeddings=32,
-            hidden_dropout_prob=0,
-            attention_probs_dropout_prob=0,
-            **common,
-        )
-    elif family == "vit":
-        cfg = tf.ViTConfig(
-            image_size=16,
-            patch_size=4,
-            num_channels=3,
-            intermediate_size=64,
-            hidden_dropout_prob=0,
-            attention_probs_dropout_prob=0,
-            num_labels=3,
-            **common,
-        )
-    else:
-        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[family]
-        cfg = cls(vocab_size=V, intermediate_size=64, num_key_value_heads=2, max_position_embeddings=64, **common)
-    cfg._attn_implementation = impl
-    return cfg
-
-
-def build(family: str, impl: str = "sdpa", seed: int = 0):
-    """A tiny model in training mode and a batch with padding (left padding for decoders)."""
-    torch.manual_seed(seed)
-    cfg = _config(family, impl)
-    if family == "gpt2":
-        model = tf.GPT2LMHeadModel(cfg)
-    elif family == "bert":
-        model = tf.BertForMaskedLM(cfg)
-    elif family == "vit":
-        model = tf.ViTForImageClassification(cfg)
-    else:
-        model = tf.AutoModelForCausalLM.from_config(cfg)
-    assert model.config._attn_implementation == impl
-    model.train()
-    g = torch.Generator().manual_seed(seed + 1)
-    if family == "vit":
-        return model, {"pixel_values": torch.randn(B, 3, 16, 16, generator=g), "labels": torch.tensor([0, 1, 2])}
-    ids = torch.randint(0, V, (B, T), generator=g)
-    am = torch.ones(B, T, dtype=torch.long)
-    if family in DECODERS:
-        am[1, :5] = 0  # left padding
-        am[2, :2] = 0
-        inputs = {"input_ids": ids, "attention_mask": am, "position_ids": (am.cumsum(-1) - 1).clamp(min=0)}
-    else:
-        am[1, 11:] = 0  # right padding
-        inputs = {"input_ids": ids, "attention_mask": am}
-    labels = ids.masked_fill(am == 0, -100)
-    return model, {**inputs, "labels": labels}
-
-
-def ltd_config(**kw) -> RandomLTDConfig:
-    base = dict(min_value=16, max_value=32, require_steps=10, seq_per_step=16)
-    base.update(kw)
-    return RandomLTDConfig(**base)
 
 
 def logits_of(out):
     return out.logits
 
 
-def run(model, inputs, seed=123):
-    torch.manual_seed(seed)
-    model.zero_grad(set_to_none=True)
-    out = model(**inputs)
-    out.loss.backward()
-    return out.loss.detach(), logits_of(out).detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
-def assert_same_run(a, b):
-    assert torch.equal(a[0], b[0])
-    assert torch.equal(a[1], b[1])
-    assert a[2].keys() == b[2].keys()
-    for name in a[2]:
-        assert torch.equal(a[2][name], b[2][name]), name
-
-
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_no_drop_is_bit_identical(family, impl):
-    model, inputs = build(family, impl)
-    ref = copy.deepcopy(model)
-    handle = hfde.apply_random_ltd(model, ltd_config(max_value=17 if family == "vit" else 32))
-    seq_len = 17 if family == "vit" else T
-    for kept in (seq_len, 32):
-        handle.kept_length = kept
-        assert_same_run(run(model, inputs), run(ref, inputs))
-
-
-def _fresh_layer_run(family, model, layer, hidden_sub, inputs, idx):
-    """Original layer class forward on gathered tokens with freshly built masks/positions (no handle involved)."""
-    forward = type(layer).forward
-    cfg = model.config
-    am = inputs.get("attention_mask")
-    am_sub = None if am is None else torch.stack([am[b, idx[b]] for b in range(idx.shape[0])])
-    if family == "vit":
-        return forward(layer, hidden_sub, None)
-    if family == "bert":
-        return forward(
-            layer, hidden_sub, create_bidirectional_mask(config=cfg, inputs_embeds=hidden_sub, attention_mask=am_sub)
-        )
-    mask = create_causal_mask(
-        config=cfg, inputs_embeds=hidden_sub, attention_mask=am_sub, past_key_values=None, position_ids=None
-    )
-    pos_sub = torch.stack([inputs["position_ids"][b, idx[b]] for b in range(idx.shape[0])])
-    if family == "gpt2":
-        return forward(layer, hidden_sub, None, mask, None, use_cache=False, position_ids=pos_sub)
-    cos_sin = model.model.rotary_emb(hidden_sub, position_ids=pos_sub)
-    return forward(
-        layer,
-        hidden_sub,
-        attention_mask=mask,
-        position_ids=pos_sub,
-        past_key_values=None,
-        use_cache=False,
-        position_embeddings=cos_sin,
-    )
-
-
-def _capture(handle):
-    records = {}
-
-    def hook(layer_id):
-        def fn(module, args, kwargs, output):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            records[layer_id] = (hidden.detach().clone(), output.detach().clone())
-
-        return fn
-
-    removers = [
-        layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in zip(handle.layer_ids, handle.layers)
-    ]
-    return records, removers
-
-
-@pytest.mark.parametrize("impl", ["eager", "sdpa"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_dropping_matches_layer_oracle(family, impl):
-    model, inputs = build(family, impl)
-    handle = hfde.apply_random_ltd(model, ltd_config(max_value=17 if family == "vit" else 32))
-    handle.kept_length = 7
-    handle.record_indices = True
-    records, removers = _capture(handle)
-    torch.manual_seed(5)
-    model(**inputs).loss.backward()
-    assert sorted(records) == handle.layer_ids == [1, 2]
-    for layer_id, layer in zip(handle.layer_ids, handle.layers):
-        hidden_in, hidden_out = records[layer_id]
-        idx = handle.last_indices[layer_id]
-        seq_len = hidden_in.shape[1]
-        assert idx.shape == (B, 7)
-        assert (idx.diff(dim=1) > 0).all(), "subset must be strictly increasing (order preserved, no repeats)"
-        if family in ("bert", "vit"):
-            assert (idx[:, 0] == 0).all(), "CLS at position 0 is kept by default"
-        dropped = torch.ones(B, seq_len, dtype=torch.bool)
-        dropped[torch.arange(B)[:, None], idx] = False
-        assert torch.equal(hidden_out[dropped], hidden_in[dropped])
-        gathered = torch.stack([hidden_in[b, idx[b]] for b in range(B)])
-        with torch.no_grad():
-            expected = _fresh_layer_run(family, model, layer, gathered, inputs, idx)
-        kept_out = torch.stack([hidden_out[b, idx[b]] for b in range(B)])
-        assert torch.equal(kept_out, expected)
-    for r in removers:
-        r.remove()
-
-
 def test_sliding_window_mask_restricted_by_original_positions():
     """Mistral eager with a window shorter than the sequence: the window must apply to original positions."""
-    torch.manual_seed(0)
-    cfg = _config("mistral", "eager")
-    cfg.sliding_window = 5
-    model = tf.MistralForCausalLM(cfg).train()
+    model, _ = build("mistral", "eager")
+    model.config.sliding_window = 5
     ids = torch.randint(0, V, (B, T))
     pos = torch.arange(T).expand(B, T)
     handle = hfde.apply_random_ltd(model, ltd_config())
@@ -242,7 +61,7 @@ def test_sliding_window_mask_restricted_by_original_positions():
 def test_remove_and_eval_are_vanilla(family):
     model, inputs = build(family)
     ref = copy.deepcopy(model)
-    handle = hfde.apply_random_ltd(model, ltd_config(max_value=17 if family == "vit" else 32))
+    handle = hfde.apply_random_ltd(model, ltd_config(family))
     handle.kept_length = 5
     dropped_run = run(model, inputs)
     assert not torch.equal(dropped_run[1], run(ref, inputs)[1]), "dropping must change training outputs"
@@ -321,24 +140,6 @@ def test_output_hidden_states_shapes_and_passthrough():
     dropped = torch.ones(B, T, dtype=torch.bool)
     dropped[torch.arange(B)[:, None], idx] = False
     assert torch.equal(out.hidden_states[2][dropped], out.hidden_states[1][dropped])
-
-
-def test_bf16_autocast_cpu():
-    model, inputs = build("llama")
-    handle = hfde.apply_random_ltd(model, ltd_config())
-    handle.kept_length = 6
-    handle.record_indices = True
-    records, _ = _capture(handle)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(**inputs)
-    out.loss.backward()
-    assert torch.isfinite(out.loss)
-    hidden_in, hidden_out = records[1]
-    idx = handle.last_indices[1]
-    dropped = torch.ones(B, T, dtype=torch.bool)
-    dropped[torch.arange(B)[:, None], idx] = False
-    assert torch.equal(hidden_out[dropped], hidden_in[dropped].to(hidden_out.dtype))
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_scheduler_driven_update_and_counters():

@@ -3,20 +3,67 @@
 A :class:`LayerSpec` names the arguments of a layer's ``forward`` that random-LTD must change when
 the layer sees only a subset of the tokens: the hidden states (gathered), the attention masks
 (restricted by rows and columns), per-position inputs such as ``position_ids`` and rotary
-``position_embeddings`` (gathered along the sequence dimension) and arguments it cannot restrict
-(cross-attention inputs, which are refused). Classes are matched by their qualified name through
-the MRO, so no model module is imported and subclasses match too.
+``position_embeddings`` (gathered along the sequence dimension), arguments it cannot restrict
+(cross-attention inputs, which are refused) and KV-cache arguments (refused when they hold tokens).
+Where argument names are not enough, a spec carries behaviour hooks: a custom gather per argument,
+the longest sequence the model accepts, and how many tokens a cache argument already holds.
+
+A layer with the standard argument names is added with one :func:`register_random_ltd_layer` line.
+Classes are matched by their qualified name through the MRO, so no model module is imported and
+subclasses match too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from numbers import Integral
+from typing import Any
 
+import torch
 from torch import nn
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
+
+GatherFn = Callable[[Any, torch.Tensor, int], Any]
+"""``(value, idx, seq_len) -> value`` restricted to the kept positions ``idx`` (``(B, k)``, sorted)."""
+
+
+def max_position_embeddings(config: Any) -> int | None:
+    """Default ``LayerSpec.max_positions``: the config's ``max_position_embeddings`` (``None`` when absent)."""
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def vit_max_positions(config: Any) -> int | None:
+    """ViT: ``(image_size // patch_size) ** 2`` patches plus the CLS token."""
+    image_size, patch_size = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    if isinstance(image_size, int) and isinstance(patch_size, int) and patch_size > 0:
+        return (image_size // patch_size) ** 2 + 1
+    return None
+
+
+def padded_position_max_positions(config: Any) -> int | None:
+    """RoBERTa / XLM-R: positions start after ``pad_token_id``, so a sequence holds
+    ``max_position_embeddings - pad_token_id - 1`` tokens (512 for the usual 514)."""
+    limit, pad = max_position_embeddings(config), getattr(config, "pad_token_id", None)
+    if limit is None or not isinstance(pad, int):
+        return limit
+    return limit - pad - 1
+
+
+def cache_past_length(cache: Any, layer_idx: int | None) -> int:
+    """Default ``LayerSpec.past_length``: tokens a transformers ``Cache`` holds for the layer ``layer_idx``
+    (0 when the layer has no ``layer_idx``), or the key length of a legacy ``(key, value)`` tuple."""
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length(layer_idx)) if layer_idx is not None else 0
+    if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], torch.Tensor):
+        return int(cache[0].shape[-2])
+    raise ValueError(
+        f"random-LTD cannot tell how many past tokens a {type(cache).__name__} cache holds; register the layer "
+        "with past_length=fn(cache, layer_idx) -> int."
+    )
 
 
 @dataclass(frozen=True)
@@ -31,6 +78,14 @@ class LayerSpec:
         sequence_args: batch-first per-position tensors (or tuples of them, e.g. rotary ``(cos, sin)``)
             with the sequence on dim 1, gathered like the hidden states.
         unsupported_args: arguments that must be ``None`` while tokens are dropped (cross-attention inputs).
+        cache_args: KV-cache arguments: refused when they already hold tokens, otherwise set to ``None``
+            (a token subset must not be written into the cache).
+        gather_fns: hooks ``name -> fn(value, idx, seq_len)`` for per-position arguments the default
+            gathers cannot handle (another layout, a relative-position bias); they replace the default
+            handling of that argument.
+        max_positions: hook ``fn(model_config) -> int | None``: the longest sequence the model accepts,
+            checked against the schedule's ``max_value``.
+        past_length: hook ``fn(cache, layer_idx) -> int``: tokens a cache argument already holds.
     """
 
     name: str
@@ -39,7 +94,10 @@ class LayerSpec:
     mask_args: tuple[str, ...] = ("attention_mask",)
     sequence_args: tuple[str, ...] = ("position_ids", "position_embeddings")
     unsupported_args: tuple[str, ...] = ("encoder_hidden_states",)
-    cache_args: tuple[str, ...] = field(default=("past_key_values", "past_key_value", "layer_past"), repr=False)
+    cache_args: tuple[str, ...] = ("past_key_values", "past_key_value", "layer_past")
+    gather_fns: Mapping[str, GatherFn] = field(default_factory=dict, hash=False)
+    max_positions: Callable[[Any], int | None] = max_position_embeddings
+    past_length: Callable[[Any, int | None], int] = cache_past_length
 
 
 _REGISTRY: dict[str, LayerSpec] = {}
@@ -47,6 +105,20 @@ _REGISTRY: dict[str, LayerSpec] = {}
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _names(value: Any, field_name: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable) or not all(isinstance(v, str) for v in value):
+        raise TypeError(
+            f"register_random_ltd_layer: {field_name}={value!r} must be a list or tuple of argument names (str)."
+        )
+    return tuple(value)
+
+
+def _hook(value: Any, field_name: str, signature: str) -> Any:
+    if not callable(value):
+        raise TypeError(f"register_random_ltd_layer: {field_name}={value!r} must be a callable {signature}.")
+    return value
 
 
 def register_random_ltd_layer(
@@ -57,22 +129,51 @@ def register_random_ltd_layer(
     mask_args: Iterable[str] = ("attention_mask",),
     sequence_args: Iterable[str] = ("position_ids", "position_embeddings"),
     unsupported_args: Iterable[str] = ("encoder_hidden_states",),
+    cache_args: Iterable[str] = ("past_key_values", "past_key_value", "layer_past"),
+    gather_fns: Mapping[str, GatherFn] | None = None,
+    max_positions: Callable[[Any], int | None] = max_position_embeddings,
+    past_length: Callable[[Any, int | None], int] = cache_past_length,
 ) -> LayerSpec:
     """Register a transformer layer class (or its qualified name) for :func:`apply_random_ltd`.
 
     The layer must be batch-first and return its hidden states (a tensor, or a tuple whose first
-    element is the hidden states). Example for a custom block ``forward(self, x, mask=None, pos=None)``::
+    element is the hidden states). A layer with transformers' argument names needs only its class;
+    see :class:`LayerSpec` for the other fields and hooks. Example for a custom block
+    ``forward(self, x, mask=None, pos=None, bias=None)`` whose ``bias`` is ``(B, T, T)``::
 
-        hfde.register_random_ltd_layer(MyBlock, hidden_states_arg="x", mask_args=("mask",), sequence_args=("pos",))
+        hfde.register_random_ltd_layer(
+            MyBlock, hidden_states_arg="x", mask_args=("mask",), sequence_args=("pos",),
+            gather_fns={"bias": lambda bias, idx, seq_len: my_gather_rows_and_columns(bias, idx)},
+        )
+
+    Registering a class again replaces its spec.
     """
+    if not isinstance(layer_cls, (str, type)):
+        raise TypeError(f"register_random_ltd_layer: layer_cls={layer_cls!r} must be a class or a qualified name.")
     name = layer_cls if isinstance(layer_cls, str) else _qualname(layer_cls)
+    keep = tuple(keep_positions) if isinstance(keep_positions, Iterable) else None
+    if keep is None or not all(isinstance(p, Integral) and not isinstance(p, bool) for p in keep):
+        raise TypeError(f"register_random_ltd_layer: keep_positions={keep_positions!r} must be a list of ints.")
+    if not isinstance(hidden_states_arg, str):
+        raise TypeError(f"register_random_ltd_layer: hidden_states_arg={hidden_states_arg!r} must be a str.")
+    if not isinstance(gather_fns, Mapping | None) or not all(
+        isinstance(k, str) and callable(fn) for k, fn in (gather_fns or {}).items()
+    ):
+        raise TypeError(
+            f"register_random_ltd_layer: gather_fns={gather_fns!r} must map argument names to callables "
+            "fn(value, idx, seq_len)."
+        )
     spec = LayerSpec(
         name=name,
-        keep_positions=tuple(int(p) for p in keep_positions),
+        keep_positions=tuple(int(p) for p in keep),
         hidden_states_arg=hidden_states_arg,
-        mask_args=tuple(mask_args),
-        sequence_args=tuple(sequence_args),
-        unsupported_args=tuple(unsupported_args),
+        mask_args=_names(mask_args, "mask_args"),
+        sequence_args=_names(sequence_args, "sequence_args"),
+        unsupported_args=_names(unsupported_args, "unsupported_args"),
+        cache_args=_names(cache_args, "cache_args"),
+        gather_fns=dict(gather_fns or {}),
+        max_positions=_hook(max_positions, "max_positions", "fn(model_config) -> int | None"),
+        past_length=_hook(past_length, "past_length", "fn(cache, layer_idx) -> int"),
     )
     _REGISTRY[name] = spec
     return spec
@@ -95,7 +196,8 @@ def spec_for(module: nn.Module) -> LayerSpec | None:
 def find_layers(model: nn.Module) -> list[tuple[str, nn.Module, LayerSpec]]:
     """Registered layers of ``model`` in module order as ``(qualified module name, module, spec)``.
 
-    A registered layer's children are not searched (no nested matches).
+    These are the layers ``random_ltd_layer_id`` indexes. A registered layer's children are not
+    searched (no nested matches); a model that is itself a registered layer gives ``[("", model, spec)]``.
     """
     found: list[tuple[str, nn.Module, LayerSpec]] = []
 
@@ -127,31 +229,20 @@ def unsupported_model_message(model: nn.Module) -> str:
     )
 
 
-def model_max_positions(config: object | None) -> int | None:
-    """Largest sequence the model accepts: ``(image_size // patch_size) ** 2 + 1`` for ViT-like configs
-    (patches plus CLS), otherwise ``max_position_embeddings``; ``None`` when unknown."""
-    if config is None:
-        return None
-    image_size, patch_size = getattr(config, "image_size", None), getattr(config, "patch_size", None)
-    if isinstance(image_size, int) and isinstance(patch_size, int) and patch_size > 0:
-        return (image_size // patch_size) ** 2 + 1
-    value = getattr(config, "max_position_embeddings", None)
-    return value if isinstance(value, int) else None
-
-
-_TF = "transformers.models"
-# Decoders keep nothing by default (as DeepSpeed's GPT path); encoders with a CLS token keep position 0.
-for _name in (
-    f"{_TF}.gpt2.modeling_gpt2.GPT2Block",
-    f"{_TF}.llama.modeling_llama.LlamaDecoderLayer",
-    f"{_TF}.qwen2.modeling_qwen2.Qwen2DecoderLayer",
-    f"{_TF}.mistral.modeling_mistral.MistralDecoderLayer",
-):
-    register_random_ltd_layer(_name)
-for _name in (
-    f"{_TF}.bert.modeling_bert.BertLayer",
-    f"{_TF}.roberta.modeling_roberta.RobertaLayer",
+# One line per architecture. Decoders keep nothing by default (as DeepSpeed's GPT path); encoders with
+# a CLS token keep position 0.
+_TF, _CLS = "transformers.models", (0,)
+register_random_ltd_layer(f"{_TF}.gpt2.modeling_gpt2.GPT2Block")
+register_random_ltd_layer(f"{_TF}.llama.modeling_llama.LlamaDecoderLayer")
+register_random_ltd_layer(f"{_TF}.qwen2.modeling_qwen2.Qwen2DecoderLayer")
+register_random_ltd_layer(f"{_TF}.mistral.modeling_mistral.MistralDecoderLayer")
+register_random_ltd_layer(f"{_TF}.bert.modeling_bert.BertLayer", keep_positions=_CLS)
+register_random_ltd_layer(
+    f"{_TF}.roberta.modeling_roberta.RobertaLayer", keep_positions=_CLS, max_positions=padded_position_max_positions
+)
+register_random_ltd_layer(
     f"{_TF}.xlm_roberta.modeling_xlm_roberta.XLMRobertaLayer",
-    f"{_TF}.vit.modeling_vit.ViTLayer",
-):
-    register_random_ltd_layer(_name, keep_positions=(0,))
+    keep_positions=_CLS,
+    max_positions=padded_position_max_positions,
+)
+register_random_ltd_layer(f"{_TF}.vit.modeling_vit.ViTLayer", keep_positions=_CLS, max_positions=vit_max_positions)

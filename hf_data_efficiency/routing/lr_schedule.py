@@ -30,11 +30,17 @@ from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+from transformers.utils import logging
 
+from ..config import LR_WARMUP_TYPES
+from ._state import check_state_keys, state_int
 from .scheduler import RandomLTDScheduler
 
-WARMUP_TYPES = ("linear", "constant")
 DECAY_TYPES = ("linear", "cosine", "constant")
+_SETTING_KEYS = ("total_layer_tokens", "warmup_layer_tokens", "warmup_type", "decay_type", "min_lr_ratio")
+_PROGRESS_KEYS = ("last_epoch", "_step_count", "_counted_steps", "consumed_layer_tokens")
+
+logger = logging.get_logger(__name__)
 
 
 def layer_token_lr_factor(
@@ -76,9 +82,9 @@ class LayerTokenLRScheduler(LRScheduler):
         min_lr_ratio: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
-        if warmup_type not in WARMUP_TYPES:
+        if warmup_type not in LR_WARMUP_TYPES:
             raise ValueError(
-                f"layer_token_lr_schedule.warmup_type={warmup_type!r}; allowed: {', '.join(WARMUP_TYPES)}."
+                f"layer_token_lr_schedule.warmup_type={warmup_type!r}; allowed: {', '.join(LR_WARMUP_TYPES)}."
             )
         if decay_type not in DECAY_TYPES:
             raise ValueError(f"layer_token_lr_schedule.decay_type={decay_type!r}; allowed: {', '.join(DECAY_TYPES)}.")
@@ -126,11 +132,29 @@ class LayerTokenLRScheduler(LRScheduler):
         return [base * f for base in self.base_lrs]
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain numbers only (``torch.load(weights_only=True)`` and JSON safe); the step callable is not saved."""
-        return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "_tokens_at")}
+        """Plain numbers only (``torch.load(weights_only=True)`` and JSON safe): the progress and, for a
+        cross-check on resume, the schedule settings. Base LRs and the step callable come from the constructor."""
+        return {key: getattr(self, key) for key in (*_SETTING_KEYS, *_PROGRESS_KEYS)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.__dict__.update(state_dict)
+        """Restore the progress of :meth:`state_dict`. Only its keys are accepted; the LR settings of this
+        run win over the saved ones (a difference is logged), as with a rebuilt ``LambdaLR``."""
+        where = "layer_token_lr_schedule"
+        check_state_keys(where, state_dict, (*_SETTING_KEYS, *_PROGRESS_KEYS))
+        last_epoch = state_int(where, "last_epoch", state_dict["last_epoch"], 0)
+        progress = {
+            "last_epoch": last_epoch,
+            "_step_count": state_int(where, "_step_count", state_dict["_step_count"], 0),
+            "_counted_steps": state_int(where, "_counted_steps", state_dict["_counted_steps"], 0, last_epoch),
+            "consumed_layer_tokens": state_int(where, "consumed_layer_tokens", state_dict["consumed_layer_tokens"], 0),
+        }
+        changed = {key: state_dict[key] for key in _SETTING_KEYS if state_dict[key] != getattr(self, key)}
+        if changed:
+            now = {key: getattr(self, key) for key in changed}
+            logger.warning(f"{where}: the checkpoint was written with {changed}; this run uses {now}.")
+        self.__dict__.update(progress)
+        self._advance()
+        self._last_lr = [base * self.factor() for base in self.base_lrs]
 
 
 def get_layer_token_lr_scheduler(

@@ -6,8 +6,8 @@
 
 1. draws, per sample, a fresh uniform order-preserving subset of ``kept_length`` positions
    (``keep_positions`` such as a CLS token at 0 are always in it);
-2. gathers the hidden states and the per-position inputs (``position_ids``, rotary ``(cos, sin)``),
-   restricts the attention mask (2-D by columns, 4-D by rows and columns; ``None`` stays ``None``,
+2. gathers the hidden states and the per-position inputs (``position_ids``, rotary ``(cos, sin)``,
+   arguments with a registered gather hook), restricts the attention mask (2-D by columns, 4-D by rows and columns; ``None`` stays ``None``,
    since causal attention over an ordered subset is still causal);
 3. runs the original layer on the subset and scatters its output back; dropped tokens pass
    through unchanged.
@@ -31,12 +31,14 @@ from torch import nn
 from transformers.utils import logging
 
 from ..config import RandomLTDConfig
-from .architectures import LayerSpec, find_layers, model_max_positions, unsupported_model_message
+from ._state import check_state_keys, state_int
+from .architectures import LayerSpec, find_layers, unsupported_model_message
 from .scheduler import RandomLTDScheduler
 
 logger = logging.get_logger(__name__)
 
 _PACKED_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k")
+_STATE_KEYS = ("kept_length", "scheduler", "kept_tokens_seen", "full_tokens_seen")
 
 
 def sample_kept_indices(
@@ -139,6 +141,10 @@ def _model_config(model: nn.Module) -> Any:
     return getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
 
 
+def _uses_flash_attention(config: Any) -> bool:
+    return "flash" in str(getattr(config, "_attn_implementation", "") or "")
+
+
 @dataclass
 class _Patch:
     """Per-layer patch record: restores the instance's previous ``forward`` exactly."""
@@ -153,6 +159,39 @@ class _Patch:
     had_instance_forward: bool
     previous_forward: Any
     cache_layer_idx: int | None
+
+    def original_forward(self) -> Any:
+        """The forward random-LTD wraps: an earlier instance ``forward`` (e.g. an accelerate hook) or the class's."""
+        if self.had_instance_forward:
+            return self.previous_forward
+        return types.MethodType(type(self.module).forward, self.module)
+
+
+class _LayerCall:
+    """One call of a patched layer, bound to its signature; named and ``**kwargs`` arguments read alike."""
+
+    def __init__(self, patch: _Patch, args: tuple, kwargs: dict) -> None:
+        self.bound = patch.signature.bind(patch.module, *args, **kwargs)
+        self.arguments = self.bound.arguments
+        self.extra: dict[str, Any] = dict(self.arguments.get(patch.varkw, {})) if patch.varkw else {}
+        if patch.varkw:
+            self.arguments[patch.varkw] = self.extra
+
+    def has(self, name: str) -> bool:
+        return name in self.arguments or name in self.extra
+
+    def get(self, name: str) -> Any:
+        return self.arguments[name] if name in self.arguments else self.extra.get(name)
+
+    def put(self, name: str, value: Any) -> None:
+        """Replace an argument the caller passed; arguments it did not pass stay absent."""
+        if name in self.arguments:
+            self.arguments[name] = value
+        elif name in self.extra:
+            self.extra[name] = value
+
+    def run(self, forward: Any) -> Any:
+        return forward(*self.bound.args[1:], **self.bound.kwargs)
 
 
 def _patched_forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -247,7 +286,8 @@ class RandomLTDHandle:
         return self.kept_length
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able state for checkpoints."""
+        """JSON-able state for checkpoints (keys: ``kept_length``, ``scheduler``, ``kept_tokens_seen``,
+        ``full_tokens_seen``)."""
         return {
             "kept_length": self.kept_length,
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -256,11 +296,29 @@ class RandomLTDHandle:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.kept_length = state.get("kept_length")
-        if self.scheduler is not None and state.get("scheduler") is not None:
+        """Restore :meth:`state_dict` output. Only its keys are accepted; the kept length must lie within the
+        schedule's bounds, counters must be non-negative integers, and a handle with a schedule needs its state."""
+        where = "random_ltd"
+        check_state_keys(where, state, _STATE_KEYS)
+        counters = {key: state_int(where, key, state[key], 0) for key in ("kept_tokens_seen", "full_tokens_seen")}
+        kept, low, high = state["kept_length"], 1, None
+        if self.scheduler is not None:
+            if state["scheduler"] is None:
+                raise ValueError(
+                    f"{where} state: scheduler=None, but this handle follows a kept-length schedule; the state must "
+                    "come from a handle built from the same random_ltd config."
+                )
+            low, high = self.scheduler.kept_length_bounds()
+        elif state["scheduler"] is not None:
+            raise ValueError(
+                f"{where} state has a scheduler state, but this handle has no scheduler (scheduler=None)."
+            )
+        if kept is not None:
+            kept = state_int(where, "kept_length", kept, low, high)
+        if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.kept_tokens_seen = int(state.get("kept_tokens_seen", 0))
-        self.full_tokens_seen = int(state.get("full_tokens_seen", 0))
+        self.kept_length = kept
+        self.kept_tokens_seen, self.full_tokens_seen = counters["kept_tokens_seen"], counters["full_tokens_seen"]
 
     def remove(self) -> nn.Module:
         """Restore every patched layer's original ``forward``; returns the (now vanilla) model."""
@@ -280,123 +338,143 @@ class RandomLTDHandle:
             f"total_layers={self.total_layers}, scheduler={self.scheduler!r})"
         )
 
-    # ----- the patched forward ------------------------------------------------------------
-    def _warn_once(self, reason: str) -> None:
-        if reason not in self._warned:
-            self._warned.add(reason)
-            logger.warning(f"random-LTD: {reason}; running these layers on the full sequence (no tokens dropped).")
-
+    # ----- the patched forward, step by step ------------------------------------------------
     def _forward(self, patch: _Patch, args: tuple, kwargs: dict) -> Any:
-        module = patch.module
-        original = (
-            patch.previous_forward if patch.had_instance_forward else types.MethodType(type(module).forward, module)
-        )
+        """A patched layer's forward: bind, maybe fall back to full length, sample, gather, restrict, run, scatter."""
+        original = patch.original_forward()
         k = self._kept_length
-        if not module.training or k is None:
+        if not patch.module.training or k is None:
             return original(*args, **kwargs)
-
-        bound = patch.signature.bind(module, *args, **kwargs)
-        arguments = bound.arguments
-        extra = dict(arguments.get(patch.varkw, {})) if patch.varkw else {}
-        if patch.varkw:
-            arguments[patch.varkw] = extra
-
-        def get(name: str) -> Any:
-            return arguments[name] if name in arguments else extra.get(name)
-
-        def put(name: str, value: Any) -> None:
-            if name in arguments:
-                arguments[name] = value
-            elif name in extra:
-                extra[name] = value
-
-        spec = patch.spec
-        hidden = get(spec.hidden_states_arg)
-        if not isinstance(hidden, torch.Tensor) or hidden.dim() < 3:
-            raise ValueError(
-                f"random-LTD: {type(module).__name__}.{spec.hidden_states_arg} must be a batch-first "
-                f"(batch, seq, hidden) tensor, got {type(hidden).__name__}."
-            )
+        call = _LayerCall(patch, args, kwargs)
+        hidden = self._hidden_states(patch, call)
         B, T = hidden.shape[:2]
         kept = min(k, T)
         self.kept_tokens_seen += B * kept
         self.full_tokens_seen += B * T
         if k >= T and not self.force_gather:
             return original(*args, **kwargs)
-
-        for name in spec.unsupported_args:
-            if get(name) is not None:
-                raise ValueError(
-                    f"random-LTD cannot drop tokens in {type(module).__name__} with {name} (cross-attention) set; "
-                    f"patch only self-attention layers (random_ltd_layer_id) or call model.eval()."
-                )
-        if any(get(name) is not None for name in _PACKED_KWARGS):
-            self._warn_once("packed sequences (cu_seq_lens_* kwargs) cannot be restricted to a token subset")
-            self.kept_tokens_seen += B * (T - kept)
-            return original(*args, **kwargs)
-        if any(_is_block_mask(get(name)) for name in spec.mask_args):
-            self._warn_once("a flex-attention BlockMask cannot be restricted to a token subset")
-            self.kept_tokens_seen += B * (T - kept)
-            return original(*args, **kwargs)
         config = _model_config(self.model)
-        flash = "flash" in str(getattr(config, "_attn_implementation", "") or "")
-        position_ids = get("position_ids")
-        if flash:
+        reason = self._full_length_reason(patch, call, B, T, config)
+        if reason is not None:
+            self._warn_once(reason)
+            self.kept_tokens_seen += B * (T - kept)
+            return original(*args, **kwargs)
+        self._detach_cache(patch, call)
+        idx = self._sample(patch, B, T, kept, hidden.device)
+        self._gather_inputs(patch, call, hidden, idx, T, _uses_flash_attention(config))
+        self._restrict_masks(patch, call, idx, T)
+        return self._scatter_output(patch, hidden, idx, call.run(original))
+
+    @staticmethod
+    def _hidden_states(patch: _Patch, call: _LayerCall) -> torch.Tensor:
+        hidden = call.get(patch.spec.hidden_states_arg)
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() < 3:
+            raise ValueError(
+                f"random-LTD: {type(patch.module).__name__}.{patch.spec.hidden_states_arg} must be a batch-first "
+                f"(batch, seq, hidden) tensor, got {type(hidden).__name__}."
+            )
+        return hidden
+
+    def _warn_once(self, reason: str) -> None:
+        if reason not in self._warned:
+            self._warned.add(reason)
+            logger.warning(f"random-LTD: {reason}; running these layers on the full sequence (no tokens dropped).")
+
+    @staticmethod
+    def _full_length_reason(patch: _Patch, call: _LayerCall, B: int, T: int, config: Any) -> str | None:
+        """Why this call cannot be restricted to a token subset exactly (it then runs at full length), or
+        ``None``. Inputs that make dropping wrong rather than merely inexact (cross-attention) raise."""
+        spec = patch.spec
+        for name in spec.unsupported_args:
+            if call.get(name) is not None:
+                raise ValueError(
+                    f"random-LTD cannot drop tokens in {type(patch.module).__name__} with {name} (cross-attention) "
+                    "set; patch only self-attention layers (random_ltd_layer_id) or call model.eval()."
+                )
+        if any(call.get(name) is not None for name in _PACKED_KWARGS):
+            return "packed sequences (cu_seq_lens_* kwargs) cannot be restricted to a token subset"
+        if any(_is_block_mask(call.get(name)) for name in spec.mask_args):
+            return "a flex-attention BlockMask cannot be restricted to a token subset"
+        if _uses_flash_attention(config):
             window = getattr(config, "sliding_window", None)
+            position_ids = call.get("position_ids")
             # as transformers' flash path: one unpadded row whose positions restart means packed sequences
             packed = (
                 B == 1
                 and isinstance(position_ids, torch.Tensor)
                 and position_ids.shape[-1] == T
-                and all(get(name) is None for name in spec.mask_args)
+                and all(call.get(name) is None for name in spec.mask_args)
                 and bool((position_ids.reshape(-1).diff() != 1).any())
             )
             if packed or (isinstance(window, int) and window < T):
-                self._warn_once(
+                return (
                     "flash attention with packed position_ids or a sliding window shorter than the sequence "
                     "cannot be restricted to a token subset"
                 )
-                self.kept_tokens_seen += B * (T - kept)
-                return original(*args, **kwargs)
-        for name in spec.cache_args:
-            cache = get(name)
+        return None
+
+    @staticmethod
+    def _detach_cache(patch: _Patch, call: _LayerCall) -> None:
+        """Refuse a cache that already holds tokens; otherwise keep the token subset out of it."""
+        for name in patch.spec.cache_args:
+            cache = call.get(name)
             if cache is None:
                 continue
-            past = cache.get_seq_length(patch.cache_layer_idx) if patch.cache_layer_idx is not None else 0
+            past = patch.spec.past_length(cache, patch.cache_layer_idx)
             if past:
                 raise ValueError(
                     f"random-LTD drops tokens only without past key values, but {name} holds {past} past tokens "
                     "in training mode; call model.eval() for generation or pass use_cache=False."
                 )
-            put(name, None)  # a token subset must not be written into the KV cache
-        if "use_cache" in arguments or "use_cache" in extra:
-            put("use_cache", False)
+            call.put(name, None)
+        if call.has("use_cache"):
+            call.put("use_cache", False)
 
-        idx = sample_kept_indices(B, T, kept, patch.keep_positions, device=hidden.device)
+    def _sample(self, patch: _Patch, B: int, T: int, kept: int, device: torch.device) -> torch.Tensor:
+        """One ``torch.rand(B, T)`` draw per patched layer and forward (see :func:`sample_kept_indices`)."""
+        idx = sample_kept_indices(B, T, kept, patch.keep_positions, device=device)
         if self.record_indices:
             self.last_indices[patch.layer_id] = idx
-        put(spec.hidden_states_arg, gather_tokens(hidden, idx))
-        for name in spec.mask_args:
-            put(name, restrict_mask(get(name), idx, T, what=name))
+        return idx
+
+    @staticmethod
+    def _gather_inputs(
+        patch: _Patch, call: _LayerCall, hidden: torch.Tensor, idx: torch.Tensor, T: int, flash: bool
+    ) -> None:
+        """Gather the hidden states and every per-position input at the kept positions."""
+        spec = patch.spec
+        call.put(spec.hidden_states_arg, gather_tokens(hidden, idx))
+        for name, gather in spec.gather_fns.items():
+            value = call.get(name)
+            if value is not None:
+                call.put(name, gather(value, idx, T))
         for name in spec.sequence_args:
-            value = get(name)
-            if value is None:
+            value = call.get(name)
+            if value is None or name in spec.gather_fns:
                 continue
             if flash and name == "position_ids":
                 # flash attention reads position_ids only to detect packed sequences; gathered (non-contiguous)
                 # positions would look packed, and the sequences are known not to be packed here
-                put(name, None)
+                call.put(name, None)
             elif isinstance(value, torch.Tensor):
-                put(name, _gather_seq(value, idx, T, name))
+                call.put(name, _gather_seq(value, idx, T, name))
             elif isinstance(value, (tuple, list)):
-                put(name, type(value)(_gather_seq(v, idx, T, name) for v in value))
-        output = original(*bound.args[1:], **bound.kwargs)
+                call.put(name, type(value)(_gather_seq(v, idx, T, name) for v in value))
+
+    @staticmethod
+    def _restrict_masks(patch: _Patch, call: _LayerCall, idx: torch.Tensor, T: int) -> None:
+        for name in patch.spec.mask_args:
+            call.put(name, restrict_mask(call.get(name), idx, T, what=name))
+
+    @staticmethod
+    def _scatter_output(patch: _Patch, hidden: torch.Tensor, idx: torch.Tensor, output: Any) -> Any:
+        """Write the layer's hidden-state output back at the kept positions; dropped tokens pass through."""
         if isinstance(output, torch.Tensor):
             return scatter_tokens(hidden, idx, output)
         if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
             return type(output)((scatter_tokens(hidden, idx, output[0]), *output[1:]))
         raise TypeError(
-            f"random-LTD: {type(module).__name__}.forward returned {type(output).__name__}; expected the hidden "
+            f"random-LTD: {type(patch.module).__name__}.forward returned {type(output).__name__}; expected the hidden "
             "states as a tensor or as the first element of a tuple."
         )
 
@@ -457,7 +535,9 @@ def apply_random_ltd(
             f"random_ltd.random_ltd_layer_num={cfg.random_ltd_layer_num} disagrees with the {len(layer_ids)} "
             f"layers chosen by random_ltd_layer_id={layer_ids}."
         )
-    max_positions = model_max_positions(_model_config(model))
+    config = _model_config(model)
+    limits = [found[i][2].max_positions(config) for i in layer_ids] if config is not None else []
+    max_positions = min((limit for limit in limits if limit is not None), default=None)
     if max_positions is not None and cfg.max_value > max_positions:
         raise ValueError(
             f"random_ltd.random_ltd_schedule.max_value={cfg.max_value} is larger than the model's maximum "

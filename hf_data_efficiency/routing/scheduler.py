@@ -14,6 +14,7 @@ from transformers.utils import logging
 
 from ..config import RANDOM_LTD_SCHEDULE_TYPES, RandomLTDConfig
 from ..schedules import root_pacing
+from ._state import check_state_keys, state_int
 
 logger = logging.get_logger(__name__)
 
@@ -173,12 +174,23 @@ class RandomLTDScheduler:
         """JSON-able state for checkpoints."""
         return {key: int(getattr(self, key)) for key in _STATE_KEYS}
 
+    def kept_length_bounds(self) -> tuple[int, int]:
+        """Smallest and largest kept length this schedule produces (``min_value`` is rounded down to a
+        multiple of ``seq_per_step`` at step 0, as in DeepSpeed)."""
+        return min(self.min_value, self.kept_length(0)), self.max_value
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        missing = [key for key in _STATE_KEYS if key not in state]
-        if missing:
-            raise ValueError(f"RandomLTDScheduler state is missing {missing}; expected keys {list(_STATE_KEYS)}.")
-        for key in _STATE_KEYS:
-            setattr(self, key, int(state[key]))
+        """Restore :meth:`state_dict` output; refuses other keys, non-integers and out-of-range values."""
+        where = "random_ltd.scheduler"
+        check_state_keys(where, state, _STATE_KEYS)
+        low, high = self.kept_length_bounds()
+        values = {
+            "current_kept_length": state_int(where, "current_kept_length", state["current_kept_length"], low, high),
+            "last_step": state_int(where, "last_step", state["last_step"], -1),
+            "consumed_layer_tokens": state_int(where, "consumed_layer_tokens", state["consumed_layer_tokens"], 0),
+        }
+        for key, value in values.items():
+            setattr(self, key, value)
 
     def __repr__(self) -> str:
         return (
