@@ -35,7 +35,7 @@ logger = logging.get_logger(__name__)
 #: The curriculum previewed when no --config is given: a vocabulary-rarity percentile curriculum with a
 #: square-root pacing from the easiest 1% to all of the data over 1000 steps (the paper's GPT recipe shape).
 DEMO_CURRICULUM = {
-    "metrics": [
+    "sampling_metrics": [
         {
             "name": "vocab_rarity",
             "difficulty_type": "percentile",

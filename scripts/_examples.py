@@ -19,6 +19,8 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 from transformers.utils import logging
 
+from hf_data_efficiency import find_layers
+
 logger = logging.get_logger(__name__)
 
 RESULTS_NAME = "results.json"
@@ -95,15 +97,13 @@ def perplexity(loss: float) -> float:
 
 
 def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated transformer blocks of a GPT-2, BERT or ViT model."""
-    base = getattr(model, model.base_model_prefix, model)
-    for path in ("h", "layers", "encoder.layer", "encoder.layers"):
-        obj = base
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if obj is not None:
-            return list(obj)
-    raise ValueError(f"cannot find the transformer layers of {type(model).__name__}; expected GPT-2, BERT or ViT.")
+    """The repeated transformer blocks of the model (every layer class random-LTD knows)."""
+    layers = [module for _, module, _ in find_layers(model)]
+    if not layers:
+        raise ValueError(
+            f"cannot find the transformer layers of {type(model).__name__} (hf_data_efficiency.find_layers)."
+        )
+    return layers
 
 
 def _attention_of(layer: torch.nn.Module) -> torch.nn.Module:

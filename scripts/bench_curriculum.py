@@ -93,7 +93,7 @@ def child_ours(n: int, batches: int) -> dict[str, Any]:
 
     values = _metric_values(n)
     base = _rss_mb()
-    cfg = CurriculumConfig(metrics=[CurriculumMetricConfig(name="seqlen", **_schedule())])
+    cfg = CurriculumConfig(sampling_metrics=[CurriculumMetricConfig(name="seqlen", **_schedule())])
     start = time.perf_counter()
     sampler = CurriculumSampler({"seqlen": values}, cfg, GLOBAL_BATCH)
     stream = iter(sampler)

@@ -99,27 +99,27 @@ def arm_flags(task: dict, arm: str, steps: int) -> dict:
         total = max(1, round(c["fraction"] * steps))
         flags.update(
             seqlen_curriculum="truncate",
-            seqlen_curriculum_min=c["seqlen_min"],
-            seqlen_curriculum_max=task["seq"],
-            seqlen_curriculum_step=c["seqlen_step"],
-            seqlen_curriculum_total_steps=total,
+            seqlen_curriculum_min_difficulty=c["seqlen_min"],
+            seqlen_curriculum_max_difficulty=task["seq"],
+            seqlen_curriculum_difficulty_step=c["seqlen_step"],
+            seqlen_curriculum_total_curriculum_step=total,
             curriculum_metrics="vocab_rarity",
             curriculum_difficulty_type="percentile",
-            curriculum_schedule="fixed_root",
+            curriculum_schedule_type="fixed_root",
             curriculum_root_degree=c["root_degree"],
             curriculum_min_difficulty=c["rarity_min"],
             curriculum_max_difficulty=100,
             curriculum_difficulty_step=1,
-            curriculum_total_steps=total,
+            curriculum_total_curriculum_step=total,
         )
     if arm in ("random_ltd", "both"):
         r = task["random_ltd"]
         flags.update(
             random_ltd=True,
-            random_ltd_min_kept=r["min_kept"],
-            random_ltd_max_kept=task["seq"],
-            random_ltd_step_size=r["step"],
-            random_ltd_total_steps=max(1, round(r["fraction"] * steps)),
+            random_ltd_min_value=r["min_kept"],
+            random_ltd_max_value=task["seq"],
+            random_ltd_seq_per_step=r["step"],
+            random_ltd_require_steps=max(1, round(r["fraction"] * steps)),
         )
     return flags
 
@@ -137,12 +137,12 @@ def planned_effective_tokens(task: dict, arm: str, steps: int) -> float:
     if "seqlen_curriculum" in flags:
         sched = DifficultySchedule.from_dict(
             {
-                "min_difficulty": flags["seqlen_curriculum_min"],
-                "max_difficulty": flags["seqlen_curriculum_max"],
+                "min_difficulty": flags["seqlen_curriculum_min_difficulty"],
+                "max_difficulty": flags["seqlen_curriculum_max_difficulty"],
                 "schedule_type": "fixed_linear",
                 "schedule_config": {
-                    "total_curriculum_step": flags["seqlen_curriculum_total_steps"],
-                    "difficulty_step": flags["seqlen_curriculum_step"],
+                    "total_curriculum_step": flags["seqlen_curriculum_total_curriculum_step"],
+                    "difficulty_step": flags["seqlen_curriculum_difficulty_step"],
                 },
             }
         )
@@ -150,10 +150,10 @@ def planned_effective_tokens(task: dict, arm: str, steps: int) -> float:
     per_row = rows * task["layers"]
     if flags.get("random_ltd"):
         sched = RandomLTDScheduler(
-            flags["random_ltd_min_kept"],
-            flags["random_ltd_max_kept"],
-            flags["random_ltd_total_steps"],
-            flags["random_ltd_step_size"],
+            flags["random_ltd_min_value"],
+            flags["random_ltd_max_value"],
+            flags["random_ltd_require_steps"],
+            flags["random_ltd_seq_per_step"],
         )
         kept = np.minimum([sched.kept_length(int(s) - 1) for s in k], rows)
         dropping = task["layers"] - 2

@@ -156,7 +156,7 @@ def test_preview_counts_equal_the_sampler_at_every_step(metrics):
     n = 997
     arrays = {"seqlen": rng.integers(1, 65, n), "rarity": rng.gamma(2.0, 5.0, n)}
     arrays["rarity"][::5] = arrays["rarity"][3]  # ties: ranks are by stable order
-    curriculum = CurriculumConfig(metrics=list(metrics))
+    curriculum = CurriculumConfig(sampling_metrics=list(metrics))
     steps = 70
     preview = curriculum_preview(arrays, curriculum, steps, n)
     sampler = CurriculumSampler(arrays, curriculum, batch_size=4, world_size=2)

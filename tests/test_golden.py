@@ -44,7 +44,7 @@ def golden_run(out_dir: str) -> dict:
         disable_tqdm=True,
         use_cpu=True,
         **CURRICULUM_FLAGS,
-        **{**RANDOM_LTD_FLAGS, "random_ltd_layers": [0, 1]},
+        **{**RANDOM_LTD_FLAGS, "random_ltd_layer_id": [0, 1]},
     )
     trainer = RecordingTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
     trainer.train()

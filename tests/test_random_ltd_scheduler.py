@@ -130,9 +130,9 @@ def test_counter_needs_layer_counts():
     "kwargs, match",
     [
         (dict(schedule_type="cosine"), "schedule_type='cosine' is not supported"),
-        (dict(schedule_type="fixed_root"), "root_degree=None must be > 0"),
+        (dict(schedule_type="fixed_root"), "root_degree=None is not allowed"),
         (dict(require_steps=0), "require_steps=0"),
-        (dict(min_value=128, max_value=64), "min_value=128, max_value=64"),
+        (dict(min_value=128, max_value=64), "min_value=128 is larger than max_value=64"),
     ],
 )
 def test_bad_scheduler_arguments(kwargs, match):

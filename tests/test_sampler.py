@@ -35,7 +35,7 @@ def metric(name, lo, hi, total=40, step=1, kind="value", schedule="fixed_linear"
 
 
 def config(*metrics, seed=1234):
-    return CurriculumConfig(metrics=[CurriculumMetricConfig(**m) for m in metrics], seed=seed)
+    return CurriculumConfig(sampling_metrics=[CurriculumMetricConfig(**m) for m in metrics], seed=seed)
 
 
 def ds_difficulty(m, step):

@@ -48,14 +48,21 @@ def _gpt2_flags(out: Path, steps: int, batch: int, block: int, trunc_total: int,
         *("--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", str(batch)),
         *("--n_layer", "3", "--n_embd", "32", "--n_head", "2", "--block_size", str(block)),
         *("--logging_steps", "1", "--eval_steps", str(steps), "--max_eval_samples", "16", "--learning_rate", "1e-3"),
-        *("--seqlen_curriculum", "truncate", "--seqlen_curriculum_min", "8", "--seqlen_curriculum_max", str(block)),
-        *("--seqlen_curriculum_step", "8", "--seqlen_curriculum_total_steps", str(trunc_total)),
+        *(
+            "--seqlen_curriculum",
+            "truncate",
+            "--seqlen_curriculum_min_difficulty",
+            "8",
+            "--seqlen_curriculum_max_difficulty",
+            str(block),
+        ),
+        *("--seqlen_curriculum_difficulty_step", "8", "--seqlen_curriculum_total_curriculum_step", str(trunc_total)),
         *("--curriculum_metrics", "vocab_rarity", "--curriculum_difficulty_type", "percentile"),
-        *("--curriculum_schedule", "fixed_root", "--curriculum_root_degree", "2"),
+        *("--curriculum_schedule_type", "fixed_root", "--curriculum_root_degree", "2"),
         *("--curriculum_min_difficulty", "20", "--curriculum_max_difficulty", "100"),
-        *("--curriculum_difficulty_step", "1", "--curriculum_total_steps", str(trunc_total)),
-        *("--random_ltd", "--random_ltd_min_kept", "8", "--random_ltd_max_kept", str(block)),
-        *("--random_ltd_step_size", "8", "--random_ltd_total_steps", str(ltd_total)),
+        *("--curriculum_difficulty_step", "1", "--curriculum_total_curriculum_step", str(trunc_total)),
+        *("--random_ltd", "--random_ltd_min_value", "8", "--random_ltd_max_value", str(block)),
+        *("--random_ltd_seq_per_step", "8", "--random_ltd_require_steps", str(ltd_total)),
     ]
 
 
@@ -108,9 +115,9 @@ def test_train_gpt2_saved_model_is_vanilla(tmp_path):
         *("--n_layer", "3", "--n_embd", "32", "--n_head", "2", "--block_size", "48", "--sample_mode", "line"),
         *("--max_train_samples", "200", "--max_eval_samples", "24", "--eval_steps", "4", "--final_eval_splits", ""),
         *("--curriculum_metrics", "seqlen", "--curriculum_min_difficulty", "12", "--curriculum_max_difficulty", "48"),
-        *("--curriculum_total_steps", "3", "--curriculum_difficulty_step", "4"),
-        *("--random_ltd", "--random_ltd_min_kept", "16", "--random_ltd_max_kept", "48"),
-        *("--random_ltd_total_steps", "3", "--random_ltd_step_size", "8"),
+        *("--curriculum_total_curriculum_step", "3", "--curriculum_difficulty_step", "4"),
+        *("--random_ltd", "--random_ltd_min_value", "16", "--random_ltd_max_value", "48"),
+        *("--random_ltd_require_steps", "3", "--random_ltd_seq_per_step", "8"),
     ]
     result = gpt2.main(argv)
     model = GPT2LMHeadModel.from_pretrained(out).eval()
@@ -154,9 +161,16 @@ def test_train_bert_cls_minilm(tmp_path):
         *("--max_seq_length", "32", "--max_train_samples", "48", "--max_eval_samples", "16", "--logging_steps", "1"),
         *("--final_eval_splits", "test", "--learning_rate", "1e-4"),
         *("--curriculum_metrics", "seqlen", "--curriculum_difficulty_type", "percentile"),
-        *("--curriculum_min_difficulty", "50", "--curriculum_max_difficulty", "100", "--curriculum_total_steps", "2"),
-        *("--random_ltd", "--random_ltd_min_kept", "16", "--random_ltd_max_kept", "32"),
-        *("--random_ltd_total_steps", "3", "--random_ltd_step_size", "8"),
+        *(
+            "--curriculum_min_difficulty",
+            "50",
+            "--curriculum_max_difficulty",
+            "100",
+            "--curriculum_total_curriculum_step",
+            "2",
+        ),
+        *("--random_ltd", "--random_ltd_min_value", "16", "--random_ltd_max_value", "32"),
+        *("--random_ltd_require_steps", "3", "--random_ltd_seq_per_step", "8"),
     ]
     result = bert.main(argv)
     assert set(_logged(result, "random_ltd/kept_length").values()) <= {16, 24, 32}
@@ -182,9 +196,9 @@ def test_train_bert_mlm_from_scratch(tmp_path):
             *("--max_eval_samples", "16", "--final_eval_splits", "validation", "--logging_steps", "1"),
             *("--curriculum_metrics", "seqlen", "vocab_rarity", "--curriculum_difficulty_type", "value", "percentile"),
             *("--curriculum_min_difficulty", "16", "50", "--curriculum_max_difficulty", "32", "100"),
-            *("--curriculum_total_steps", "2", "--curriculum_difficulty_step", "4", "1"),
-            *("--random_ltd", "--random_ltd_min_kept", "16", "--random_ltd_max_kept", "32"),
-            *("--random_ltd_total_steps", "2", "--random_ltd_step_size", "8", "--save_strategy", "no"),
+            *("--curriculum_total_curriculum_step", "2", "--curriculum_difficulty_step", "4", "1"),
+            *("--random_ltd", "--random_ltd_min_value", "16", "--random_ltd_max_value", "32"),
+            *("--random_ltd_require_steps", "2", "--random_ltd_seq_per_step", "8", "--save_strategy", "no"),
         ]
     )
     assert _logged(result, "curriculum/difficulty_seqlen")[1] == 24
@@ -201,11 +215,11 @@ def test_train_vit_random_ltd_digits(tmp_path):
             *("--dataset", "digits", "--patch_size", "2", "--hidden_size", "32", "--num_hidden_layers", "4"),
             *("--output_dir", str(tmp_path / "vit"), "--max_steps", str(steps), "--logging_steps", "1"),
             *("--per_device_train_batch_size", str(batch), "--final_eval_splits", "validation,test"),
-            *("--random_ltd", "--random_ltd_min_kept", "8", "--random_ltd_max_kept", "17"),
-            *("--random_ltd_total_steps", "3", "--random_ltd_step_size", "4", "--save_strategy", "no"),
+            *("--random_ltd", "--random_ltd_min_value", "8", "--random_ltd_max_value", "17"),
+            *("--random_ltd_require_steps", "3", "--random_ltd_seq_per_step", "4", "--save_strategy", "no"),
             *("--curriculum_metrics", "ink", "--curriculum_difficulty_type", "percentile"),
             *("--curriculum_min_difficulty", "40", "--curriculum_max_difficulty", "100"),
-            *("--curriculum_total_steps", "3", "--curriculum_difficulty_step", "10"),
+            *("--curriculum_total_curriculum_step", "3", "--curriculum_difficulty_step", "10"),
         ]
     )
     sched = hfde.DifficultySchedule.from_dict(
@@ -292,7 +306,7 @@ def test_recipe_files_parse(path):
         cfg = targs.get_data_efficiency_config()
         assert targs.max_steps == recipe["max_steps"]
     if recipe.get("random_ltd"):
-        assert cfg.random_ltd is not None and cfg.random_ltd.max_value == recipe["random_ltd_max_kept"]
+        assert cfg.random_ltd is not None and cfg.random_ltd.max_value == recipe["random_ltd_max_value"]
     if "curriculum_metrics" in recipe or "seqlen_curriculum" in recipe:
         assert cfg.curriculum is not None
 

@@ -228,7 +228,7 @@ def test_split_deepspeed_config_removes_only_our_keys():
 def test_accelerate_launch_deepspeed_config_file(tmp_path, monkeypatch):
     """`accelerate launch --use_deepspeed --deepspeed_config_file ds.json`: no --deepspeed flag, the file comes
     through the environment; its block is still honoured and removed (also with plain TrainingArguments)."""
-    from hf_data_efficiency.trainer import DataEfficiencyTrainer
+    from hf_data_efficiency.trainer import resolve_trainer_config
 
     path = tmp_path / "ds.json"
     path.write_text(
@@ -248,5 +248,5 @@ def test_accelerate_launch_deepspeed_config_file(tmp_path, monkeypatch):
     assert args.get_data_efficiency_config() == expected
     assert "data_efficiency" not in args.deepspeed_plugin.deepspeed_config
     plain = TrainingArguments(output_dir=str(tmp_path / "plain"), report_to=[])
-    assert DataEfficiencyTrainer._resolve_data_efficiency(plain) == expected
+    assert resolve_trainer_config(plain) == expected
     assert "data_efficiency" not in plain.deepspeed_plugin.deepspeed_config

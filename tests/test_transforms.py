@@ -13,7 +13,7 @@ from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumSched
 from torch.utils.data import BatchSampler, DataLoader
 
 from hf_data_efficiency import CurriculumSampler, SeqlenTransform, seqlen_reshape, seqlen_truncate
-from hf_data_efficiency.config import CurriculumConfig, CurriculumMetricConfig
+from hf_data_efficiency.config import CurriculumConfig, CurriculumMetricConfig, SeqlenTransformConfig
 from hf_data_efficiency.curriculum.transforms import MAX_TOKENS_KEY, CurriculumDataset
 
 logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
@@ -71,7 +71,8 @@ def expected_batch(indices, max_tokens, mode, side):
 
 
 def metric(name, lo, hi, total, step):
-    return CurriculumMetricConfig(
+    cls = SeqlenTransformConfig if name.startswith("seqlen_") else CurriculumMetricConfig
+    return cls(
         name=name,
         min_difficulty=lo,
         max_difficulty=hi,
@@ -94,7 +95,7 @@ def ds_difficulty(m, step):
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_each_batch_uses_its_own_steps_max_tokens_through_workers(mode, side):
     transform = metric(mode, 4, 40, total=12, step=4)
-    cfg = CurriculumConfig(metrics=[metric("seqlen", 20, 40, total=8, step=4), transform], seed=3)
+    cfg = CurriculumConfig(sampling_metrics=[metric("seqlen", 20, 40, total=8, step=4)], transform=transform, seed=3)
     micro, world, ga = 4, 2, 2
     g = micro * world * ga
     dataset = datasets.Dataset.from_dict(
@@ -192,7 +193,7 @@ def test_dataset_wrapper_tags_and_forwards():
 
 def test_sampler_tags_follow_the_schedule_over_long_runs():
     transform = metric("seqlen_reshape", 8, 64, total=100, step=8)
-    cfg = CurriculumConfig(metrics=[transform])
+    cfg = CurriculumConfig(transform=transform)
     sampler = CurriculumSampler({}, cfg, 4, world_size=2, num_samples=50, return_max_tokens=True)
     sampler.set_epoch(7)
     start = 7 * len(sampler)

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers.utils import logging
 
-from ..config import RANDOM_LTD_SCHEDULE_TYPES, RandomLTDConfig
+from ..config import RandomLTDConfig
 from ..schedules import root_pacing
 from ._state import check_state_keys, state_int
 
@@ -47,28 +47,15 @@ class RandomLTDScheduler:
         random_ltd_layer_num: int | None = None,
         global_batch_size: int | None = None,
     ) -> None:
-        where = "random_ltd.random_ltd_schedule"
-        if schedule_type not in RANDOM_LTD_SCHEDULE_TYPES:
-            raise ValueError(
-                f"{where}.schedule_type={schedule_type!r} is not supported; allowed values: "
-                f"{', '.join(RANDOM_LTD_SCHEDULE_TYPES)}."
-            )
-        if schedule_type == "fixed_root" and not (root_degree and root_degree > 0):
-            raise ValueError(f"{where}.schedule_config.root_degree={root_degree} must be > 0 for fixed_root.")
-        if require_steps <= 0 or seq_per_step <= 0:
-            raise ValueError(
-                f"{where}.schedule_config: require_steps={require_steps} and seq_per_step={seq_per_step} must be > 0."
-            )
-        if not 0 < min_value <= max_value:
-            raise ValueError(
-                f"{where}: need 0 < min_value <= max_value, got min_value={min_value}, max_value={max_value}."
-            )
-        if min_value < seq_per_step:
-            raise ValueError(
-                f"{where}: min_value={min_value} with seq_per_step={seq_per_step} gives a kept length of "
-                f"{min_value - min_value % seq_per_step} at step 0 (kept lengths are rounded down to a multiple of "
-                "seq_per_step, as in DeepSpeed); use min_value >= seq_per_step."
-            )
+        # the config holds every rule (types, ranges, min_value >= seq_per_step), with its error messages
+        RandomLTDConfig(
+            min_value=min_value,
+            max_value=max_value,
+            require_steps=require_steps,
+            seq_per_step=seq_per_step,
+            schedule_type=schedule_type,
+            root_degree=root_degree,
+        )
         self.min_value = int(min_value)
         self.max_value = int(max_value)
         self.require_steps = require_steps
