@@ -132,6 +132,11 @@ class DataEfficiencyEngine:
         seeded_collation: bool = True,
     ) -> None:
         self.config = resolve_config(config)
+        if self.config.dynamic_batching is not None:
+            raise ValueError(
+                "data_sampling.dynamic_batching is enabled, but token-budget batching is not implemented by the "
+                "engine yet; set data_sampling.dynamic_batching.enabled=false (--dynamic_batching off)."
+            )
         self.batch_size = int(batch_size)
         self.world_size = max(1, int(world_size))
         self.gradient_accumulation_steps = int(gradient_accumulation_steps)

@@ -109,6 +109,7 @@ class DataEfficiencyTrainer(Trainer):
             world_size=getattr(training_args, "world_size", 1),
             gradient_accumulation_steps=getattr(training_args, "gradient_accumulation_steps", 1),
             metrics_num_proc=getattr(training_args, "curriculum_metrics_num_proc", None),
+            seeded_collation=getattr(training_args, "data_efficiency_seeded_collation", True),
         )
         model = kwargs.get("model", args[0] if args else None)
         if cfg.enabled and model is not None:

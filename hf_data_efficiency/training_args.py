@@ -29,6 +29,7 @@ patched layers); this package implements it instead.
 
 import copy
 import dataclasses
+import importlib.util
 import json
 import os
 import warnings
@@ -250,10 +251,22 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Turn on token-budget (dynamic) batching: micro-batches fit --dynamic_batching_max_tokens."},
     )
+    data_efficiency_seeded_collation: bool = field(
+        default=True,
+        metadata={
+            "help": "With data efficiency on, run the data collator under a torch RNG seeded per micro-batch from its "
+            "place in training, so collator randomness (MLM masking, ...) after a resume equals the uninterrupted run."
+        },
+    )
 
     def __post_init__(self) -> None:
         self._apply_deprecated_flags()
         self._normalize_flag_values()
+        if self.deepspeed and importlib.util.find_spec("deepspeed") is None:
+            raise ValueError(
+                f"--deepspeed={self.deepspeed!r} needs DeepSpeed, which is not installed; install the 'deepspeed' "
+                "extra: pip install 'hf-data-efficiency[deepspeed]'."
+            )
         super().__post_init__()
         self._deepspeed_data_efficiency = self._strip_deepspeed_block()
         self._de_config = self._resolve()

@@ -409,3 +409,55 @@ def test_step_loss_is_the_mean_over_real_shifted_label_tokens(tmp_path):
         count += int((shifted != -100).sum())
     assert len(trainer.records) == GA and all(r["num_items_in_batch"] == count for r in trainer.records)
     assert step_losses(trainer.state.log_history)[1] == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.mark.parametrize("option", ["random_ltd", "curriculum"])
+def test_mlm_resume_masks_exactly_as_the_uninterrupted_run(tmp_path, option):
+    """A BERT MLM run (DataCollatorForLanguageModeling masking from the global RNG, as HF's run_mlm.py) resumed from
+    its step-3 checkpoint: with the per-micro-batch seeded collation (the default) every later loss equals the
+    uninterrupted run's; without it (plain Trainer behaviour) they differ."""
+    from datasets import Dataset
+    from offline_data import minilm_path
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(1000, 3000, size=int(n)).tolist() for n in rng.integers(8, 33, size=64)]
+    data = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+    if option == "random_ltd":
+        flags = {"random_ltd": True, "random_ltd_min_value": 8, "random_ltd_max_value": 32}
+        flags.update(random_ltd_require_steps=6, random_ltd_seq_per_step=8)
+    else:
+        flags = {k: v for k, v in CURRICULUM_FLAGS.items() if not k.startswith("seqlen_curriculum")}
+
+    def run(out, seeded=True, resume=None):
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+        args = DataEfficiencyTrainingArguments(
+            **common_kwargs(out, max_steps=6, save_strategy="steps", save_steps=3),
+            data_efficiency_seeded_collation=seeded,
+            **flags,
+        )
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.3)
+        trainer = DataEfficiencyTrainer(
+            model=BertForMaskedLM(config), args=args, train_dataset=data, data_collator=collator
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return step_losses(trainer.state.log_history)
+
+    for seeded in (True, False):
+        whole = run(tmp_path / f"whole{seeded}", seeded)
+        resumed = run(tmp_path / f"whole{seeded}", seeded, resume=str(tmp_path / f"whole{seeded}" / "checkpoint-3"))
+        later = {k: v for k, v in whole.items() if k > 3}
+        assert len(later) == 3
+        if seeded:
+            assert {k: v for k, v in resumed.items() if k > 3} == later
+        else:
+            assert {k: v for k, v in resumed.items() if k > 3} != later
