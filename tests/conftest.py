@@ -1,9 +1,20 @@
-"""Shared pytest set-up: the example scripts' folder (``scripts/``: ``offline_data``, ``_examples``) is importable,
-since the example-data loaders are not part of the installed package."""
+"""Shared pytest set-up: one torch thread per test process (tiny models on a shared 2-core machine run up to 50x
+slower with oversubscribed threads). Import paths (``scripts/``, ``tests/distributed``) come from the ``pythonpath``
+setting in pyproject.toml."""
 
-import sys
-from pathlib import Path
+import os
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
+# offline before any Hugging Face library is imported by a test module (scripts/test.sh sets them too)
+for _name, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_name, _value)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,12 +11,9 @@ import sys
 from pathlib import Path
 
 import torch
+from tiny import CURRICULUM_FLAGS, RANDOM_LTD_FLAGS, RecordingTrainer, collate, make_dataset, tiny_model
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed"))
-
-from tiny import CURRICULUM_FLAGS, RANDOM_LTD_FLAGS, RecordingTrainer, collate, make_dataset, tiny_model  # noqa: E402
-
-from hf_data_efficiency import DataEfficiencyTrainingArguments  # noqa: E402
+from hf_data_efficiency import DataEfficiencyTrainingArguments
 
 GOLDEN = Path(__file__).parent / "data" / "golden_run.json"
 LOGGED = (

@@ -71,7 +71,6 @@ def test_trainer_runs_without_deepspeed_and_matplotlib(tmp_path):
         f"""
         import importlib.util, sys
         assert importlib.util.find_spec("deepspeed") is None and importlib.util.find_spec("matplotlib") is None
-        sys.path.insert(0, {str(ROOT / "tests" / "distributed")!r})
         from tiny import CURRICULUM_FLAGS, RANDOM_LTD_FLAGS, collate, make_dataset, tiny_model
         from hf_data_efficiency import DataEfficiencyTrainer, DataEfficiencyTrainingArguments
         args = DataEfficiencyTrainingArguments(
@@ -86,7 +85,12 @@ def test_trainer_runs_without_deepspeed_and_matplotlib(tmp_path):
         print("OK")
         """
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{site}", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(map(str, (ROOT, ROOT / "tests" / "distributed", site))),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     proc = subprocess.run(
         [sys.executable, "-S", "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
     )

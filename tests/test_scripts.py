@@ -20,15 +20,11 @@ import pytest
 import torch
 import yaml
 
+import hf_data_efficiency as hfde
+from hf_data_efficiency.config import DataEfficiencyConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import hf_data_efficiency as hfde  # noqa: E402
-from hf_data_efficiency.config import DataEfficiencyConfig  # noqa: E402
 
 
 def _script(name: str):

@@ -3,19 +3,13 @@ checkpoint state, the vanilla saved model, the layer-token LR schedule and the b
 
 import json
 import math
-import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
 from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
-from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed"))
-
-from tiny import (  # noqa: E402
+from tiny import (
     CURRICULUM_FLAGS,
     RANDOM_LTD_FLAGS,
     SEQLEN_METRIC,
@@ -27,21 +21,13 @@ from tiny import (  # noqa: E402
     step_losses,
     tiny_model,
 )
+from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
 
-from hf_data_efficiency import DataEfficiencyTrainer, DataEfficiencyTrainingArguments  # noqa: E402
-from hf_data_efficiency.trainer import STATE_NAME  # noqa: E402
+from hf_data_efficiency import DataEfficiencyTrainer, DataEfficiencyTrainingArguments
+from hf_data_efficiency.trainer import STATE_NAME
 
 BATCH, GA = 4, 2
 GLOBAL = BATCH * GA
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models on a loaded 2-core machine: oversubscribed threads make each step ~50x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def common_kwargs(out_dir, **overrides):

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import pytest
 from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
+from tiny import SEQLEN_METRIC, TRUNCATE_METRIC, sample_lengths, step_losses
+from transformers.trainer_utils import get_last_checkpoint
+
+from hf_data_efficiency import CurriculumSampler, DataEfficiencyConfig
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "distributed"))
-
-from tiny import SEQLEN_METRIC, TRUNCATE_METRIC, sample_lengths, step_losses  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-
-from hf_data_efficiency import CurriculumSampler, DataEfficiencyConfig  # noqa: E402
-
 RUN = str(HERE / "distributed" / "run_trainer.py")
 ROOT = HERE.parent
 TIMEOUT = 420  # a fresh machine builds DeepSpeed's CPU communication op on first use

@@ -2,21 +2,16 @@
 
 import dataclasses
 import json
-import os
 import pickle
-import sys
 
 import pytest
 import yaml
+from tiny import CURRICULUM_FLAGS, RANDOM_LTD_FLAGS, deepspeed_block
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.testing_utils import CaptureLogger
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed"))
-
-from tiny import CURRICULUM_FLAGS, RANDOM_LTD_FLAGS, deepspeed_block  # noqa: E402
-
-import hf_data_efficiency.training_args as ta  # noqa: E402
-from hf_data_efficiency import DataEfficiencyConfig, DataEfficiencyTrainingArguments  # noqa: E402
+import hf_data_efficiency.training_args as ta
+from hf_data_efficiency import DataEfficiencyConfig, DataEfficiencyTrainingArguments
 
 ISSUE_FLAGS = [
     "data_efficiency_config",

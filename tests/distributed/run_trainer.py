@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import sys
 import time
 
-from transformers import TrainerCallback
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from tiny import (  # noqa: E402
+from tiny import (
     CURRICULUM_FLAGS,
     RANDOM_LTD_FLAGS,
     RecordingTrainer,
@@ -27,8 +21,9 @@ from tiny import (  # noqa: E402
     step_losses,
     tiny_model,
 )
+from transformers import TrainerCallback
 
-from hf_data_efficiency import DataEfficiencyTrainingArguments  # noqa: E402
+from hf_data_efficiency import DataEfficiencyTrainingArguments
 
 
 class PrintSteps(TrainerCallback):
