@@ -489,12 +489,12 @@ class DataEfficiencyEngine:
                 handle.load_state_dict(state["random_ltd"])
                 self._layer_token_mark = handle.actual_layer_tokens
             if self.sampler is not None and state["sampler"] is not None:
+                self.sampler.load_state_dict(state["sampler"])  # checks seed, data, batch geometry, fingerprint
                 expected = state["global_step"] * self.sampler.global_batch_size
-                if state["sampler"].get("position") != expected:
+                if state["sampler"]["position"] != expected:
                     raise ValueError(
-                        f"sampler.position={state['sampler'].get('position')!r} disagrees with global_step="
-                        f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}"
+                        f"sampler.position={state['sampler']['position']!r} disagrees with global_step="
+                        f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}."
                     )
-                self.sampler.load_state_dict(state["sampler"])
         except (KeyError, TypeError, ValueError) as e:
             raise ResumeError(str(e)) from e

@@ -447,3 +447,33 @@ def test_mlm_resume_masks_exactly_as_the_uninterrupted_run(tmp_path, option):
             assert {k: v for k, v in resumed.items() if k > 3} == later
         else:
             assert {k: v for k, v in resumed.items() if k > 3} != later
+
+
+def test_logged_layer_tokens_with_several_patched_layers(tmp_path):
+    """Layers 0 and 1 of 3 drop tokens: the logged layer-tokens equal a from-scratch count over the recorded
+    micro-batches, B * (2 * min(kept, T) + T), and effective tokens are that over the 3 layers."""
+    args = DataEfficiencyTrainingArguments(
+        **common_kwargs(tmp_path, max_steps=5),
+        **CURRICULUM_FLAGS,
+        **{**RANDOM_LTD_FLAGS, "random_ltd_layer_id": [0, 1]},
+    )
+    trainer = RecordingTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
+    trainer.train()
+    assert trainer.random_ltd_handle.layer_ids == [0, 1]
+    layer_tokens = 0
+    for h in (h for h in trainer.state.log_history if "loss" in h):
+        for r in (r for r in trainer.records if r["step"] == h["step"]):
+            layer_tokens += BATCH * (2 * min(kept_length_oracle(h["step"] - 1), r["width"]) + r["width"])
+        assert h["data_efficiency/layer_tokens"] == layer_tokens
+        assert h["data_efficiency/effective_tokens"] == pytest.approx(layer_tokens / 3)
+
+
+def test_resume_refuses_another_global_batch(full_run, tmp_path):
+    """The checkpoint's curriculum stream was drawn for a global batch of 8: resuming with 4 is refused, naming it."""
+    _, out = full_run
+    args = DataEfficiencyTrainingArguments(
+        **common_kwargs(tmp_path, max_steps=6, per_device_train_batch_size=2), **CURRICULUM_FLAGS, **RANDOM_LTD_FLAGS
+    )
+    trainer = DataEfficiencyTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
+    with pytest.raises(ValueError, match="global_batch_size=8 but this sampler has global_batch_size=4"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))

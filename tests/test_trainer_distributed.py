@@ -83,40 +83,48 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_two_processes_shard_the_single_process_stream(tmp_path):
+    """Two DDP processes (batch 2, GA 2) against one process (batch 2, GA 4) on the same global stream, without
+    dropout and random-LTD (whose draws are per process): the ranks' micro-batches interleave into the stream, each
+    step's global batch is partitioned between the ranks, and the per-step losses equal the single process's."""
     port = free_port()
+    flags = ["--batch_size", "2", "--max_steps", "6", "--no_random_ltd", "--deterministic"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), RUN]
-    cmd += ["--output_dir", str(tmp_path), "--record", str(tmp_path / "rec_RANK.json"), "--batch_size", "2"]
-    run(cmd + ["--ga", "2", "--max_steps", "6"])
+    run(cmd + ["--output_dir", str(tmp_path), "--record", str(tmp_path / "rec_RANK.json"), "--ga", "2", *flags])
     ranks = [json.loads((tmp_path / f"rec_{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    seen = [[tuple(rec["indices"]) for rec in r["records"]] for r in ranks]
+    single = trainer_run(tmp_path / "single", "--ga", "4", *flags)
+    assert [r["world_size"] for r in ranks] == [2, 2] and single["world_size"] == 1
+    seen = [[rec["indices"] for rec in r["records"]] for r in ranks]
     # micro-batch i of the global stream goes to rank i % 2: interleave the ranks' micro-batches
     interleaved = [i for pair in zip(*seen) for mb in pair for i in mb]
     cfg = DataEfficiencyConfig.from_dict(ranks[0]["config"]).curriculum
     ref = CurriculumSampler(
         {"seqlen": sample_lengths()}, cfg, batch_size=2, world_size=2, gradient_accumulation_steps=2
     )
-    assert interleaved == [i for i, _ in zip(ref, range(6 * 8))]
-    # within each step the ranks' samples are disjoint slices of that step's global batch
+    stream = [i for i, _ in zip(ref, range(6 * 8))]
+    assert interleaved == stream == [i for rec in single["records"] for i in rec["indices"]]
     for step in range(1, 7):
-        per_rank = [{i for rec in r["records"] if rec["step"] == step for i in rec["indices"]} for r in ranks]
-        assert sum(len(p) for p in per_rank) <= 8
-        positions = [[i for rec in r["records"] if rec["step"] == step for i in rec["indices"]] for r in ranks]
-        assert len(positions[0]) == len(positions[1]) == 4
+        # the step's global batch (8 stream positions) is split between the ranks, 4 positions each, none twice
+        mine = [[rec["indices"] for rec in r["records"] if rec["step"] == step] for r in ranks]
+        assert [len(m) for m in mine] == [2, 2] and all(len(mb) == 2 for m in mine for mb in m)
+        positions = [mine[i % 2][i // 2] for i in range(4)]
+        assert [i for mb in positions for i in mb] == stream[(step - 1) * 8 : step * 8]
     for r in ranks:
         check_curriculum(r["records"])
-        assert all(rec["kept_length"] == kept_length_oracle(rec["step"] - 1) for rec in r["records"])
-    assert ranks[0]["losses"] == ranks[1]["losses"]
+    for k, loss in single["losses"].items():
+        assert ranks[0]["losses"][k] == pytest.approx(loss, rel=1e-5), k
     last = [h for h in ranks[0]["log_history"] if "loss" in h][-1]
     assert last["data_efficiency/consumed_samples"] == 6 * 8
 
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_on_cpu_uses_the_data_efficiency_block(tmp_path, stage):
+    """ZeRO-2 (with the layer-token LR schedule, which DeepSpeed's own config never implemented) and ZeRO-3 on CPU
+    from a ds_config's data_efficiency block: the same batches, kept lengths, LRs and losses as without DeepSpeed."""
     out = tmp_path / "ds"
     cmd = [sys.executable, RUN, "--output_dir", str(out), "--record", str(out / "rec_RANK.json")]
+    lr = ["--layer_token_lr"] if stage == 2 else []
     run(
-        cmd + ["--zero_stage", str(stage), "--max_steps", "4"],
+        cmd + ["--zero_stage", str(stage), "--max_steps", "4", *lr],
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=free_port(),
         RANK=0,
@@ -133,7 +141,21 @@ def test_deepspeed_zero_on_cpu_uses_the_data_efficiency_block(tmp_path, stage):
     check_curriculum(rec["records"])
     assert all(r["kept_length"] == kept_length_oracle(r["step"] - 1) for r in rec["records"])
     assert sorted(rec["losses"], key=int) == ["1", "2", "3", "4"]
-    assert all(0 < v < 10 for v in rec["losses"].values())
+    # the same run without DeepSpeed (flags instead of the block): the same losses
+    plain = trainer_run(tmp_path / "plain", "--max_steps", "4", *lr)
+    assert rec["records"] == plain["records"]
+    for k, loss in plain["losses"].items():
+        assert rec["losses"][k] == pytest.approx(loss, rel=1e-4), k
+    if lr:  # warmup and decay in DeepSpeed's layer-tokens, G * (kept + 40 * 2) per step, recomputed from scratch
+
+        def layer_tokens(step0):
+            return 8 * (kept_length_oracle(step0) + 40 * 2)
+
+        warmup, total = layer_tokens(0) + layer_tokens(1), sum(layer_tokens(j) for j in range(4))
+        for h in (h for h in rec["log_history"] if "loss" in h):
+            consumed = sum(layer_tokens(j) for j in range(h["step"] - 1))
+            factor = consumed / warmup if consumed < warmup else 1 - (consumed - warmup) / (total - warmup)
+            assert h["learning_rate"] == pytest.approx(1e-3 * factor), h
 
 
 def test_sigkill_then_resume_in_a_new_process_is_exact(uninterrupted, tmp_path):
@@ -299,3 +321,18 @@ def test_fault_injection_sigkill_anywhere_then_automatic_resume(tmp_path):
     final = trainer_run(out, *steps, "--resume", "last")
     assert final["weights"] == whole["weights"]
     assert final["losses"] == whole["losses"] and len(whole["losses"]) == 12
+
+
+def test_accelerate_launch_with_the_cpu_recipe(tmp_path):
+    """A real `accelerate launch --config_file recipes/accelerate/cpu.yaml` of the accelerate-loop script: it runs
+    through the launcher, and its rows equal a direct run's."""
+    from test_golden import NO_TRAINER_CONFIG
+
+    path = tmp_path / "ds_config.json"
+    path.write_text(json.dumps(NO_TRAINER_CONFIG))
+    args = [str(ROOT / "scripts" / "train_no_trainer.py"), "--config", str(path), "--max_steps", "3", "--cpu"]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    run([*launcher, str(ROOT / "recipes" / "accelerate" / "cpu.yaml"), *args, "--output_dir", str(tmp_path / "a")])
+    run([sys.executable, *args, "--output_dir", str(tmp_path / "b")])
+    launched, direct = ((tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in "ab")
+    assert len(launched) == 3 and launched == direct

@@ -82,9 +82,13 @@ def build_trainer(
     workers: int = 0,
     zero_stage: int = 0,
     callbacks: list | None = None,
+    random_ltd: bool = True,
+    deterministic: bool = False,
+    layer_token_lr: bool = False,
 ) -> RecordingTrainer:
     """Curriculum (seqlen + truncate) and random-LTD from flags, or (``zero_stage`` 2 or 3) from the
-    data_efficiency block of a DeepSpeed ZeRO config."""
+    data_efficiency block of a DeepSpeed ZeRO config. ``deterministic`` turns dropout off, so runs on different
+    process layouts can be compared loss for loss."""
     kwargs = dict(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
@@ -106,13 +110,21 @@ def build_trainer(
             "gradient_accumulation_steps": "auto",
             "zero_optimization": {"stage": zero_stage},
             "zero_force_ds_cpu_optimizer": False,
-            "data_efficiency": deepspeed_block(seed=42),
+            "data_efficiency": deepspeed_block(seed=42, layer_token_lr=layer_token_lr),
         }
     else:
-        kwargs.update(CURRICULUM_FLAGS, **RANDOM_LTD_FLAGS)
+        kwargs.update(CURRICULUM_FLAGS, **(RANDOM_LTD_FLAGS if random_ltd else {}))
+        if layer_token_lr:
+            kwargs["layer_token_lr_schedule"] = True
+    if layer_token_lr:
+        kwargs["warmup_steps"] = 2
     args = DataEfficiencyTrainingArguments(**kwargs)
     return RecordingTrainer(
-        model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate, callbacks=callbacks
+        model=tiny_model(dropout=0.0 if deterministic else 0.1),
+        args=args,
+        train_dataset=make_dataset(),
+        data_collator=collate,
+        callbacks=callbacks,
     )
 
 
@@ -130,6 +142,9 @@ def main() -> None:
         "--zero_stage", type=int, default=0, choices=[0, 2, 3], help="DeepSpeed ZeRO stage (0: no DeepSpeed)"
     )
     p.add_argument("--stall_after", type=int, default=0)
+    p.add_argument("--no_random_ltd", action="store_true", help="curriculum only")
+    p.add_argument("--deterministic", action="store_true", help="no dropout")
+    p.add_argument("--layer_token_lr", action="store_true", help="the layer-token LR schedule, 2 warmup steps")
     p.add_argument("--slow_saves", type=float, default=0.0, help="seconds to sleep before each checkpoint file write")
     a = p.parse_args()
     if a.slow_saves:
@@ -143,6 +158,9 @@ def main() -> None:
         ga=a.ga,
         workers=a.workers,
         zero_stage=a.zero_stage,
+        random_ltd=not a.no_random_ltd,
+        deterministic=a.deterministic,
+        layer_token_lr=a.layer_token_lr,
         callbacks=[PrintSteps()] + ([Stall(a.stall_after)] if a.stall_after else []),
     )
     args = trainer.args

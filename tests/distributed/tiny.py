@@ -67,8 +67,12 @@ RANDOM_LTD_SECTION = {
 }
 
 
-def deepspeed_block(seed: int = 42) -> dict[str, Any]:
-    """The DeepSpeed ``data_efficiency`` block equivalent to CURRICULUM_FLAGS + RANDOM_LTD_FLAGS."""
+def deepspeed_block(seed: int = 42, layer_token_lr: bool = False) -> dict[str, Any]:
+    """The DeepSpeed ``data_efficiency`` block equivalent to CURRICULUM_FLAGS + RANDOM_LTD_FLAGS (and
+    ``--layer_token_lr_schedule``)."""
+    random_ltd = (
+        {**RANDOM_LTD_SECTION, "layer_token_lr_schedule": {"enabled": True}} if layer_token_lr else RANDOM_LTD_SECTION
+    )
     return {
         "enabled": True,
         "seed": seed,
@@ -79,7 +83,7 @@ def deepspeed_block(seed: int = 42) -> dict[str, Any]:
                 "curriculum_metrics": {"seqlen": SEQLEN_METRIC, "seqlen_truncate": TRUNCATE_METRIC},
             },
         },
-        "data_routing": {"enabled": True, "random_ltd": RANDOM_LTD_SECTION},
+        "data_routing": {"enabled": True, "random_ltd": random_ltd},
     }
 
 
@@ -112,9 +116,12 @@ def decode_indices(input_ids: torch.Tensor) -> list[int]:
     return ((input_ids[:, 0] - BASE) * RADIX + (input_ids[:, 1] - BASE)).tolist()
 
 
-def tiny_model(seed: int = 0) -> GPT2LMHeadModel:
+def tiny_model(seed: int = 0, dropout: float = 0.1) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         n_layer=3,
         n_embd=32,
         n_head=2,
