@@ -39,6 +39,8 @@ _LAZY = {
     "LayerTokenLRScheduler": ".routing.lr_schedule",
     # integration
     "DataEfficiencyEngine": ".engine",
+    "save_checkpoint": ".checkpoints",
+    "resolve_resume_checkpoint": ".checkpoints",
     "DataEfficiencyTrainingArguments": ".training_args",
     "DataEfficiencyTrainer": ".trainer",
     "DataEfficiencyCallback": ".callbacks",

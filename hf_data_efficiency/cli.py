@@ -316,28 +316,18 @@ def _tokenize(ds, args: argparse.Namespace):
 
 
 def _metric_columns(ds, args: argparse.Namespace, curriculum: CurriculumConfig) -> tuple[Any, list[str]]:
-    """``ds`` with every metric of ``--metrics`` and of the curriculum as a column, and their names.
+    """``ds`` with every metric of ``--metrics`` and of the curriculum as a column, and their names, resolved as in
+    training (:func:`~hf_data_efficiency.engine.add_metric_columns`) except that a curriculum's DeepSpeed index
+    paths are not read: analyze computes the metrics."""
+    from .engine import add_metric_columns
 
-    A metric is the dataset column of its name, or is computed when it is registered
-    (``register_curriculum_metric``; the built-in ones are)."""
-    from .curriculum.metrics import compute_metrics, is_registered_metric, registered_metrics
-
-    needed = {name: "--metrics" for name in args.metrics}
-    for m in curriculum.sampling_metrics:
-        needed.setdefault(m.name, "--config")
-    if curriculum.transform is not None:
-        needed.setdefault("seqlen", "--config")
-    missing = [name for name in needed if name not in ds.column_names]
-    for name in missing:
-        if not is_registered_metric(name):
-            raise UsageError(
-                f"{needed[name]}: metric {name!r} is neither registered ({', '.join(registered_metrics())}) nor a "
-                f"column of the dataset ({ds.column_names})."
-            )
-    if missing:
-        with user_input("--dataset", args.dataset):
-            ds = compute_metrics(ds, missing, num_proc=args.num_proc, input_column=args.input_column)
-    return ds, list(needed)
+    names = [*args.metrics, *(m.name for m in curriculum.sampling_metrics)]
+    names += ["seqlen"] if curriculum.transform is not None else []
+    names = list(dict.fromkeys(names))
+    flag = "--metrics" if all(n in args.metrics for n in names) else "--metrics/--config"
+    with user_input(flag, ",".join(names)):
+        ds, _ = add_metric_columns(ds, names, num_proc=args.num_proc, input_column=args.input_column)
+    return ds, names
 
 
 def run_analyze(args: argparse.Namespace) -> dict[str, Any]:

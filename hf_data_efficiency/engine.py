@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -99,6 +99,60 @@ def declare_causal_lm_loss(model: Any) -> bool:
         "normalised over the real, shifted label tokens of each optimizer step."
     )
     return True
+
+
+def add_metric_columns(
+    dataset: Any,
+    metrics: Sequence[Any],
+    *,
+    num_proc: int | None = None,
+    pad_token_id: int | None = None,
+    input_column: str = "input_ids",
+) -> tuple[Any, list[str]]:
+    """``dataset`` with a column for every metric, and the names of the columns added.
+
+    ``metrics`` are names or ``CurriculumMetricConfig`` entries. A metric comes from the dataset column of its name;
+    else from DeepSpeed index files when its config names them (``index_to_sample_path``/``index_to_metric_path``);
+    else it is computed, when it is registered (``register_curriculum_metric``; the built-in ones are)."""
+    from .curriculum.metrics import compute_metrics, is_registered_metric, registered_metrics
+
+    added = []
+    for m in metrics:
+        index_path = getattr(m, "index_to_sample_path", None)
+        if index_path is None:
+            continue
+        if m.name in dataset.column_names:
+            logger.warning(
+                f"curriculum metric {m.name!r}: the dataset column of that name is used; its DeepSpeed index "
+                f"files ({index_path}) are not read."
+            )
+            continue
+        from .curriculum.index import metric_array_from_deepspeed_index
+
+        values = metric_array_from_deepspeed_index(index_path, m.index_to_metric_path, len(dataset))
+        dataset = dataset.add_column(m.name, values)
+        added.append(m.name)
+    names = [m if isinstance(m, str) else m.name for m in metrics]
+    missing = [n for n in dict.fromkeys(names) if n not in dataset.column_names]
+    if not missing:
+        return dataset, added
+    unknown = [n for n in missing if not is_registered_metric(n)]
+    if unknown:
+        raise ValueError(
+            f"curriculum metric(s) {unknown} are neither columns of the training dataset ({dataset.column_names}) "
+            f"nor registered metrics ({', '.join(registered_metrics())}); add the column(s), or register a metric "
+            "with hf_data_efficiency.register_curriculum_metric(name, fn)."
+        )
+    if input_column not in dataset.column_names:
+        raise ValueError(
+            f"curriculum metric(s) {missing} are not columns of the dataset and cannot be computed: it has no "
+            f"{input_column!r} column (columns: {dataset.column_names}). Tokenize the dataset first, or add the metric "
+            "columns yourself (one number per sample, named after the metric)."
+        )
+    dataset = compute_metrics(
+        dataset, missing, num_proc=num_proc, pad_token_id=pad_token_id, input_column=input_column
+    )
+    return dataset, added + missing
 
 
 class ResumeError(ValueError):
@@ -181,57 +235,22 @@ class DataEfficiencyEngine:
             )
 
     def metric_dataset(self, dataset: Any, *, main_process_first: Callable[..., Any] | None = None) -> Any:
-        """``dataset`` with a column for every sampling metric.
-
-        A metric comes from the dataset column of its name; else from DeepSpeed index files when the config names
-        them (``index_to_sample_path``/``index_to_metric_path``); else it is computed. ``main_process_first`` is a
-        context-manager factory (``TrainingArguments.main_process_first``) so that one process computes and the
-        others read the ``datasets`` cache. The result is cached per input dataset.
-        """
+        """``dataset`` with a column for every sampling metric (see :func:`add_metric_columns`); ``main_process_first``
+        is a context-manager factory (``TrainingArguments.main_process_first``) so that one process computes and the
+        others read the ``datasets`` cache. The result is cached per input dataset."""
         if self._metric_cache is not None and self._metric_cache[0] is dataset:
             return self._metric_cache[1]
         self.check_dataset(dataset)
-        from .curriculum.metrics import compute_metrics, is_registered_metric, registered_metrics
-
-        original = dataset
-        sampling = self.config.curriculum.sampling_metrics
-        added = []
-        for m in sampling:
-            if m.index_to_sample_path is None:
-                continue
-            if m.name in dataset.column_names:
-                logger.warning(
-                    f"curriculum metric {m.name!r}: the dataset column of that name is used; its DeepSpeed index "
-                    f"files ({m.index_to_sample_path}) are not read."
-                )
-                continue
-            from .curriculum.index import metric_array_from_deepspeed_index
-
-            values = metric_array_from_deepspeed_index(m.index_to_sample_path, m.index_to_metric_path, len(dataset))
-            dataset = dataset.add_column(m.name, values)
-            added.append(m.name)
-        missing = [m.name for m in sampling if m.name not in dataset.column_names]
-        if missing:
-            unknown = [n for n in missing if not is_registered_metric(n)]
-            if unknown:
-                raise ValueError(
-                    f"curriculum metric(s) {unknown} are neither columns of the training dataset "
-                    f"({dataset.column_names}) nor registered metrics ({', '.join(registered_metrics())}); add the "
-                    "column(s), or register a metric with hf_data_efficiency.register_curriculum_metric(name, fn)."
-                )
-            if "input_ids" not in dataset.column_names:
-                raise ValueError(
-                    f"curriculum metric(s) {missing} are not columns of the training dataset and cannot be computed: "
-                    f"it has no 'input_ids' column (columns: {dataset.column_names}). Tokenize the dataset first, or "
-                    "add the metric columns yourself (one number per sample, named after the metric)."
-                )
-            context = main_process_first(desc="computing curriculum metrics") if main_process_first else None
-            with context or contextlib.nullcontext():
-                dataset = compute_metrics(
-                    dataset, missing, num_proc=self.metrics_num_proc, pad_token_id=self.pad_token_id
-                )
-        self._metric_cache = (original, dataset, added + missing)
-        return dataset
+        context = main_process_first(desc="computing curriculum metrics") if main_process_first else None
+        with context or contextlib.nullcontext():
+            result, added = add_metric_columns(
+                dataset,
+                self.config.curriculum.sampling_metrics,
+                num_proc=self.metrics_num_proc,
+                pad_token_id=self.pad_token_id,
+            )
+        self._metric_cache = (dataset, result, added)
+        return result
 
     def build_sampler(self, dataset: Any) -> Any:
         """Build the :class:`CurriculumSampler` over ``dataset``'s metric columns (see :meth:`metric_dataset`) as

@@ -41,8 +41,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel, get_scheduler, set_seed
 
-from hf_data_efficiency import DataEfficiencyEngine
-from hf_data_efficiency.checkpoints import resolve_resume_checkpoint, save_checkpoint
+from hf_data_efficiency import DataEfficiencyEngine, resolve_resume_checkpoint, save_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
