@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from ._validation import check_int, check_keys, expect_mapping
 from .config import DataEfficiencyConfig
 from .fileio import atomic_write_text
 
@@ -45,7 +46,7 @@ logger = logging.get_logger(__name__)
 
 STATE_NAME = "data_efficiency_state.json"
 STATE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+_READABLE_VERSIONS = (STATE_VERSION,)
 _STATE_KEYS = ("version", "global_step", "config", "counters", "sampler", "random_ltd")
 _COUNTERS = ("consumed_samples", "tokens", "layer_tokens")
 #: ``--lr_scheduler_type`` values that have a layer-token version, and the decay they map to.
@@ -456,24 +457,14 @@ class DataEfficiencyEngine:
         try:
             with open(path) as f:
                 state = json.load(f)
-            if not isinstance(state, dict):
-                raise ValueError("not a JSON object")
-            missing = sorted(set(_STATE_KEYS) - set(state))
-            if missing:
-                raise ValueError(f"missing key(s) {missing}")
-            if state["version"] not in _READABLE_VERSIONS:
-                raise ValueError(f"version={state['version']!r}, supported: {list(_READABLE_VERSIONS)}")
-            saved = DataEfficiencyConfig.from_dict(state["config"])
+            self._check_state(state)
+        except ResumeError as e:
+            raise ResumeError(f"{path} {e}") from e
         except (OSError, ValueError, TypeError) as e:
             raise ResumeError(f"{path} is corrupt ({e}).") from e
         if global_step is not None and state["global_step"] != global_step:
             raise ResumeError(
                 f"{path} is for step {state['global_step']} but the checkpoint is at step {global_step}."
-            )
-        if saved != self.config:
-            raise ResumeError(
-                f"{path} was saved with a different data-efficiency config than the current one; "
-                f"saved: {json.dumps(state['config'], sort_keys=True)}."
             )
         return state
 
@@ -482,6 +473,32 @@ class DataEfficiencyEngine:
         steps_per_epoch = max(1, micro_batches_per_epoch // self.gradient_accumulation_steps)
         epoch, steps = divmod(global_step, steps_per_epoch)
         return epoch, steps * self.gradient_accumulation_steps
+
+    def _check_state(self, state: Any) -> None:
+        """Validate a state read from a checkpoint like a config: its own keys only, typed and in range, a section
+        present exactly where this run has the technique, and this run's config."""
+        state = expect_mapping(state, "state")
+        check_keys(state, _STATE_KEYS, "state", required=_STATE_KEYS)
+        if isinstance(state["version"], bool) or state["version"] not in _READABLE_VERSIONS:
+            raise ValueError(
+                f"state.version={state['version']!r} is not supported; allowed: {list(_READABLE_VERSIONS)}."
+            )
+        check_int(state["global_step"], "state.global_step", minimum=0)
+        counters = expect_mapping(state["counters"], "state.counters")
+        check_keys(counters, _COUNTERS, "state.counters", required=_COUNTERS)
+        for key in _COUNTERS:
+            check_int(counters[key], f"state.counters.{key}", minimum=0)
+        for key, part in (("sampler", self.config.curriculum), ("random_ltd", self.config.random_ltd)):
+            if (state[key] is None) != (part is None):
+                wanted = "an object (this run has it on)" if part is not None else "null (this run has it off)"
+                raise ValueError(f"state.{key}={state[key]!r} must be {wanted}.")
+            if state[key] is not None:
+                expect_mapping(state[key], f"state.{key}")
+        if DataEfficiencyConfig.from_dict(expect_mapping(state["config"], "state.config")) != self.config:
+            raise ResumeError(
+                "was saved with a different data-efficiency config than the current one; saved: "
+                f"{json.dumps(state['config'], sort_keys=True)}."
+            )
 
     def reset(self) -> None:
         """Start the counters of a fresh run."""
@@ -498,16 +515,11 @@ class DataEfficiencyEngine:
         epoch (``loader.set_epoch``) and skip the micro-batches already consumed in it (``skip_first_batches``);
         :meth:`resume_position` gives both. accelerate's loaders set the sampler's epoch on every pass, so that is the
         one resume path."""
-        self.reset()
-        counters = state["counters"]
+        # every part checks before it changes anything, and the counters come last: a refused state leaves the
+        # engine as it was
         try:
-            for key in _COUNTERS:
-                self._totals[key] = int(counters.get(key, 0))
-            handle = self.random_ltd_handle
-            if handle is not None and state["random_ltd"] is not None:
-                handle.load_state_dict(state["random_ltd"])
-                self._layer_token_mark = handle.actual_layer_tokens
-            if self.sampler is not None and state["sampler"] is not None:
+            self._check_state(state)
+            if self.sampler is not None:
                 self.sampler.load_state_dict(state["sampler"])  # checks seed, data, batch geometry, fingerprint
                 expected = state["global_step"] * self.sampler.global_batch_size
                 if state["sampler"]["position"] != expected:
@@ -515,5 +527,10 @@ class DataEfficiencyEngine:
                         f"sampler.position={state['sampler']['position']!r} disagrees with global_step="
                         f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}."
                     )
+            handle = self.random_ltd_handle
+            if handle is not None:
+                handle.load_state_dict(state["random_ltd"])
+            self.reset()
+            self._totals.update({key: int(state["counters"][key]) for key in _COUNTERS})
         except (KeyError, TypeError, ValueError) as e:
             raise ResumeError(str(e)) from e
