@@ -91,6 +91,7 @@ ARCHS: dict[str, Arch] = {
     "vit": Arch(f"{_TF}.vit.modeling_vit.ViTLayer", "vision", _vit),
     "llama": Arch(f"{_TF}.llama.modeling_llama.LlamaDecoderLayer", "decoder", _decoder(tf.LlamaConfig), rotary=True),
     "qwen2": Arch(f"{_TF}.qwen2.modeling_qwen2.Qwen2DecoderLayer", "decoder", _decoder(tf.Qwen2Config), rotary=True),
+    "qwen3": Arch(f"{_TF}.qwen3.modeling_qwen3.Qwen3DecoderLayer", "decoder", _decoder(tf.Qwen3Config), rotary=True),
     "mistral": Arch(
         f"{_TF}.mistral.modeling_mistral.MistralDecoderLayer", "decoder", _decoder(tf.MistralConfig), rotary=True
     ),

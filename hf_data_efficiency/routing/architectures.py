@@ -235,6 +235,7 @@ _TF, _CLS = "transformers.models", (0,)
 register_random_ltd_layer(f"{_TF}.gpt2.modeling_gpt2.GPT2Block")
 register_random_ltd_layer(f"{_TF}.llama.modeling_llama.LlamaDecoderLayer")
 register_random_ltd_layer(f"{_TF}.qwen2.modeling_qwen2.Qwen2DecoderLayer")
+register_random_ltd_layer(f"{_TF}.qwen3.modeling_qwen3.Qwen3DecoderLayer")
 register_random_ltd_layer(f"{_TF}.mistral.modeling_mistral.MistralDecoderLayer")
 register_random_ltd_layer(f"{_TF}.bert.modeling_bert.BertLayer", keep_positions=_CLS)
 register_random_ltd_layer(
