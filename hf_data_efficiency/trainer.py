@@ -102,7 +102,16 @@ class DataEfficiencyTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         self._de_pending_state: dict[str, Any] | None = None
+        model = kwargs.get("model", args[0] if args else None)
         cfg = resolve_trainer_config(training_args)
+        if getattr(training_args, "data_efficiency_recipe", None) is not None:
+            if model is None:
+                raise ValueError(
+                    "data_efficiency_recipe needs the model when the Trainer is built (its layers decide random-LTD); "
+                    "pass model=... instead of model_init, or configure the settings explicitly."
+                )
+            train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
+            cfg = training_args.apply_data_efficiency_recipe(model, train_dataset)
         self.engine = DataEfficiencyEngine(
             cfg,
             batch_size=training_args.train_batch_size if training_args is not None else 8,
@@ -111,7 +120,6 @@ class DataEfficiencyTrainer(Trainer):
             metrics_num_proc=getattr(training_args, "curriculum_metrics_num_proc", None),
             seeded_collation=getattr(training_args, "data_efficiency_seeded_collation", True),
         )
-        model = kwargs.get("model", args[0] if args else None)
         if cfg.enabled and model is not None:
             declare_causal_lm_loss(model)
         super().__init__(*args, **kwargs)

@@ -52,6 +52,7 @@ from .config import (
     RandomLTDConfig,
     SeqlenTransformConfig,
 )
+from .recipe import RECIPES
 from .schedules import ROOT_SCHEDULE_KEYS, ROOT_SCHEDULE_TYPES, schedule_keys
 
 logger = logging.get_logger(__name__)
@@ -251,6 +252,15 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Turn on token-budget (dynamic) batching: micro-batches fit --dynamic_batching_max_tokens."},
     )
+    data_efficiency_recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fill the data-efficiency settings left off from the model, sequence length and run length: "
+            "'auto' (random-LTD, chosen from the benchmarks) or 'paper' (the paper's GPT-3 curriculum + random-LTD, "
+            "scaled). A part configured explicitly is kept; every choice is logged.",
+            "choices": list(RECIPES),
+        },
+    )
     data_efficiency_seeded_collation: bool = field(
         default=True,
         metadata={
@@ -270,10 +280,31 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         super().__post_init__()
         self._deepspeed_data_efficiency = self._strip_deepspeed_block()
         self._de_config = self._resolve()
+        self._recipe_applied = False
 
     # ----- public -----------------------------------------------------------------------------------------
     def get_data_efficiency_config(self) -> DataEfficiencyConfig:
-        """The resolved configuration (file, DeepSpeed block and flags merged). ``.enabled`` is False when off."""
+        """The resolved configuration (file, DeepSpeed block and flags merged, then the recipe's choices once
+        :meth:`apply_data_efficiency_recipe` ran). ``.enabled`` is False when off."""
+        return self._de_config
+
+    def apply_data_efficiency_recipe(self, model: Any, train_dataset: Any) -> DataEfficiencyConfig:
+        """Fill the parts left off with ``--data_efficiency_recipe``'s choices for this model and data (see
+        :mod:`hf_data_efficiency.recipe`); returns the config, also what :meth:`get_data_efficiency_config` returns
+        from then on. Without a recipe, the config as it is."""
+        if self.data_efficiency_recipe is None or self._recipe_applied:
+            return self._de_config
+        from .recipe import apply_recipe, planned_steps, sequence_length
+        from .routing.architectures import find_layers
+
+        self._de_config = apply_recipe(
+            self.data_efficiency_recipe,
+            self._de_config,
+            layers=find_layers(model),
+            seq_len=sequence_length(train_dataset, model),
+            steps=planned_steps(self, train_dataset),
+        )
+        self._recipe_applied = True
         return self._de_config
 
     # ----- internals --------------------------------------------------------------------------------------
@@ -299,6 +330,8 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
                 setattr(self, name, list(value))
         if self.seqlen_curriculum is not None:
             check_str(self.seqlen_curriculum, "--seqlen_curriculum", SEQLEN_FLAG_CHOICES)
+        if self.data_efficiency_recipe is not None:
+            check_str(self.data_efficiency_recipe, "--data_efficiency_recipe", RECIPES)
         for switch in ("random_ltd", "layer_token_lr_schedule", "dynamic_batching"):
             check_bool(getattr(self, switch), f"--{switch}")
         if self.curriculum_metrics is not None:

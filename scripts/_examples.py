@@ -243,6 +243,8 @@ def finish(trainer, recorder: CurveRecorder, eval_sets: dict[str, Any], *, task:
         trainer.save_metrics(split, metrics)
         recorder.summary["final"][split] = {k.removeprefix(f"{split}_"): v for k, v in metrics.items()}
     recorder.summary["log_history"] = trainer.state.log_history
+    if hasattr(trainer, "data_efficiency_config"):  # what the run used, a recipe's choices included
+        recorder.summary["data_efficiency_config"] = trainer.data_efficiency_config.to_dict()
     recorder.save()
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()  # destroys the process group, so no gloo thread outlives the script

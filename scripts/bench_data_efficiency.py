@@ -41,10 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hf_data_efficiency.fileio import atomic_write_text  # noqa: E402
+from hf_data_efficiency.recipe import recipe_sections  # noqa: E402
 from hf_data_efficiency.routing.scheduler import RandomLTDScheduler  # noqa: E402
 from hf_data_efficiency.schedules import DifficultySchedule  # noqa: E402
 
-ARMS = ("baseline", "curriculum", "random_ltd", "both")
+ARMS = ("baseline", "curriculum", "random_ltd", "both", "auto")
 DOC_BEGIN, DOC_END = "<!-- data-efficiency:begin -->", "<!-- data-efficiency:end -->"
 
 # Per task: the script, its base flags, the batch geometry used to plan budgets, and the recipe knobs.
@@ -61,7 +62,7 @@ TASKS = {
         "metric": "perplexity",
         "curriculum": {"fraction": 0.3, "seqlen_min": 16, "seqlen_step": 8, "rarity_min": 10, "root_degree": 2},
         "random_ltd": {"fraction": 0.7, "min_kept": 32, "step": 16},
-        "arms": ARMS,
+        "arms": ("baseline", "curriculum", "random_ltd", "both"),
     },
     "vit": {
         "script": "scripts/train_vit.py",
@@ -92,7 +93,9 @@ TASKS = {
 
 # ----- planning ------------------------------------------------------------------------------------
 def arm_flags(task: dict, arm: str, steps: int) -> dict:
-    """The data-efficiency flags of ``arm`` for a run of ``steps`` optimizer steps."""
+    """The data-efficiency flags of ``arm`` for a run of ``steps`` optimizer steps (``auto``: the recipe's)."""
+    if arm == "auto":
+        return {"data_efficiency_recipe": "auto"}
     flags: dict = {}
     if arm in ("curriculum", "both"):
         c = task["curriculum"]
@@ -148,6 +151,11 @@ def planned_effective_tokens(task: dict, arm: str, steps: int) -> float:
         )
         rows = np.array([min(sched(int(s)), task["seq"]) for s in k], dtype=float)
     per_row = rows * task["layers"]
+    if arm == "auto":
+        recipe = recipe_sections("auto", num_layers=task["layers"], seq_len=task["seq"], steps=steps)
+        flags.update(
+            {f"random_ltd_{k}": v for k, v in recipe.get("random_ltd", {}).items()}, random_ltd="random_ltd" in recipe
+        )
     if flags.get("random_ltd"):
         sched = RandomLTDScheduler(
             flags["random_ltd_min_value"],
@@ -367,7 +375,13 @@ def plot(task_name: str, task: dict, results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
-    colors = {"baseline": "black", "curriculum": "tab:blue", "random_ltd": "tab:orange", "both": "tab:green"}
+    colors = {
+        "baseline": "black",
+        "curriculum": "tab:blue",
+        "random_ltd": "tab:orange",
+        "both": "tab:green",
+        "auto": "tab:red",
+    }
     styles = {1.0: "-", 0.75: "--", 0.5: ":"}
     for (arm, budget), runs in sorted(results.items(), key=lambda kv: (ARMS.index(kv[0][0]), -kv[0][1])):
         curve = mean_curve(runs)
@@ -459,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
     task["steps"] = args.steps or task["steps"]
     task["lr"] = args.lr or task["lr"]
     arms = args.arms or list(task["arms"])
-    unsupported = [a for a in arms if a not in task["arms"]]
+    unsupported = [a for a in arms if a not in (*task["arms"], "auto")]  # a recipe fits every task
     if unsupported:
         raise ValueError(f"--arms {unsupported} are not set up for task {args.task}; allowed: {task['arms']}.")
     if "baseline" not in arms:
@@ -501,6 +515,10 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_text(out / f"summary_{args.task}.json", json.dumps(summary, indent=2, default=str) + "\n")
     if args.demo:
         short = demo_table(task, results)
+        for (arm, budget), runs in results.items():
+            if arm == "auto":
+                chosen = {k: v for k, v in runs[0].get("data_efficiency_config", {}).items() if v is not None}
+                print(f"[bench] the auto recipe chose ({budget:.0%} budget): {json.dumps(chosen)}")
         atomic_write_text(out / "demo_table.md", short + "\n")
         print(f"\n{short}\n\n{table.split(chr(10) * 2, 1)[1]}\n\nPlot: {img}")
         return summary

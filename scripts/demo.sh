@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The demo: a tiny GPT-2 trained from scratch on Penn Treebank on CPU, twice -- a plain baseline, and curriculum
-# learning (seqlen_truncate + vocabulary-rarity percentile, fixed_root) with random-LTD on layers 1..4 of 6, given
-# DEMO_BUDGET (default 1.0: the same) effective layer-tokens as the baseline. Shorter rows and kept lengths early on
-# leave room for more optimizer steps within that budget. With DEMO_BUDGET < 1 the learning rate is raised as
-# budget ** -0.5. Prints validation/test perplexity, tokens seen, effective layer-tokens and wall-clock, plus the
-# tokens and time each run needs to reach the baseline's final validation loss, and saves a plot of validation
-# loss against tokens, wall-clock and CPU time. About 10 minutes on 2 cores, environment setup included.
+# The demo: a tiny GPT-2 trained from scratch on Penn Treebank on CPU, twice -- a plain baseline, and the same model
+# with --data_efficiency_recipe auto (which chooses random-LTD on the middle layers for this model, sequence length
+# and run length, and prints its choice), given DEMO_BUDGET (default 1.0: the same) effective layer-tokens as the
+# baseline. Shorter kept lengths early on leave room for more optimizer steps within that budget. With
+# DEMO_BUDGET < 1 the learning rate is raised as budget ** -0.5. Prints validation/test perplexity, tokens seen,
+# effective layer-tokens and wall-clock, plus the tokens and time each run needs to reach the baseline's final
+# validation loss, and saves a plot of validation loss against tokens, wall-clock and CPU time. About 10 minutes
+# on 2 cores, environment setup included.
 #
 #   bash scripts/demo.sh                      # DEMO_STEPS=200 DEMO_BUDGET=1.0 DEMO_OUT=outputs/demo
 set -euo pipefail
@@ -22,9 +23,9 @@ echo "   ready after $(( $(date +%s) - start )) s"
 STEPS=${DEMO_STEPS:-200}
 BUDGET=${DEMO_BUDGET:-1.0}
 OUT=${DEMO_OUT:-outputs/demo}
-echo "== [2/2] training: baseline ($STEPS steps) vs curriculum + random-LTD (${BUDGET} of its effective tokens)"
+echo "== [2/2] training: baseline ($STEPS steps) vs the auto recipe (${BUDGET} of its effective tokens)"
 echo "   logs: $OUT/gpt2/*.log"
-python scripts/bench_data_efficiency.py --task gpt2 --arms both --baseline_budgets 1.0 --budgets "$BUDGET" \
+python scripts/bench_data_efficiency.py --task gpt2 --arms auto --baseline_budgets 1.0 --budgets "$BUDGET" \
   --steps "$STEPS" --evals_per_run 6 --out_dir "$OUT" --no_docs --demo --overwrite
 
 echo

@@ -343,6 +343,8 @@ def test_bench_plan_fits_budget():
             assert bench.planned_effective_tokens(task, arm, steps) >= 0.999 * budget * full
             assert bench.planned_effective_tokens(task, arm, steps - 2) < budget * full
     assert bench.plan_steps(task, "both", full) > bench.plan_steps(task, "curriculum", full) > task["steps"]
+    # the auto recipe chooses, for this model and run, the random-LTD arm's settings
+    assert bench.planned_effective_tokens(task, "auto", 300) == bench.planned_effective_tokens(task, "random_ltd", 300)
     curve = [{"eval_loss": 3.0, "x": 0.0}, {"eval_loss": 2.0, "x": 10.0}, {"eval_loss": 1.0, "x": 20.0}]
     assert bench.reach(curve, 1.5, "x") == pytest.approx(15.0)
     assert bench.reach(curve, 0.5, "x") is None
