@@ -1,14 +1,17 @@
-"""Sequence-length curriculum transforms (DeepSpeed's ``seqlen_truncate`` / ``seqlen_reshape``).
+"""Per-draw tags from the sampler to the collator: the sequence-length transforms (DeepSpeed's ``seqlen_truncate`` /
+``seqlen_reshape``) and seeded collation.
 
-The difficulty of these "metrics" is the maximum number of tokens per row, applied to a collated batch.
-It must be the difficulty of the optimizer step the batch is drawn for, even with DataLoader workers
-and prefetching (which run the sampler ahead of training), so it travels with the indices:
+The difficulty of the transforms is the maximum number of tokens per row, applied to a collated batch. It must be
+the difficulty of the optimizer step the batch is drawn for, even with DataLoader workers and prefetching (which run
+the sampler ahead of training), so it travels with the indices, together with the draw's place in training:
 
-1. ``CurriculumSampler(..., return_max_tokens=True)`` yields ``(index, max_tokens)`` pairs;
-2. ``CurriculumDataset(dataset)`` accepts those pairs and adds ``max_tokens`` to each example under
-   ``MAX_TOKENS_KEY``;
-3. ``SeqlenTransform(mode, collator)`` pops that key, checks the batch agrees on it, collates the rest
-   and truncates or reshapes the batch.
+1. ``CurriculumSampler(..., return_max_tokens=True)`` yields ``(index, max_tokens)`` pairs, and
+   ``PositionTaggedSampler`` adds each draw's stream position;
+2. ``CurriculumDataset(dataset)`` accepts those tuples and adds the tags to each example (``MAX_TOKENS_KEY``,
+   ``POSITION_KEY``; without a curriculum, ``tag_index=True`` adds the sample index under ``INDEX_KEY``);
+3. ``SeqlenTransform(mode, collator)`` pops the max tokens, checks the batch agrees on it, collates the rest and
+   truncates or reshapes the batch; ``SeededCollation`` pops the position (or index) tags and runs the collator
+   under a torch RNG seeded from them, so collator randomness is a function of the draw, the same after a resume.
 
 Rows are ``[B, T, ...]`` tensors whose first two dimensions match the reference sequence tensor
 (``input_ids``, else ``inputs_embeds``, ``attention_mask``, ``labels``). Padding side: with an
