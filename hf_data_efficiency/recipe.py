@@ -139,6 +139,6 @@ def apply_recipe(
     if name == "auto":
         logger.warning(
             f"data_efficiency_recipe=auto: no curriculum and no LR change (for {steps} steps, rows of {seq_len} "
-            f"tokens, {len(layers)} layers); see docs/benchmarks.md for the study behind it."
+            f"tokens, {len(layers)} layers); see docs/benchmarks.md ('The auto recipe') for the evidence behind it."
         )
     return DataEfficiencyConfig.from_dict(merged)

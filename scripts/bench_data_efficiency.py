@@ -64,6 +64,27 @@ TASKS = {
         "random_ltd": {"fraction": 0.7, "min_kept": 32, "step": 16},
         "arms": ("baseline", "curriculum", "random_ltd", "both"),
     },
+    # the same model and settings on a second offline LM corpus (BBC News articles, packed into 128-token blocks)
+    "gpt2_bbc": {
+        "script": "scripts/train_gpt2.py",
+        "flags": {
+            "dataset_name": "bbc",
+            "n_layer": 6,
+            "n_embd": 256,
+            "n_head": 4,
+            "block_size": 128,
+            "per_device_train_batch_size": 16,
+        },
+        "lr": 2e-3,
+        "steps": 200,
+        "batch": 16,
+        "seq": 128,
+        "layers": 6,
+        "metric": "perplexity",
+        "curriculum": {"fraction": 0.3, "seqlen_min": 16, "seqlen_step": 8, "rarity_min": 10, "root_degree": 2},
+        "random_ltd": {"fraction": 0.7, "min_kept": 32, "step": 16},
+        "arms": ("baseline", "curriculum", "random_ltd", "both"),
+    },
     "vit": {
         "script": "scripts/train_vit.py",
         "flags": {"dataset": "mnist", "patch_size": 4, "num_hidden_layers": 6, "hidden_size": 128},
@@ -218,7 +239,7 @@ def run_one(task_name: str, task: dict, arm: str, budget: float, seed: int, args
         "logging_steps": max(1, steps // args.evals_per_run),
         "save_strategy": "no",
     }
-    if task_name == "gpt2":
+    if task_name.startswith("gpt2"):
         flags["max_eval_samples"] = args.eval_samples
         flags["final_eval_splits"] = "validation,test"
     flags.update(args.extra)

@@ -42,7 +42,7 @@ from transformers.utils import logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _examples  # noqa: E402
-from offline_data import gpt2_tokenizer, load_ptb  # noqa: E402
+from offline_data import gpt2_tokenizer, load_bbc_news, load_ptb  # noqa: E402
 
 from hf_data_efficiency.fileio import atomic_write_text  # noqa: E402
 
@@ -66,7 +66,10 @@ class ModelArguments:
 class DataArguments:
     dataset_name: str = field(
         default="ptb",
-        metadata={"help": "'ptb' (Penn Treebank, offline), a datasets name/path, or 'none' with --train_file."},
+        metadata={
+            "help": "'ptb' (Penn Treebank, offline), 'bbc' (BBC News articles as an LM corpus, offline, split 90/5/5 "
+            "with seed 0), a datasets name/path, or 'none' with --train_file."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "datasets config name."})
     train_file: str | None = field(default=None, metadata={"help": "Local .txt/.json/.csv training file."})
@@ -125,6 +128,10 @@ def load_raw_text(args: DataArguments) -> datasets.DatasetDict:
         raw = datasets.DatasetDict(
             {s: load_ptb(p) for s, p in (("train", "train"), ("validation", "valid"), ("test", "test"))}
         )
+    elif args.dataset_name == "bbc":
+        split = load_bbc_news().remove_columns("label").train_test_split(test_size=0.1, seed=0)
+        held_out = split["test"].train_test_split(test_size=0.5, seed=0)
+        raw = datasets.DatasetDict(train=split["train"], validation=held_out["train"], test=held_out["test"])
     else:
         raw = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
         if "validation" not in raw:
