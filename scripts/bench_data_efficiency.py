@@ -208,25 +208,60 @@ def to_cli(flags: dict) -> list[str]:
     return out
 
 
-def run_dir(out_dir: str, task_name: str, arm: str, budget: float, seed: int) -> Path:
-    return Path(out_dir) / task_name / f"{arm}_b{int(round(budget * 100))}_s{seed}"
+def run_name(arm: str, budget: float, seed: int, lr: float | None = None) -> str:
+    """A run's folder and record name; ``lr`` only for the runs of an LR grid."""
+    return f"{arm}_b{int(round(budget * 100))}_s{seed}" + (f"_lr{lr:g}" if lr is not None else "")
 
 
-def finished(out_dir: str, task_name: str, arm: str, budget: float, seed: int) -> bool:
-    path = run_dir(out_dir, task_name, arm, budget, seed) / "results.json"
-    return path.exists() and bool(json.loads(path.read_text()).get("final"))
+def run_dir(out_dir: str, task_name: str, arm: str, budget: float, seed: int, lr: float | None = None) -> Path:
+    return Path(out_dir) / task_name / run_name(arm, budget, seed, lr)
 
 
-def run_one(task_name: str, task: dict, arm: str, budget: float, seed: int, args) -> dict:
+#: what a committed run record keeps: enough to re-tabulate a study on another machine without rerunning it
+RECORD_KEYS = (
+    "tokens",
+    "layer_tokens",
+    "effective_tokens",
+    "train_seconds",
+    "train_cpu_seconds",
+    "curve",
+    "final",
+    "bench",
+    "data_efficiency_config",
+)
+
+
+def record_path(records_dir: str, task_name: str, arm: str, budget: float, seed: int, lr: float | None) -> Path:
+    return Path(records_dir) / task_name / f"{run_name(arm, budget, seed, lr)}.json"
+
+
+def load_finished(args, task_name: str, arm: str, budget: float, seed: int, lr: float | None) -> dict | None:
+    """A finished run's record: its results.json under ``--out_dir``, else its committed record under
+    ``--records_dir``; ``None`` when neither exists."""
+    path = run_dir(args.out_dir, task_name, arm, budget, seed, lr) / "results.json"
+    if path.exists():
+        record = json.loads(path.read_text())
+        if record.get("final") and "bench" in record:
+            return record
+    if args.records_dir:
+        path = record_path(args.records_dir, task_name, arm, budget, seed, lr)
+        if path.exists():
+            return json.loads(path.read_text())
+    return None
+
+
+def run_one(task_name: str, task: dict, arm: str, budget: float, seed: int, args, lr: float | None = None) -> dict:
+    """Train one run (or reuse its finished record unless ``--overwrite``); ``lr`` overrides the task's LR."""
     budget_tokens = budget * task["steps"] * task["batch"] * task["seq"]
     steps = task["steps"] if arm == "baseline" and budget == 1.0 else plan_steps(task, arm, budget_tokens)
-    lr = task["lr"] * budget ** (-args.lr_scaling)
-    out = run_dir(args.out_dir, task_name, arm, budget, seed)
+    grid_lr = lr
+    lr = lr if lr is not None else task["lr"] * budget ** (-args.lr_scaling)
+    out = run_dir(args.out_dir, task_name, arm, budget, seed, grid_lr)
     result_file = out / "results.json"
-    if result_file.exists() and not args.overwrite:
-        record = json.loads(result_file.read_text())
-        if record.get("final"):
-            print(f"[bench] reuse {out}", flush=True)
+    if not args.overwrite:
+        record = load_finished(args, task_name, arm, budget, seed, grid_lr)
+        if record is not None:
+            print(f"[bench] reuse {task_name} {run_name(arm, budget, seed, grid_lr)}", flush=True)
             return record
     flags = {
         **task["flags"],
@@ -256,9 +291,36 @@ def run_one(task_name: str, task: dict, arm: str, budget: float, seed: int, args
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"run failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
     record = json.loads(result_file.read_text())
-    record["bench"] = {"steps": steps, "lr": lr, "process_seconds": time.perf_counter() - t0, "cmd": cmd}
+    record["bench"] = {
+        "task": task_name,
+        "arm": arm,
+        "budget": budget,
+        "seed": seed,
+        "steps": steps,
+        "lr": lr,
+        "process_seconds": time.perf_counter() - t0,
+        "cmd": cmd,
+    }
     atomic_write_text(result_file, json.dumps(record, indent=2) + "\n")
+    if args.records_dir:
+        compact = {k: record[k] for k in RECORD_KEYS if k in record}
+        path = record_path(args.records_dir, task_name, arm, budget, seed, grid_lr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(compact, indent=1) + "\n")
     return record
+
+
+def best_lr(task_name: str, task: dict, arm: str, seed: int, args) -> tuple[float, dict[float, float]]:
+    """The LR of ``--lrs`` with the lowest final validation loss for ``arm`` at 100% budget and ``seed``."""
+    losses = {}
+    for lr in args.lrs:
+        if args.only_existing and load_finished(args, task_name, arm, 1.0, seed, lr) is None:
+            continue
+        record = run_one(task_name, task, arm, 1.0, seed, args, lr=lr)
+        losses[lr] = record["final"]["validation"]["loss"]
+    if not losses:
+        raise ValueError(f"no finished LR-grid run of arm {arm!r} (seed {seed}) under --out_dir/--records_dir.")
+    return min(losses, key=losses.get), losses
 
 
 # ----- analysis ------------------------------------------------------------------------------------
@@ -488,6 +550,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--notes", default="", help="a paragraph appended to the docs section (interpretation)")
     parser.add_argument("--demo", action="store_true", help="print the short per-run table of scripts/demo.sh")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra script flags")
+    parser.add_argument(
+        "--lrs", nargs="+", type=float, default=None, help="LR grid: each arm runs at the best of these (first seed)"
+    )
+    parser.add_argument(
+        "--records_dir",
+        default=None,
+        help="also write each run's small record here (commit it: --only_existing re-tabulates from it)",
+    )
     args = parser.parse_args(argv)
     args.extra = dict(kv.split("=", 1) for kv in args.set)
     task = dict(TASKS[args.task])
@@ -504,12 +574,19 @@ def main(argv: list[str] | None = None) -> dict:
     if 1.0 not in args.baseline_budgets:
         args.baseline_budgets = [1.0, *args.baseline_budgets]
     results: dict = {}
+    grid: dict = {}
+    if args.lrs:  # one LR per arm, chosen on validation loss with the first seed; then every seed at that LR
+        if args.budgets != [1.0] or args.baseline_budgets != [1.0]:
+            raise ValueError("--lrs chooses each arm's LR at 100% budget: use it with --budgets 1.0.")
+        for arm in arms:
+            grid[arm] = best_lr(args.task, task, arm, args.seeds[0], args)
     for seed in args.seeds:
         for arm in arms:
+            lr = grid[arm][0] if arm in grid else None
             for budget in args.baseline_budgets if arm == "baseline" else args.budgets:
-                if args.only_existing and not finished(args.out_dir, args.task, arm, budget, seed):
+                if args.only_existing and load_finished(args, args.task, arm, budget, seed, lr) is None:
                     continue
-                record = run_one(args.task, task, arm, budget, seed, args)
+                record = run_one(args.task, task, arm, budget, seed, args, lr=lr)
                 results.setdefault((arm, budget), []).append(record)
     table, summary = analyse(args.task, task, results, args)
     out = Path(args.out_dir)
@@ -532,6 +609,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"![{args.task} validation loss]({os.path.relpath(img, Path(args.docs).parent)})\n\n"
         f"Command: `{cmd.strip()}`\n" + (f"\n{args.notes.strip()}\n" if args.notes.strip() else "")
     )
+    if grid:
+        lines = [
+            f"- {arm}: "
+            + ", ".join(f"{lr:g} -> {loss:.3f}" for lr, loss in sorted(losses.items()))
+            + f" (chosen: {chosen:g})"
+            for arm, (chosen, losses) in grid.items()
+        ]
+        section += f"\nLR grid (seed {args.seeds[0]}, final validation loss):\n" + "\n".join(lines) + "\n"
+        summary["lr_grid"] = {arm: {"chosen": c, "losses": losses} for arm, (c, losses) in grid.items()}
     summary.update(section=section, image=str(img))
     atomic_write_text(out / f"summary_{args.task}.json", json.dumps(summary, indent=2, default=str) + "\n")
     if args.demo:

@@ -348,3 +348,45 @@ def test_bench_plan_fits_budget():
     curve = [{"eval_loss": 3.0, "x": 0.0}, {"eval_loss": 2.0, "x": 10.0}, {"eval_loss": 1.0, "x": 20.0}]
     assert bench.reach(curve, 1.5, "x") == pytest.approx(15.0)
     assert bench.reach(curve, 0.5, "x") is None
+
+
+def test_bench_retabulates_committed_records_and_picks_each_arms_best_lr(tmp_path):
+    """A study re-tabulated from committed run records alone (no training): each arm's LR is the grid value with
+    the lowest final validation loss, and the table's rows are the runs at that LR."""
+    bench = _script("bench_data_efficiency")
+    records = tmp_path / "records"
+
+    def record(loss: float, arm: str, seed: int, lr: float) -> dict:
+        curve = [
+            {
+                "effective_tokens": t,
+                "tokens": t,
+                "train_seconds": t / 1e3,
+                "train_cpu_seconds": t / 1e3,
+                "eval_loss": v,
+            }
+            for t, v in ((1e5, loss + 1.0), (4e5, loss))
+        ]
+        return {
+            "tokens": 4e5,
+            "layer_tokens": 2.4e6,
+            "effective_tokens": 4e5,
+            "train_seconds": 400.0,
+            "train_cpu_seconds": 400.0,
+            "curve": curve,
+            "final": {"validation": {"loss": loss, "perplexity": float(np.exp(loss))}},
+            "bench": {"task": "gpt2", "arm": arm, "seed": seed, "steps": 200, "lr": lr, "budget": 1.0},
+        }
+
+    losses = {("baseline", 1e-3): 5.6, ("baseline", 2e-3): 5.4, ("auto", 1e-3): 5.0, ("auto", 2e-3): 5.2}
+    for (arm, lr), loss in losses.items():
+        for seed in (1, 2):
+            path = bench.record_path(str(records), "gpt2", arm, 1.0, seed, lr)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record(loss + 0.01 * seed, arm, seed, lr)))
+    argv = ["--task", "gpt2", "--arms", "auto", "--budgets", "1.0", "--baseline_budgets", "1.0", "--seeds", "1", "2"]
+    argv += ["--lrs", "1e-3", "2e-3", "--records_dir", str(records), "--out_dir", str(tmp_path / "out")]
+    summary = bench.main([*argv, "--only_existing", "--no_docs"])
+    assert summary["lr_grid"]["baseline"]["chosen"] == 2e-3 and summary["lr_grid"]["auto"]["chosen"] == 1e-3
+    assert summary["runs"]["baseline@1.0"]["lr"] == 2e-3 and summary["runs"]["auto@1.0"]["lr"] == 1e-3
+    assert summary["runs"]["auto@1.0"]["val"] == pytest.approx([np.exp(5.01), np.exp(5.02)])
