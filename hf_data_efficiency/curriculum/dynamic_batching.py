@@ -14,8 +14,9 @@ step, in the order accelerate's ``BatchSamplerShard`` deals them out (micro-batc
   break; an epoch, for the Trainer's counting, is the number of steps of pass 0.
 * With a curriculum, the :class:`~hf_data_efficiency.CurriculumSampler` draws ``draw_size`` samples for every step,
   all eligible at that step (its global batch); the picking order is applied to that draw (``'random'``: shuffled by
-  ``default_rng([seed, 4, step])``), and the step packs a prefix of it. The unused tail of a draw is discarded (the
-  curriculum draws with replacement anyway). An epoch is ``num_samples // reference_batch_size`` steps.
+  ``default_rng([seed, 4, step])``), and the step packs a prefix of it. The curriculum draws with replacement, so
+  a sample drawn twice for one step is kept once (unless fewer distinct samples than ``world_size x
+  gradient_accumulation_steps x min_batch_size`` were drawn, which warns); the unused tail of a draw is discarded. An epoch is ``num_samples // reference_batch_size`` steps.
 
 **Packing.** Micro-batches take consecutive samples of that order while the cost stays within ``max_tokens`` and the
 size within ``max_batch_size`` (DeepSpeed's ``batch_by_seqlens`` rule). The cost is the padded token count
@@ -226,6 +227,13 @@ class TokenBudgetBatchSampler(Sampler):
                     f"{self.num_samples}; both must describe the same dataset."
                 )
             self.draw_size = int(curriculum_sampler.global_batch_size)
+            eligible = curriculum_sampler.num_eligible(1)
+            if eligible < self.micro_batches_per_step * config.min_batch_size:
+                raise ValueError(
+                    f"the curriculum admits {eligible} samples at step 1, fewer than one step of distinct samples "
+                    f"needs: world_size x gradient_accumulation_steps x dynamic_batching.min_batch_size = "
+                    f"{self.micro_batches_per_step * config.min_batch_size}; raise the curriculum's min_difficulty."
+                )
             self.steps_per_epoch = max(1, self.num_samples // self.reference_batch_size)
         else:
             self.draw_size = self.num_samples
@@ -364,6 +372,16 @@ class TokenBudgetBatchSampler(Sampler):
         step = check_int(step, "step", minimum=1)
         if self.curriculum_sampler is not None:
             draw = np.asarray(self.curriculum_sampler.step_indices(step), dtype=np.int64)
+            # the curriculum draws with replacement: a step holds each sample once, unless too few distinct ones
+            # were drawn to give every micro-batch min_batch_size samples
+            distinct = draw[np.sort(np.unique(draw, return_index=True)[1])]
+            if len(distinct) >= self.micro_batches_per_step * self.config.min_batch_size:
+                draw = distinct
+            else:
+                logger.warning(
+                    f"dynamic_batching step {step}: the curriculum drew only {len(distinct)} distinct samples, fewer "
+                    f"than {self.micro_batches_per_step} micro-batches x min_batch_size; some samples repeat."
+                )
             lengths = self._lengths[draw]
             order = self._order(draw, lengths, step)
             draw, lengths = draw[order], lengths[order]
