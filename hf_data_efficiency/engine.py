@@ -277,9 +277,9 @@ class DataEfficiencyEngine:
         """Build the token-budget batch sampler over ``dataset`` as :attr:`batch_sampler` (and, with a curriculum, its
         per-step draw as :attr:`sampler`) and return it: a DataLoader ``batch_sampler`` for :meth:`loader_dataset`.
 
-        ``lengths`` default to :func:`~hf_data_efficiency.curriculum.dynamic_batching.sample_lengths` (a ``seqlen``
-        column, else the ``input_ids`` lengths). The LR reference batch is :attr:`global_batch_size`."""
-        from .curriculum.dynamic_batching import TokenBudgetBatchSampler, sample_lengths
+        ``lengths`` default to a ``seqlen`` column, else DeepSpeed's seqlen files under ``metrics_path``, else the
+        ``input_ids`` lengths. The LR reference batch is :attr:`global_batch_size`."""
+        from .curriculum.dynamic_batching import TokenBudgetBatchSampler, lengths_from_metrics_path, sample_lengths
         from .curriculum.sampler import CurriculumSampler
 
         cfg = self.config.dynamic_batching
@@ -288,6 +288,12 @@ class DataEfficiencyEngine:
         self.check_dataset(dataset)
         if self.config.curriculum is not None:
             dataset = self.metric_dataset(dataset)
+        if lengths is None and cfg.metrics_path and "seqlen" not in getattr(dataset, "column_names", ()):
+            lengths = lengths_from_metrics_path(cfg.metrics_path, len(dataset))
+            if lengths is None:
+                logger.info(
+                    f"dynamic_batching.metrics_path={cfg.metrics_path!r} has no seqlen files; lengths computed."
+                )
         lengths = sample_lengths(dataset) if lengths is None else lengths
         curriculum = None
         if self.config.curriculum is not None:

@@ -343,3 +343,25 @@ def test_trainer_refuses_options_it_cannot_honour(tmp_path, overrides, message):
     args = DataEfficiencyTrainingArguments(**trainer_kwargs(tmp_path, **overrides))
     with pytest.raises(ValueError, match=message):
         RecordingTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
+
+
+def test_lengths_from_deepspeed_metrics_path(tmp_path):
+    """metrics_path: the seqlen files DeepSpeed's own index builder writes give the lengths (not input_ids)."""
+    from deepspeed.runtime.data_pipeline.data_sampling.indexed_dataset import MMapIndexedDatasetBuilder
+
+    data = make_dataset()
+    fake = np.arange(len(data)) % 7 + 3  # differs from the real lengths, so the source is visible
+    (tmp_path / "seqlen").mkdir()
+    prefix = str(tmp_path / "seqlen" / "seqlen_sample_to_metric")
+    builder = MMapIndexedDatasetBuilder(f"{prefix}.bin", dtype=np.int64)
+    for value in fake:
+        builder.add_item_numpy(np.asarray([value], dtype=np.int64))
+    builder.end_document()
+    builder.finalize(f"{prefix}.idx")
+    engine = DataEfficiencyEngine(
+        {"dynamic_batching": {"max_tokens": 30, "metrics_path": str(tmp_path)}}, batch_size=2
+    )
+    plan = engine.build_batch_sampler(data).plan(1)
+    assert plan.lengths == [[int(fake[i]) for i in mb] for mb in plan.micro_batches]
+    with pytest.raises(ValueError, match="holds 96 rows .* but the dataset has 95 samples"):
+        engine.build_batch_sampler(data.select(range(95)))

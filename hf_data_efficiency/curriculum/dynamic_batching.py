@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +102,25 @@ def sample_lengths(dataset: Any, *, column: str = "seqlen", input_column: str = 
             )
         lengths.append(len(item[input_column]))
     return np.asarray(lengths, dtype=np.int64)
+
+
+def lengths_from_metrics_path(metrics_path: str | os.PathLike, num_samples: int) -> np.ndarray | None:
+    """Sample lengths from DeepSpeed's ``metrics_path/seqlen/seqlen_sample_to_metric`` index files (what its
+    ``DataAnalyzer`` writes for dynamic batching), or ``None`` when they are absent."""
+    from .index import read_mmap_indexed
+
+    prefix = os.path.join(os.fspath(metrics_path), "seqlen", "seqlen_sample_to_metric")
+    if not (os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")):
+        return None
+    flat, offsets = read_mmap_indexed(prefix)
+    rows = np.diff(offsets)
+    if len(rows) != num_samples or (rows != 1).any():
+        raise ValueError(
+            f"dynamic_batching.metrics_path: {prefix} holds {len(rows)} rows (sizes {sorted(set(rows.tolist()))}) but "
+            f"the dataset has {num_samples} samples; it needs one length per sample. Delete the files if the dataset "
+            "changed."
+        )
+    return flat.astype(np.int64)
 
 
 def lr_factor(samples: int, reference_batch_size: int, method: str) -> float:
