@@ -365,3 +365,100 @@ def test_lengths_from_deepspeed_metrics_path(tmp_path):
     assert plan.lengths == [[int(fake[i]) for i in mb] for mb in plan.micro_batches]
     with pytest.raises(ValueError, match="holds 96 rows .* but the dataset has 95 samples"):
         engine.build_batch_sampler(data.select(range(95)))
+
+
+# ----- processes ------------------------------------------------------------------------------------------------------
+def test_two_processes_deal_the_single_process_stream(tmp_path):
+    """Two DDP processes (GA 2) against one process (GA 4), curriculum on, no dropout: 4 micro-batches per step in
+    both, the ranks' micro-batches interleave into the single process's, and the losses are equal."""
+    import sys
+
+    from test_trainer_distributed import RUN, free_port, run, trainer_run
+
+    flags = [
+        "--batch_size",
+        "2",
+        "--max_steps",
+        "6",
+        "--no_random_ltd",
+        "--deterministic",
+        "--dynamic_max_tokens",
+        "120",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        RUN,
+    ]
+    run(cmd + ["--output_dir", str(tmp_path), "--record", str(tmp_path / "rec_RANK.json"), "--ga", "2", *flags])
+    ranks = [json.loads((tmp_path / f"rec_{r}.json").read_text()) for r in (0, 1)]
+    single = trainer_run(tmp_path / "single", "--ga", "4", *flags)
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    sizes = set()
+    for step in range(1, 7):
+        mine = [[rec["indices"] for rec in r["records"] if rec["step"] == step] for r in ranks]
+        alone = [rec["indices"] for rec in single["records"] if rec["step"] == step]
+        assert [len(m) for m in mine] == [2, 2] and len(alone) == 4
+        assert [mine[j % 2][j // 2] for j in range(4)] == alone  # micro-batch j of a step runs on rank j % 2
+        sizes.update(len(mb) for mb in alone)
+    assert len(sizes) > 1  # the micro-batches really vary in size
+    for k, loss in single["losses"].items():
+        assert ranks[0]["losses"][k] == pytest.approx(loss, rel=1e-5), k
+    logs = [
+        {h["step"]: h["dynamic_batching/lr_factor"] for h in r["log_history"] if "loss" in h} for r in (*ranks, single)
+    ]
+    assert logs[0] == logs[1] == logs[2]
+
+
+def test_sigkill_then_resume_continues_the_stream(tmp_path):
+    """SIGKILL mid-run after the step-4 checkpoint, resume in a new process: steps 5-8 have the batches, LR factors
+    and losses of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_trainer_distributed import ROOT, RUN, TIMEOUT, env, trainer_run
+
+    flags = [
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "4",
+        "--no_random_ltd",
+        "--deterministic",
+        "--dynamic_max_tokens",
+        "160",
+    ]
+    whole = trainer_run(tmp_path / "whole", *flags)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, RUN, "--output_dir", str(out), "--record", str(out / "rec_RANK.json"), *flags]
+    proc = subprocess.Popen(
+        cmd + ["--stall_after", "5"], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+    )
+    try:
+        deadline = time.time() + TIMEOUT
+        for line in proc.stdout:
+            if "STALLING" in line or time.time() > deadline:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and (out / "checkpoint-4").is_dir()
+    resumed = trainer_run(out, *flags, "--resume", "last")
+    assert resumed["records"] == [r for r in whole["records"] if r["step"] > 4]
+    assert {k: v for k, v in resumed["losses"].items() if int(k) > 4} == {
+        k: v for k, v in whole["losses"].items() if int(k) > 4
+    }
+    factors = [
+        {h["step"]: h["dynamic_batching/lr_factor"] for h in r["log_history"] if "loss" in h} for r in (whole, resumed)
+    ]
+    later = [{k: v for k, v in f.items() if k > 4} for f in factors]  # the resumed history holds steps 1-4 too
+    assert later[1] == later[0] and len(later[0]) == 4
