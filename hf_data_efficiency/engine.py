@@ -314,6 +314,7 @@ class DataEfficiencyEngine:
             seed=self.config.seed,
             curriculum_sampler=curriculum,
             packed=self.packed,
+            tag_positions=self.seeded_collation,
         )
         self.sampler = curriculum
         return self.batch_sampler

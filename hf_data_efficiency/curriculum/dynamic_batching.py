@@ -204,6 +204,7 @@ class TokenBudgetBatchSampler(Sampler):
         curriculum_sampler: a :class:`~hf_data_efficiency.CurriculumSampler` whose global batch is the per-step draw
             (build it with :meth:`required_draw_size` samples per step); ``None`` without a curriculum.
         packed: budget the sum of lengths instead of the padded count (a collator that packs rows).
+        tag_positions: tag every key with its micro-batch's stream position, for ``SeededCollation``.
     """
 
     drop_last = True  # the stream always holds whole steps: BatchSamplerShard has no tail to even out
@@ -219,6 +220,7 @@ class TokenBudgetBatchSampler(Sampler):
         seed: int = 0,
         curriculum_sampler: Any = None,
         packed: bool = False,
+        tag_positions: bool = True,
     ) -> None:
         if not isinstance(config, DynamicBatchingConfig):
             raise ValueError(f"config must be a DynamicBatchingConfig, got {type(config).__name__}.")
@@ -230,6 +232,7 @@ class TokenBudgetBatchSampler(Sampler):
         self.reference_batch_size = check_int(reference_batch_size, "reference_batch_size", minimum=1)
         self.seed = check_int(seed, "seed", minimum=0)
         self.packed = bool(packed)
+        self.tag_positions = bool(tag_positions)
         self.micro_batches_per_step = self.world_size * self.gradient_accumulation_steps
         self.curriculum_sampler = curriculum_sampler
         transform = curriculum_sampler.config.transform if curriculum_sampler is not None else None
@@ -448,7 +451,7 @@ class TokenBudgetBatchSampler(Sampler):
         position and, when a truncation applies, the tokens per row (see ``CurriculumDataset``)."""
         out = []
         for indices, position in zip(plan.micro_batches, plan.positions):
-            tags: dict[str, int] = {POSITION_KEY: position}
+            tags: dict[str, int] = {POSITION_KEY: position} if self.tag_positions else {}
             if plan.truncate_to is not None:
                 tags[MAX_TOKENS_KEY] = plan.truncate_to
             out.append([(i, tags) for i in indices])
