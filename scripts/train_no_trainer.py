@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=64)
     p.add_argument("--n_head", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.1, help="GPT-2's residual, embedding and attention dropout")
     p.add_argument("--per_device_batch_size", type=int, default=8)
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
     p.add_argument("--max_steps", type=int, default=20)
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             bos_token_id=pad_id,
             eos_token_id=pad_id,
             pad_token_id=pad_id,
+            resid_pdrop=args.dropout,
+            embd_pdrop=args.dropout,
+            attn_pdrop=args.dropout,
         )
     )
     engine.attach(model)

@@ -367,6 +367,60 @@ def test_lengths_from_deepspeed_metrics_path(tmp_path):
         engine.build_batch_sampler(data.select(range(95)))
 
 
+def test_plain_accelerate_loop_normalises_and_scales_like_one_big_batch(tmp_path):
+    """scripts/train_no_trainer.py with dynamic batching (GA 2, unequal micro-batches, no dropout): the logged loss
+    of step 1 is the mean token loss of one big batch of its samples, and step 2's is the same after one AdamW step
+    on that big batch with the LR times step 1's factor (recomputed as sqrt(samples / 16))."""
+    from train_no_trainer import build_dataset, main, make_collator, parse_args
+    from transformers import GPT2Config, GPT2LMHeadModel, set_seed
+
+    config = tmp_path / "de.json"
+    dynamic = {"max_tokens": 200, "lr_scaling_method": "sqrt", "sequence_picking_order": "seqlen"}
+    config.write_text(json.dumps({"dynamic_batching": dynamic}))
+    argv = ["--config", str(config), "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--cpu"]
+    argv += ["--gradient_accumulation_steps", "2", "--dropout", "0", "--num_samples", "64", "--max_length", "32"]
+    history = main(argv)
+    args = parse_args(argv)
+    data, vocab, pad = build_dataset(args)
+    engine = DataEfficiencyEngine(config.read_text(), batch_size=8, gradient_accumulation_steps=2)
+    plans = [engine.build_batch_sampler(data).plan(k) for k in (1, 2)]
+    assert len({len(mb) for mb in plans[0].micro_batches}) == 2
+    set_seed(42)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=4,
+            n_embd=64,
+            n_head=2,
+            vocab_size=vocab,
+            n_positions=32,
+            bos_token_id=pad,
+            eos_token_id=pad,
+            pad_token_id=pad,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
+    collate = make_collator(pad)
+
+    def mean_loss(plan):
+        big = collate([data[i] for mb in plan.micro_batches for i in mb])
+        logits = model(input_ids=big["input_ids"], attention_mask=big["attention_mask"]).logits
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, vocab), big["labels"][:, 1:].reshape(-1), ignore_index=-100
+        )
+
+    first = mean_loss(plans[0])
+    assert history[0]["loss"] == pytest.approx(float(first.detach()), rel=1e-5)
+    first.backward()
+    factor = np.sqrt(plans[0].samples / 16)
+    assert abs(factor - 1) > 0.1  # the factor matters
+    assert history[0]["dynamic_batching/lr_factor"] == pytest.approx(factor)
+    torch.optim.AdamW(model.parameters(), lr=1e-3 * factor).step()
+    with torch.no_grad():
+        assert history[1]["loss"] == pytest.approx(float(mean_loss(plans[1])), rel=1e-5)
+
+
 # ----- processes ------------------------------------------------------------------------------------------------------
 def test_two_processes_deal_the_single_process_stream(tmp_path):
     """Two DDP processes (GA 2) against one process (GA 4), curriculum on, no dropout: 4 micro-batches per step in
