@@ -331,6 +331,19 @@ def test_engine_refuses_a_state_of_another_run():
         engine.load_state_dict(state)
 
 
+def test_version_2_states_still_load():
+    """A state written before dynamic batching existed (version 2, no such section) loads into a run without it."""
+    block = {"enabled": True, "data_sampling": {"enabled": True, "curriculum_learning": CURRICULUM}}
+    engine = DataEfficiencyEngine(DataEfficiencyConfig.from_deepspeed(block), batch_size=2)
+    engine.build_sampler(make_dataset())
+    state = engine.state_dict(0)
+    assert state["version"] == 3 and state["dynamic_batching"] is None
+    old = {k: v for k, v in state.items() if k != "dynamic_batching"}
+    engine.load_state_dict({**old, "version": 2})
+    with pytest.raises(ResumeError, match="dynamic_batching"):
+        engine.load_state_dict(old)  # version 3 needs the section
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [
