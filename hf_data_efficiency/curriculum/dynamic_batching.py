@@ -262,6 +262,12 @@ class TokenBudgetBatchSampler(Sampler):
             self.draw_size = self.num_samples
             self._passes: list[list[StepPlan]] = []
             self.steps_per_epoch = len(self._pass(0))
+        if curriculum_sampler is not None and config.sequence_picking_order == "seqlen":
+            logger.warning(
+                "dynamic_batching.sequence_picking_order='seqlen' with a curriculum packs the shortest samples of "
+                "each step's draw, so long eligible samples are rarely trained on; 'dataloader' or 'random' keep "
+                "the curriculum's distribution."
+            )
         needed = self.micro_batches_per_step * config.min_batch_size
         if self.draw_size < needed:
             where = "the per-step curriculum draw" if curriculum_sampler is not None else "the dataset"
