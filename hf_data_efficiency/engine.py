@@ -228,7 +228,7 @@ class DataEfficiencyEngine:
             raise ValueError(
                 f"train_dataset: {what} needs a map-style dataset (random access to every sample and its metric "
                 f"or length), got a {type(dataset).__name__} (streaming). Materialise it (load without "
-                "streaming=True, or datasets.Dataset.from_generator) or train without the curriculum (random-LTD "
+                f"streaming=True, or datasets.Dataset.from_generator) or train without {what} (random-LTD "
                 "alone works with iterable datasets)."
             )
         if self.config.curriculum is not None and not isinstance(dataset, datasets.Dataset):
@@ -343,7 +343,7 @@ class DataEfficiencyEngine:
         mode = transform.name if transform is not None else None
         db = self.config.dynamic_batching
         if mode is None and db is not None and db.truncate_long_samples:
-            mode = "seqlen_truncate"  # the batch sampler tags the micro-batches that hold over-long samples
+            mode = "seqlen_truncate"  # with over-long samples the batch sampler tags every key with its row cap
         if mode is not None:
             collator = SeqlenTransform(mode, collator, pad_token_id=self.pad_token_id)
         if self.seeded_collation and self.enabled:
