@@ -319,6 +319,40 @@ def test_resume_gives_identical_batches_and_losses(tmp_path):
             assert logs[step][key] == whole_logs[step][key], (step, key)
 
 
+def test_dataloader_workers_and_a_packing_collator(tmp_path):
+    """Two DataLoader workers see the micro-batches of the in-process loader; with DataCollatorWithFlattening the
+    budget counts packed tokens: every collated (one-row) micro-batch holds at most max_tokens real tokens, more
+    samples than padding would allow."""
+
+    def run(name, **overrides):
+        args = DataEfficiencyTrainingArguments(**trainer_kwargs(tmp_path / name, max_steps=3, **overrides))
+        trainer = RecordingTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
+        trainer.train()
+        return trainer.records
+
+    assert run("workers", dataloader_num_workers=2) == run("inline")
+
+    from transformers import DataCollatorWithFlattening
+
+    args = DataEfficiencyTrainingArguments(**trainer_kwargs(tmp_path / "packed", max_steps=3))
+    seen = []
+
+    class Recording(RecordingTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            seen.append(tuple(inputs["input_ids"].shape))
+            return super(RecordingTrainer, self).training_step(model, inputs, num_items_in_batch)
+
+    trainer = Recording(
+        model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=DataCollatorWithFlattening()
+    )
+    trainer.train()
+    assert trainer.engine.packed
+    assert len(seen) == 6 and all(rows == 1 and tokens <= 160 for rows, tokens in seen)
+    plans = [trainer.engine.batch_sampler.plan(k) for k in (1, 2, 3)]
+    assert [tokens for _, tokens in seen] == [sum(ls) for p in plans for ls in p.lengths]
+    assert any(len(ls) * max(ls) > 160 for p in plans for ls in p.lengths)  # over budget had it been padded
+
+
 def test_engine_refuses_a_state_of_another_run():
     engine, sampler = curriculum_sampler(1, 2)
     state = engine.state_dict(3)
