@@ -147,6 +147,19 @@ def test_with_curriculum_every_sample_is_eligible_and_truncated_lengths_are_budg
         assert samples[0] > samples[-1]
 
 
+def test_curriculum_step_indices_are_the_iterated_global_batches():
+    """CurriculumSampler.step_indices(k), in any order of k, is the k-th global batch of its own iteration."""
+    _, sampler = curriculum_sampler(2, 2)
+    draw = sampler.curriculum_sampler
+    g = draw.global_batch_size
+    draw.set_epoch(0)
+    stream = [i for _ in range(5) for i in draw]  # each pass continues with the next epoch
+    steps = len(stream) // g
+    assert steps >= 5
+    for k in [steps, 1, 3, 2, steps - 1]:
+        assert draw.step_indices(k) == stream[(k - 1) * g : k * g]
+
+
 def test_iteration_resumes_from_any_position_and_ranks_agree():
     """Two samplers (two ranks) built alike yield the same stream; one resumed from a state continues it exactly."""
     engine_a, a = curriculum_sampler(2, 2, order="seqlen")
