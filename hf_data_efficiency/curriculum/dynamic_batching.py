@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ logger = logging.get_logger(__name__)
 
 STATE_VERSION = 1
 _RNG_PASS, _RNG_PICK = 3, 4  # numpy seed-sequence namespaces (the curriculum sampler uses 0-2)
+_PLAN_CACHE = 64  # step plans kept (prefetching runs the loader a few steps ahead of the LR and the logs)
 _STATE_KEYS = (
     "version",
     "position",
@@ -260,7 +262,8 @@ class TokenBudgetBatchSampler(Sampler):
             self.steps_per_epoch = max(1, self.num_samples // self.reference_batch_size)
         else:
             self.draw_size = self.num_samples
-            self._passes: list[list[StepPlan]] = []
+            self._pass_steps: list[int] = []
+            self._cached_pass: tuple[int, list[StepPlan]] | None = None
             self.steps_per_epoch = len(self._pass(0))
         if curriculum_sampler is not None and config.sequence_picking_order == "seqlen":
             logger.warning(
@@ -277,6 +280,7 @@ class TokenBudgetBatchSampler(Sampler):
             )
         self._fingerprint = self._compute_fingerprint()
         self._position = 0
+        self._plans: OrderedDict[int, StepPlan] = OrderedDict()
 
     # ----- construction ---------------------------------------------------------------------------------------
     @property
@@ -383,22 +387,24 @@ class TokenBudgetBatchSampler(Sampler):
         return plans
 
     def _pass(self, p: int) -> list[StepPlan]:
-        """The step plans of pass ``p`` over the data (no curriculum), with 1-based steps counted from its start."""
-        while len(self._passes) <= p:
-            q = len(self._passes)
-            perm = np.random.default_rng([self.seed, _RNG_PASS, q]).permutation(self.num_samples)
-            perm = perm[self._order(perm, self._lengths[perm], q)]
-            self._passes.append(self._plan(1, perm, self._lengths[perm], q * self.num_samples, None))
-            if not self._passes[-1]:
-                raise ValueError(
-                    f"dynamic_batching: pass {q} over the data fills no whole step of {self.micro_batches_per_step} "
-                    "micro-batches; use more data or a smaller max_tokens."
-                )
-        return self._passes[p]
+        """The step plans of pass ``p`` over the data (no curriculum), with 1-based steps counted from its start.
+        Only the last pass built is kept; every pass's step count is."""
+        if self._cached_pass is not None and self._cached_pass[0] == p:
+            return self._cached_pass[1]
+        perm = np.random.default_rng([self.seed, _RNG_PASS, p]).permutation(self.num_samples)
+        perm = perm[self._order(perm, self._lengths[perm], p)]
+        plans = self._plan(1, perm, self._lengths[perm], p * self.num_samples, None)
+        if not plans:
+            raise ValueError(
+                f"dynamic_batching: pass {p} over the data fills no whole step of {self.micro_batches_per_step} "
+                "micro-batches; use more data or a smaller max_tokens."
+            )
+        if p == len(self._pass_steps):
+            self._pass_steps.append(len(plans))
+        self._cached_pass = (p, plans)
+        return plans
 
-    def plan(self, step: int) -> StepPlan:
-        """The micro-batches of 1-based optimizer ``step``."""
-        step = check_int(step, "step", minimum=1)
+    def _build_plan(self, step: int) -> StepPlan:
         if self.curriculum_sampler is not None:
             draw = np.asarray(self.curriculum_sampler.step_indices(step), dtype=np.int64)
             # the curriculum draws with replacement: a step holds each sample once, unless too few distinct ones
@@ -417,11 +423,27 @@ class TokenBudgetBatchSampler(Sampler):
             (plan,) = self._plan(step, draw, lengths, (step - 1) * self.draw_size, self.micro_batches_per_step)
             return plan
         p, remaining = 0, step
-        while remaining > len(self._pass(p)):
-            remaining -= len(self._pass(p))
+        while True:
+            while len(self._pass_steps) <= p:  # step counts of the passes before p
+                self._pass(len(self._pass_steps))
+            if remaining <= self._pass_steps[p]:
+                break
+            remaining -= self._pass_steps[p]
             p += 1
         local = self._pass(p)[remaining - 1]
         return StepPlan(step, local.micro_batches, local.lengths, local.positions, local.truncate_to)
+
+    def plan(self, step: int) -> StepPlan:
+        """The micro-batches of 1-based optimizer ``step`` (the last few are cached: the loader, the LR and the logs
+        ask for the same steps)."""
+        step = check_int(step, "step", minimum=1)
+        plan = self._plans.get(step)
+        if plan is None:
+            plan = self._build_plan(step)
+            self._plans[step] = plan
+            if len(self._plans) > _PLAN_CACHE:
+                self._plans.popitem(last=False)
+        return plan
 
     def lr_factor(self, step: int) -> float:
         """The LR factor of 1-based ``step``, from its number of samples (see :func:`lr_factor`)."""
