@@ -14,7 +14,8 @@ step, in the order accelerate's ``BatchSamplerShard`` deals them out (micro-batc
   break; an epoch, for the Trainer's counting, is the number of steps of pass 0.
 * With a curriculum, the :class:`~hf_data_efficiency.CurriculumSampler` draws ``draw_size`` samples for every step,
   all eligible at that step (its global batch); the picking order is applied to that draw (``'random'``: shuffled by
-  ``default_rng([seed, 4, step])``), and the step packs a prefix of it. The curriculum draws with replacement, so
+  ``default_rng([seed, 4, step])``), and the step packs a prefix of it (``'seqlen'``: the prefix packed in draw
+  order, sorted by length and packed again into as many micro-batches, so the curriculum's distribution is kept). The curriculum draws with replacement, so
   a sample drawn twice for one step is kept once (unless fewer distinct samples than ``world_size x
   gradient_accumulation_steps x min_batch_size`` were drawn, which warns); the unused tail of a draw is discarded. An epoch is ``num_samples // reference_batch_size`` steps.
 
@@ -265,12 +266,6 @@ class TokenBudgetBatchSampler(Sampler):
             self._pass_steps: list[int] = []
             self._cached_pass: tuple[int, list[StepPlan]] | None = None
             self.steps_per_epoch = len(self._pass(0))
-        if curriculum_sampler is not None and config.sequence_picking_order == "seqlen":
-            logger.warning(
-                "dynamic_batching.sequence_picking_order='seqlen' with a curriculum packs the shortest samples of "
-                "each step's draw, so long eligible samples are rarely trained on; 'dataloader' or 'random' keep "
-                "the curriculum's distribution."
-            )
         needed = self.micro_batches_per_step * config.min_batch_size
         if self.draw_size < needed:
             where = "the per-step curriculum draw" if curriculum_sampler is not None else "the dataset"
@@ -386,6 +381,39 @@ class TokenBudgetBatchSampler(Sampler):
             )
         return plans
 
+    def _sorted_plan(self, step: int, draw: np.ndarray, base: int) -> StepPlan:
+        """``seqlen`` order with a curriculum: the step's samples are chosen in draw order (so the curriculum's
+        distribution is kept), then sorted by length and packed again into the same number of micro-batches (the
+        fullest split in halves where the sorted packing needs fewer); the draw-order plan when they do not fit."""
+        m, cfg = self.micro_batches_per_step, self.config
+        (plan,) = self._plan(step, draw, self._lengths[draw], base, m)
+        chosen = np.asarray([i for mb in plan.micro_batches for i in mb])
+        counted = np.asarray([n for ls in plan.lengths for n in ls])  # truncated where a truncation applies
+        order = np.argsort(counted, kind="stable")
+        chosen, counted = chosen[order], counted[order]
+        slices = pack_micro_batches(
+            counted,
+            cfg.max_tokens,
+            min_batch_size=cfg.min_batch_size,
+            max_batch_size=cfg.max_batch_size,
+            packed=self.packed,
+        )
+        if len(slices) > m or sum(b - a for a, b in slices) != len(chosen):
+            return plan
+        while len(slices) < m:  # a part of a micro-batch that fits also fits
+            j = max(range(len(slices)), key=lambda i: slices[i][1] - slices[i][0])
+            a, b = slices[j]
+            if b - a < 2 * cfg.min_batch_size:
+                return plan
+            slices[j : j + 1] = [(a, a + (b - a) // 2), (a + (b - a) // 2, b)]
+        return StepPlan(
+            step=step,
+            micro_batches=[chosen[a:b].tolist() for a, b in slices],
+            lengths=[counted[a:b].tolist() for a, b in slices],
+            positions=[base + a for a, _ in slices],
+            truncate_to=plan.truncate_to,
+        )
+
     def _pass(self, p: int) -> list[StepPlan]:
         """The step plans of pass ``p`` over the data (no curriculum), with 1-based steps counted from its start.
         Only the last pass built is kept; every pass's step count is."""
@@ -417,10 +445,13 @@ class TokenBudgetBatchSampler(Sampler):
                     f"dynamic_batching step {step}: the curriculum drew only {len(distinct)} distinct samples, fewer "
                     f"than {self.micro_batches_per_step} micro-batches x min_batch_size; some samples repeat."
                 )
+            base = (step - 1) * self.draw_size
+            if self.config.sequence_picking_order == "seqlen":
+                return self._sorted_plan(step, draw, base)
             lengths = self._lengths[draw]
             order = self._order(draw, lengths, step)
             draw, lengths = draw[order], lengths[order]
-            (plan,) = self._plan(step, draw, lengths, (step - 1) * self.draw_size, self.micro_batches_per_step)
+            (plan,) = self._plan(step, draw, lengths, base, self.micro_batches_per_step)
             return plan
         p, remaining = 0, step
         while True:
