@@ -12,9 +12,9 @@ Arms, each trained from the same initialisation until it has seen ``--real_token
 * ``token_budget``: dynamic batching, ``max_tokens = --max_tokens`` padded tokens per micro-batch
   (LR scaled by ``sqrt`` from the reference batch ``--batch_size``), ``sequence_picking_order=--picking_order``
   (default ``seqlen``: each pass sorted by length, so micro-batches hold similar lengths);
-* ``token_budget_curriculum``: dynamic batching with a ``seqlen`` curriculum (value-based, ``fixed_linear`` from
-  ``--curriculum_min`` to the longest sample over the first half of the fixed arms' step count), in the
-  curriculum's draw order (``dataloader``).
+* ``token_budget_curriculum``: the same with a ``seqlen`` curriculum (value-based, ``fixed_linear`` from
+  ``--curriculum_min`` to the longest sample over the first half of the fixed arms' step count); ``seqlen`` order
+  sorts the samples each step takes from the curriculum's draw.
 
 Every step's loss is the mean over its real, shifted label tokens (AdamW, constant LR). Reported per arm: real
 tokens/s of the training loop (forward, backward, step; no evaluation), padding fraction (1 - real / computed
@@ -145,8 +145,7 @@ def loader_for(arm: str, data: datasets.Dataset, args: argparse.Namespace, max_t
         "enabled": True,
         "dynamic_batching": {"enabled": True, "max_tokens": max_tokens, "lr_scaling_method": "sqrt"},
     }
-    if arm == "token_budget":
-        sampling["dynamic_batching"]["sequence_picking_order"] = args.picking_order
+    sampling["dynamic_batching"]["sequence_picking_order"] = args.picking_order
     if arm == "token_budget_curriculum":
         longest = int(max(data["seqlen"]))
         sampling["curriculum_learning"] = {
