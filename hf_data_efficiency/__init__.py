@@ -25,6 +25,7 @@ _LAZY = {
     "compute_metrics": ".curriculum.metrics",
     "register_curriculum_metric": ".curriculum.metrics",
     "CurriculumSampler": ".curriculum.sampler",
+    "TokenBudgetBatchSampler": ".curriculum.dynamic_batching",
     "SeqlenTransform": ".curriculum.transforms",
     "CurriculumDataset": ".curriculum.transforms",
     "seqlen_truncate": ".curriculum.transforms",
