@@ -14,7 +14,13 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from hf_data_efficiency import CurriculumSampler, SeqlenTransform, seqlen_reshape, seqlen_truncate
 from hf_data_efficiency.config import CurriculumConfig, CurriculumMetricConfig, SeqlenTransformConfig
-from hf_data_efficiency.curriculum.transforms import MAX_TOKENS_KEY, CurriculumDataset
+from hf_data_efficiency.curriculum.transforms import (
+    MAX_TOKENS_KEY,
+    POSITION_KEY,
+    CurriculumDataset,
+    PositionTaggedSampler,
+    SeededCollation,
+)
 
 logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
 PAD = 0
@@ -200,3 +206,56 @@ def test_sampler_tags_follow_the_schedule_over_long_runs():
     for offset, (_, max_tokens) in enumerate(islice(iter(sampler), len(sampler))):
         assert max_tokens == ds_difficulty(transform, (start + offset) // 8 + 1)
     assert math.isclose(sampler.difficulty_at(1)["seqlen_reshape"], 8)
+
+
+def noise_collator(features):
+    """A collator with randomness (as MLM masking): one torch draw per batch, plus the sample ids."""
+    return {"noise": torch.rand(4), "idx": [f["idx"] for f in features]}
+
+
+def test_seeded_collation_is_a_function_of_the_stream_position_only():
+    cfg = CurriculumConfig(sampling_metrics=[metric("seqlen", 20, 40, total=8, step=4)], seed=3)
+    data = [{"idx": i} for i in range(N)]
+    micro = 4
+
+    def loader(position=None):
+        sampler = CurriculumSampler({"seqlen": LENGTHS}, cfg, micro, gradient_accumulation_steps=2)
+        if position is not None:
+            sampler.load_state_dict(sampler.state_dict(position=position))
+        tagged = PositionTaggedSampler(sampler)
+        return (
+            sampler,
+            tagged,
+            DataLoader(
+                CurriculumDataset(data),
+                batch_size=micro,
+                sampler=tagged,
+                collate_fn=SeededCollation(noise_collator, 11),
+            ),
+        )
+
+    sampler, tagged, full = loader()
+    stream = list(sampler)
+    sampler.set_epoch(0)
+    # every index carries its own stream position, counted from where the iteration starts
+    assert list(tagged) == [(index, {POSITION_KEY: p}) for p, index in enumerate(stream)]
+    sampler.set_epoch(0)
+    batches = list(full)
+    assert [i for b in batches for i in b["idx"]] == stream
+    noises = [tuple(b["noise"].tolist()) for b in batches]
+    assert len(set(noises)) == len(noises)  # each micro-batch has its own randomness
+    # a loader resumed 5 micro-batches in draws the same randomness for the same batches, whatever the global RNG
+    torch.manual_seed(1234)
+    _, _, resumed = loader(position=5 * micro)
+    assert [tuple(b["noise"].tolist()) for b in resumed] == noises[5:]
+    # without position tags (no curriculum), the key is the epoch and the sample indices
+    collate = SeededCollation(noise_collator, 11)
+    tagged_by_index = CurriculumDataset(data, tag_index=True)
+    batch = tagged_by_index.__getitems__([3, 5, 8, 13])
+    before = torch.get_rng_state()
+    first = collate(batch)["noise"]
+    assert torch.equal(torch.get_rng_state(), before)  # the global RNG is left as it was
+    assert torch.equal(collate(batch)["noise"], first)
+    assert not torch.equal(collate(tagged_by_index.__getitems__([3, 5, 8, 14]))["noise"], first)
+    collate.epoch = 1
+    assert not torch.equal(collate(batch)["noise"], first)
