@@ -140,6 +140,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         [T_SAMPLER],
         "a state from other metric values or another curriculum config is accepted",
     ),
+    _m(
+        "sampler-seek-backwards-not-reset",
+        SAMPLER,
+        "if block < self._draw_block:",
+        "if block < 0:",
+        [T_SAMPLER],
+        "jumping back to an earlier epoch keeps the walk counters of the later position",
+    ),
     # ------------------------------------------------------------------ eligibility
     _m(
         "percentile-rounds-up",
@@ -248,6 +256,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "seqlen_reshape drops every piece with padding instead of only empty pieces",
     ),
     _m(
+        "reshape-position-ids-start-at-one",
+        TRANSFORMS,
+        "positions = (new_mask.ne(0).long().cumsum(1) - 1).clamp(min=0)",
+        "positions = new_mask.ne(0).long().cumsum(1).clamp(min=0)",
+        ["tests/test_transforms.py"],
+        "seqlen_reshape restarts the position_ids of a masked batch at 1",
+    ),
+    _m(
+        "left-padding-needs-every-row-padded",
+        TRANSFORMS,
+        "bool((mask[:, 0] == 0).any())",
+        "bool((mask[:, 0] == 0).all())",
+        ["tests/test_transforms.py"],
+        "a left-padded batch with one unpadded row is taken for right-padded",
+    ),
+    _m(
         "transform-tag-one-step-late",
         SAMPLER,
         "            first_step = block * self.block_steps + 1\n            max_tokens =",
@@ -345,6 +369,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a layer that falls back to the full sequence is counted at the kept length",
     ),
     _m(
+        "random-ltd-drops-in-eval",
+        RLTD,
+        "if not patch.module.training or k is None:",
+        "if k is None:",
+        ["tests/test_random_ltd_models.py::test_remove_and_eval_are_vanilla"],
+        "tokens are dropped in eval mode too",
+    ),
+    _m(
+        "remove-forgets-an-earlier-instance-forward",
+        RLTD,
+        "            if p.had_instance_forward:\n                p.module.forward = p.previous_forward",
+        "            if False:\n                p.module.forward = p.previous_forward",
+        ["tests/test_random_ltd_integration.py::test_remove_restores_an_earlier_accelerate_hook"],
+        "remove() deletes an accelerate hook's instance forward instead of restoring it",
+    ),
+    _m(
+        "random-ltd-state-kept-length-unbounded",
+        RLTD,
+        'kept = state_int(where, "kept_length", kept, low, high)',
+        'kept = state_int(where, "kept_length", kept, low)',
+        ["tests/test_random_ltd_state.py"],
+        "a checkpoint kept length above the schedule's max_value is accepted",
+    ),
+    _m(
         "logged-layer-tokens-not-divided-by-layers",
         RLTD,
         "return self.kept_tokens_seen + self.full_tokens_seen * (self.total_layers - self.num_layers) // n",
@@ -393,6 +441,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         ["tests/test_random_ltd_lr_schedule.py"],
         "the cosine decay follows a quarter cosine wave",
     ),
+    _m(
+        "lr-consumed-not-restored",
+        "routing/lr_schedule.py",
+        "        self.__dict__.update(progress)\n",
+        '        self.__dict__.update({**progress, "consumed_layer_tokens": 0})\n',
+        ["tests/test_random_ltd_lr_schedule.py"],
+        "a resumed layer-token LR schedule restarts its consumed layer-tokens from zero",
+    ),
+    _m(
+        "lr-warmup-one-step-long",
+        "engine.py",
+        "warmup = lr_cfg.warmup_layer_tokens or scheduler.total_layer_tokens(warmup_steps)",
+        "warmup = lr_cfg.warmup_layer_tokens or scheduler.total_layer_tokens(warmup_steps + 1)",
+        [f"{T_TRAINER}::test_layer_token_lr_schedule"],
+        "the Trainer's layer-token warmup covers one step more than --warmup_steps",
+    ),
     # ------------------------------------------------------------------ engine: counters, state, steps
     _m(
         "counter-tokens-per-row",
@@ -409,6 +473,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         "return global_step * self.sampler.batch_size",
         [T_TRAINER],
         "consumed samples count one micro-batch per step instead of the global batch",
+    ),
+    _m(
+        "counters-not-summed-across-ranks",
+        "engine.py",
+        "if reduce is not None and self.world_size > 1:",
+        "if reduce is not None and self.world_size > 2:",
+        ["tests/test_trainer_distributed.py::test_two_processes_shard_the_single_process_stream"],
+        "with two processes each logs only its own tokens",
+    ),
+    _m(
+        "logged-difficulty-of-next-step",
+        "engine.py",
+        "for name, value in self.sampler.difficulty_at(global_step).items():",
+        "for name, value in self.sampler.difficulty_at(global_step + 1).items():",
+        [T_TRAINER],
+        "the logged curriculum difficulty is the next step's",
     ),
     _m(
         "counters-not-restored-on-resume",
@@ -466,6 +546,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "",
         [f"{T_TRAINER}::test_step_loss_is_the_mean_over_real_shifted_label_tokens"],
         "num_items_in_batch counts unshifted labels (the step loss is not the mean over its label tokens)",
+    ),
+    _m(
+        "resume-without-state-accepted",
+        "trainer.py",
+        "if problems and not self.args.ignore_data_skip:",
+        "if problems and self.args.ignore_data_skip:",
+        [f"{T_TRAINER}::test_resume_refuses_missing_or_corrupt_state"],
+        "a checkpoint without its data-efficiency state resumes silently (curriculum restarted)",
     ),
     # ------------------------------------------------------------------ checkpoints
     _m(

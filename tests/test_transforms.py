@@ -162,6 +162,18 @@ def test_truncate_and_reshape_units():
     rp = seqlen_reshape(pos, 3, pad_token_id=99)  # no mask: nothing dropped, positions restart per row
     assert rp["input_ids"].tolist() == [[1, 2, 3], [4, 5, 6], [7, 99, 99]]
     assert rp["position_ids"].tolist() == [[0, 1, 2]] * 3
+    # with a mask, each new row is its own sequence: positions count its real tokens from 0 (padding reads 0)
+    right = {"input_ids": ids, "attention_mask": mask, "position_ids": torch.arange(5).expand(2, 5)}
+    assert seqlen_reshape(right, 2)["position_ids"].tolist() == [[0, 1], [0, 1], [0, 0], [0, 1], [0, 0]]
+    left_ids = torch.tensor([[1, 2, 3, 4, 5], [0, 0, 6, 7, 8]])
+    left = {
+        "input_ids": left_ids,
+        "attention_mask": (left_ids != 0).long(),
+        "position_ids": torch.arange(5).expand(2, 5),
+    }
+    rl = seqlen_reshape(left, 2)
+    assert rl["input_ids"].tolist() == [[1, 2], [3, 4], [0, 5], [6, 7], [0, 8]]
+    assert rl["position_ids"].tolist() == [[0, 1], [0, 1], [0, 0], [0, 1], [0, 0]]
 
 
 def test_transform_passes_untagged_batches_and_rejects_bad_input():
