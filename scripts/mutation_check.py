@@ -683,7 +683,8 @@ def markdown_table(results: Sequence[Result]) -> str:
     rows = ["| mutation | file | bug | result | caught by |", "|---|---|---|---|---|"]
     for r in results:
         m = r.mutation
-        by = f"`{r.detail}`" if r.status == "caught" and r.detail else ("" if r.status == "caught" else r.detail)
+        detail = r.detail.replace("|", "\\|")
+        by = f"`{detail}`" if r.status == "caught" and detail else ("" if r.status == "caught" else detail)
         rows.append(f"| `{m.name}` | `{m.path.removeprefix(PKG + '/')}` | {m.what} | {r.status} | {by} |")
     return "\n".join(rows)
 

@@ -305,7 +305,7 @@ def test_decreasing_discrete_schedule_keeps_admitted_samples():
     """The difficulty is the running maximum of the schedule (as in DeepSpeed): samples admitted at a high
     difficulty stay admitted after a fixed_discrete schedule comes down again."""
     n, g = 400, 8
-    values = RNG.integers(1, 101, n)
+    values = np.random.default_rng(7).integers(1, 101, n)
     m = metric("seqlen", 10, 100, schedule="fixed_discrete", difficulty=[20, 60, 30], max_step=[5, 10])
     sampler = CurriculumSampler({"seqlen": values}, config(m), g)
     steps = 200
