@@ -272,6 +272,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a left-padded batch with one unpadded row is taken for right-padded",
     ),
     _m(
+        "reshape-ignores-the-tokenizer-pad-id",
+        TRANSFORMS,
+        'pad_token_id = getattr(tokenizer, "pad_token_id", None)',
+        "pad_token_id = None",
+        ["tests/test_transforms.py"],
+        "seqlen_reshape pads new rows with 0 instead of the collator's tokenizer's pad id",
+    ),
+    _m(
         "transform-tag-one-step-late",
         SAMPLER,
         "            first_step = block * self.block_steps + 1\n            max_tokens =",
@@ -303,6 +311,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "scores[:, keep] = -1.0",
         ["tests/test_random_ltd_ops.py"],
         "keep_positions (CLS) are always dropped instead of always kept",
+    ),
+    _m(
+        "architecture-keep-positions-ignored",
+        RLTD,
+        "keep = tuple(cfg.keep_positions) if cfg.keep_positions is not None else spec.keep_positions",
+        "keep = tuple(cfg.keep_positions) if cfg.keep_positions is not None else ()",
+        ["tests/test_random_ltd_architectures.py::test_dropping_matches_layer_oracle"],
+        "BERT/RoBERTa/ViT lose their keep-CLS default (CLS may be dropped)",
     ),
     _m(
         "kept-subset-unsorted",

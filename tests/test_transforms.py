@@ -200,6 +200,20 @@ def test_transform_passes_untagged_batches_and_rejects_bad_input():
         CurriculumDataset([(1, 2)])[(0, 4)]
 
 
+def test_reshape_pads_with_the_collators_tokenizer_pad_id():
+    class Tokenizer:
+        pad_token_id = 77
+
+    collator = PadCollator("right")
+    collator.tokenizer = Tokenizer()
+    features = [{"idx": 0, "input_ids": [5, 6, 7], MAX_TOKENS_KEY: 2}, {"idx": 1, "input_ids": [8], MAX_TOKENS_KEY: 2}]
+    batch = SeqlenTransform("seqlen_reshape", collator)(features)
+    # [5, 6, 7] and [8, PAD, PAD] cut into rows of 2; the new padding column reads the tokenizer's pad id
+    assert batch["input_ids"].tolist() == [[5, 6], [7, 77], [8, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1], [1, 0], [1, 0]]
+    assert batch["labels"].tolist() == [[5, 6], [7, -100], [8, -100]]
+
+
 def test_dataset_wrapper_tags_and_forwards():
     dataset = datasets.Dataset.from_dict({"idx": list(range(5)), "input_ids": [tokens(i) for i in range(5)]})
     wrapped = CurriculumDataset(dataset)
