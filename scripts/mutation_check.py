@@ -13,7 +13,7 @@ copy, and restores the file. A mutation is
   cannot rot silently), the mutated file does not compile, or pytest ends otherwise (collection or usage error).
 
 The exit status is 0 only when every selected mutation is caught. Not part of CI: the full list takes about
-10-15 minutes on two cores. Run from the repository root::
+15-25 minutes on two (shared) cores. Run from the repository root::
 
     python scripts/mutation_check.py                   # every mutation, summary table
     python scripts/mutation_check.py --list            # names, files and tests (and stale snippets)
@@ -648,6 +648,7 @@ def run_pytest(tree: Path, tests: Sequence[str], timeout: float) -> tuple[int | 
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONDONTWRITEBYTECODE": "1",  # no bytecode cache that could outlive a mutation of the same size
     }
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
     proc = subprocess.Popen(
