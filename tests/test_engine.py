@@ -75,3 +75,27 @@ def test_crafted_state_is_refused_naming_the_field(engine, tmp_path, mutate, fie
         engine.load_state_dict(bad)
     if field != "sampler.position":  # (the sampler's own checks have passed then; nothing else is restored late)
         assert engine.state_dict(global_step=3)["counters"] == before["counters"]
+
+
+def replay_position(global_step, micro_batches_per_epoch, ga):
+    """(epoch, micro-batches consumed in it) after ``global_step`` optimizer steps, by walking the micro-batches one
+    by one: a step ends every ``ga`` micro-batches, and an epoch's leftover micro-batches (fewer than ``ga``) are
+    never used."""
+    epoch, consumed, steps = 0, 0, 0
+    usable = micro_batches_per_epoch // ga * ga
+    while steps < global_step:
+        consumed += 1
+        if consumed % ga == 0:
+            steps += 1
+        if consumed == usable:
+            epoch, consumed = epoch + 1, 0
+    return epoch, consumed
+
+
+@pytest.mark.parametrize("ga", [1, 2, 3])
+def test_resume_position_replays_the_micro_batches_of_completed_steps(ga):
+    engine = DataEfficiencyEngine({}, batch_size=4, gradient_accumulation_steps=ga)
+    for micro_batches_per_epoch in (6, 7, 12):
+        for step in range(0, 30):
+            got = engine.resume_position(step, micro_batches_per_epoch)
+            assert got == replay_position(step, micro_batches_per_epoch, ga), (step, micro_batches_per_epoch)

@@ -187,6 +187,9 @@ def test_packed_kwargs_fall_back_to_full_length_with_one_warning():
         out = model(x, mask, pos, cu_seq_lens_q=torch.tensor([0, 10]), cu_seq_lens_k=torch.tensor([0, 10]))
         model(x, mask, pos, cu_seq_lens_q=torch.tensor([0, 10]), cu_seq_lens_k=torch.tensor([0, 10]))
     assert cl.out.count("packed sequences") == 1
+    # two forwards of 2 x 10 tokens through all 4 layers, every one at full length: counted as run, not as kept
+    assert handle.actual_layer_tokens == 2 * (2 * 10) * 4
+    assert handle.kept_tokens_seen == handle.full_tokens_seen == 2 * (2 * 10) * 2
     handle.remove()
     assert torch.equal(out, model(x, mask, pos, cu_seq_lens_q=None))
 

@@ -284,8 +284,11 @@ def test_resume_through_state_dict():
     state = json.loads(json.dumps(a.state_dict()))
     b = CurriculumSampler(values, cfg, 8, world_size=2)
     b.load_state_dict(state)
-    assert list(b) == list(a)
-    assert list(b) == list(a)  # and both go on with the next epoch
+    uninterrupted = CurriculumSampler(values, cfg, 8, world_size=2)
+    uninterrupted.set_epoch(1)
+    epoch1 = list(uninterrupted)
+    assert list(b) == list(a) == epoch1[333:]  # the rest of the interrupted epoch, to its end
+    assert list(b) == list(a) == list(uninterrupted)  # and all go on with the next epoch
     c = CurriculumSampler(values, cfg, 8, world_size=2)
     c.load_state_dict(a.state_dict(position=5 * 16))  # a consumer-side position (5 completed steps)
     assert list(islice(iter(c), 64)) == stream(a, 5 * 16 + 64)[5 * 16 :]
@@ -296,6 +299,24 @@ def test_resume_through_state_dict():
         CurriculumSampler(values, cfg, 8, world_size=2, seed=7).load_state_dict(state)
     with pytest.raises(ValueError, match="global_batch_size"):
         CurriculumSampler(values, cfg, 8).load_state_dict(state)
+
+
+def test_decreasing_discrete_schedule_keeps_admitted_samples():
+    """The difficulty is the running maximum of the schedule (as in DeepSpeed): samples admitted at a high
+    difficulty stay admitted after a fixed_discrete schedule comes down again."""
+    n, g = 400, 8
+    values = np.random.default_rng(7).integers(1, 101, n)
+    m = metric("seqlen", 10, 100, schedule="fixed_discrete", difficulty=[20, 60, 30], max_step=[5, 10])
+    sampler = CurriculumSampler({"seqlen": values}, config(m), g)
+    steps = 200
+    seq = np.array(stream(sampler, steps * g))
+    running_max = 0
+    for k in range(1, steps + 1):
+        running_max = max(running_max, ds_difficulty(m, k))
+        assert sampler.difficulty_at(k)["seqlen"] == running_max, f"step {k}"
+        assert (values[seq[(k - 1) * g : k * g]] <= running_max).all(), f"step {k}"
+    assert sampler.num_eligible(steps) == int((values <= 60).sum())
+    assert set(seq[10 * g :].tolist()) == set(np.flatnonzero(values <= 60).tolist())
 
 
 def test_percentile_admits_the_right_fraction():

@@ -154,6 +154,14 @@ def test_checkpoint_state_and_vanilla_saved_model(full_run, tmp_path):
     assert state["sampler"]["position"] == 4 * GLOBAL
     assert state["random_ltd"]["kept_length"] == kept_length_oracle(3)
     assert state["counters"]["consumed_samples"] == 4 * GLOBAL
+    first_four = [r for r in trainer.records if r["step"] <= 4]
+    assert len(first_four) == 4 * GA
+    # tokens (padding included) and layer-tokens of the micro-batches of steps 1-4, counted from the records
+    assert state["counters"]["tokens"] == sum(BATCH * r["width"] for r in first_four)
+    layer_tokens = sum(
+        BATCH * (min(kept_length_oracle(r["step"] - 1), r["width"]) + 2 * r["width"]) for r in first_four
+    )
+    assert state["counters"]["layer_tokens"] == layer_tokens
     assert state["config"] == json.loads(json.dumps(trainer.data_efficiency_config.to_dict()))
     assert not list(out.glob("**/*.tmp"))
 
@@ -497,3 +505,51 @@ def test_the_users_collator_never_sees_private_tags(tmp_path, seeded):
     )
     trainer.train()
     assert seen == {"input_ids", "attention_mask"}
+
+
+def test_second_epoch_continues_the_stream_and_resumes_in_it(tmp_path):
+    """15 steps of 8 samples over 96 samples are two epochs: every step's batch is the next global batch of one
+    stream iterated epoch after epoch, and a run resumed inside the second epoch draws the same batches."""
+    from hf_data_efficiency import CurriculumSampler
+
+    def run(out, resume=None):
+        args = DataEfficiencyTrainingArguments(
+            **common_kwargs(out, max_steps=15, save_strategy="steps", save_steps=14), **CURRICULUM_FLAGS
+        )
+        trainer = RecordingTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    whole = run(tmp_path / "whole")
+    cfg = whole.data_efficiency_config.curriculum
+    ref = CurriculumSampler({"seqlen": sample_lengths()}, cfg, batch_size=BATCH, gradient_accumulation_steps=GA)
+    assert len(ref) == 96 and 15 * GLOBAL > len(ref)
+    stream = []
+    for epoch in range(2):
+        ref.set_epoch(epoch)
+        stream.extend(ref)
+    assert [i for r in whole.records for i in r["indices"]] == stream[: 15 * GLOBAL]
+    resumed = run(tmp_path / "whole", resume=str(tmp_path / "whole" / "checkpoint-14"))
+    assert [r["indices"] for r in resumed.records] == [r["indices"] for r in whole.records if r["step"] == 15]
+
+
+def test_collator_randomness_is_fresh_in_every_epoch(tmp_path):
+    """Without the curriculum the collation seed is keyed by (epoch, sample indices): a sequential loader gives
+    every epoch the same indices, so only the epoch can make the collator's randomness (e.g. MLM masks) differ."""
+    draws = []
+
+    def noisy_collate(features):
+        draws.append(torch.rand(3).tolist())
+        return collate(features)
+
+    args = DataEfficiencyTrainingArguments(
+        **common_kwargs(tmp_path, max_steps=3, per_device_train_batch_size=8, gradient_accumulation_steps=1),
+        train_sampling_strategy="sequential",
+        **RANDOM_LTD_FLAGS,
+    )
+    trainer = RecordingTrainer(
+        model=tiny_model(), args=args, train_dataset=make_dataset(8), data_collator=noisy_collate
+    )
+    trainer.train()
+    assert [r["indices"] for r in trainer.records] == [list(range(8))] * 3  # one step per epoch, same batch
+    assert len(draws) == 3 and len({tuple(d) for d in draws}) == 3

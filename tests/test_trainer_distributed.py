@@ -114,6 +114,10 @@ def test_two_processes_shard_the_single_process_stream(tmp_path):
         assert ranks[0]["losses"][k] == pytest.approx(loss, rel=1e-5), k
     last = [h for h in ranks[0]["log_history"] if "loss" in h][-1]
     assert last["data_efficiency/consumed_samples"] == 6 * 8
+    # the token counts are summed over the ranks: both ranks' micro-batches (padding included), as one process counts
+    tokens = sum(2 * rec["width"] for r in ranks for rec in r["records"])
+    single_last = [h for h in single["log_history"] if "loss" in h][-1]
+    assert last["data_efficiency/effective_tokens"] == single_last["data_efficiency/effective_tokens"] == tokens
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -14,7 +14,13 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from hf_data_efficiency import CurriculumSampler, SeqlenTransform, seqlen_reshape, seqlen_truncate
 from hf_data_efficiency.config import CurriculumConfig, CurriculumMetricConfig, SeqlenTransformConfig
-from hf_data_efficiency.curriculum.transforms import MAX_TOKENS_KEY, CurriculumDataset
+from hf_data_efficiency.curriculum.transforms import (
+    MAX_TOKENS_KEY,
+    POSITION_KEY,
+    CurriculumDataset,
+    PositionTaggedSampler,
+    SeededCollation,
+)
 
 logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
 PAD = 0
@@ -156,6 +162,18 @@ def test_truncate_and_reshape_units():
     rp = seqlen_reshape(pos, 3, pad_token_id=99)  # no mask: nothing dropped, positions restart per row
     assert rp["input_ids"].tolist() == [[1, 2, 3], [4, 5, 6], [7, 99, 99]]
     assert rp["position_ids"].tolist() == [[0, 1, 2]] * 3
+    # with a mask, each new row is its own sequence: positions count its real tokens from 0 (padding reads 0)
+    right = {"input_ids": ids, "attention_mask": mask, "position_ids": torch.arange(5).expand(2, 5)}
+    assert seqlen_reshape(right, 2)["position_ids"].tolist() == [[0, 1], [0, 1], [0, 0], [0, 1], [0, 0]]
+    left_ids = torch.tensor([[1, 2, 3, 4, 5], [0, 0, 6, 7, 8]])
+    left = {
+        "input_ids": left_ids,
+        "attention_mask": (left_ids != 0).long(),
+        "position_ids": torch.arange(5).expand(2, 5),
+    }
+    rl = seqlen_reshape(left, 2)
+    assert rl["input_ids"].tolist() == [[1, 2], [3, 4], [0, 5], [6, 7], [0, 8]]
+    assert rl["position_ids"].tolist() == [[0, 1], [0, 1], [0, 0], [0, 1], [0, 0]]
 
 
 def test_transform_passes_untagged_batches_and_rejects_bad_input():
@@ -182,6 +200,20 @@ def test_transform_passes_untagged_batches_and_rejects_bad_input():
         CurriculumDataset([(1, 2)])[(0, 4)]
 
 
+def test_reshape_pads_with_the_collators_tokenizer_pad_id():
+    class Tokenizer:
+        pad_token_id = 77
+
+    collator = PadCollator("right")
+    collator.tokenizer = Tokenizer()
+    features = [{"idx": 0, "input_ids": [5, 6, 7], MAX_TOKENS_KEY: 2}, {"idx": 1, "input_ids": [8], MAX_TOKENS_KEY: 2}]
+    batch = SeqlenTransform("seqlen_reshape", collator)(features)
+    # [5, 6, 7] and [8, PAD, PAD] cut into rows of 2; the new padding column reads the tokenizer's pad id
+    assert batch["input_ids"].tolist() == [[5, 6], [7, 77], [8, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1], [1, 0], [1, 0]]
+    assert batch["labels"].tolist() == [[5, 6], [7, -100], [8, -100]]
+
+
 def test_dataset_wrapper_tags_and_forwards():
     dataset = datasets.Dataset.from_dict({"idx": list(range(5)), "input_ids": [tokens(i) for i in range(5)]})
     wrapped = CurriculumDataset(dataset)
@@ -200,3 +232,56 @@ def test_sampler_tags_follow_the_schedule_over_long_runs():
     for offset, (_, max_tokens) in enumerate(islice(iter(sampler), len(sampler))):
         assert max_tokens == ds_difficulty(transform, (start + offset) // 8 + 1)
     assert math.isclose(sampler.difficulty_at(1)["seqlen_reshape"], 8)
+
+
+def noise_collator(features):
+    """A collator with randomness (as MLM masking): one torch draw per batch, plus the sample ids."""
+    return {"noise": torch.rand(4), "idx": [f["idx"] for f in features]}
+
+
+def test_seeded_collation_is_a_function_of_the_stream_position_only():
+    cfg = CurriculumConfig(sampling_metrics=[metric("seqlen", 20, 40, total=8, step=4)], seed=3)
+    data = [{"idx": i} for i in range(N)]
+    micro = 4
+
+    def loader(position=None):
+        sampler = CurriculumSampler({"seqlen": LENGTHS}, cfg, micro, gradient_accumulation_steps=2)
+        if position is not None:
+            sampler.load_state_dict(sampler.state_dict(position=position))
+        tagged = PositionTaggedSampler(sampler)
+        return (
+            sampler,
+            tagged,
+            DataLoader(
+                CurriculumDataset(data),
+                batch_size=micro,
+                sampler=tagged,
+                collate_fn=SeededCollation(noise_collator, 11),
+            ),
+        )
+
+    sampler, tagged, full = loader()
+    stream = list(sampler)
+    sampler.set_epoch(0)
+    # every index carries its own stream position, counted from where the iteration starts
+    assert list(tagged) == [(index, {POSITION_KEY: p}) for p, index in enumerate(stream)]
+    sampler.set_epoch(0)
+    batches = list(full)
+    assert [i for b in batches for i in b["idx"]] == stream
+    noises = [tuple(b["noise"].tolist()) for b in batches]
+    assert len(set(noises)) == len(noises)  # each micro-batch has its own randomness
+    # a loader resumed 5 micro-batches in draws the same randomness for the same batches, whatever the global RNG
+    torch.manual_seed(1234)
+    _, _, resumed = loader(position=5 * micro)
+    assert [tuple(b["noise"].tolist()) for b in resumed] == noises[5:]
+    # without position tags (no curriculum), the key is the epoch and the sample indices
+    collate = SeededCollation(noise_collator, 11)
+    tagged_by_index = CurriculumDataset(data, tag_index=True)
+    batch = tagged_by_index.__getitems__([3, 5, 8, 13])
+    before = torch.get_rng_state()
+    first = collate(batch)["noise"]
+    assert torch.equal(torch.get_rng_state(), before)  # the global RNG is left as it was
+    assert torch.equal(collate(batch)["noise"], first)
+    assert not torch.equal(collate(tagged_by_index.__getitems__([3, 5, 8, 14]))["noise"], first)
+    collate.epoch = 1
+    assert not torch.equal(collate(batch)["noise"], first)
