@@ -156,6 +156,13 @@ def add_metric_columns(
     return dataset, added + missing
 
 
+def is_stream(dataset: Any) -> bool:
+    """Whether ``dataset`` is an ``IterableDataset`` (``datasets`` or torch): read in order, without an index."""
+    import datasets
+
+    return isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset))
+
+
 class ResumeError(ValueError):
     """A checkpoint's data-efficiency state cannot be resumed from exactly."""
 
@@ -217,22 +224,17 @@ class DataEfficiencyEngine:
 
     # ----- data ---------------------------------------------------------------------------------------------
     def check_dataset(self, dataset: Any) -> None:
-        """Refuse a training dataset the curriculum cannot sample from (``None`` passes: checked at training)."""
+        """Refuse a training dataset the curriculum cannot sample from (``None`` passes: checked at training).
+        A stream (``IterableDataset``) gets the streaming curriculum (:meth:`build_stream`)."""
         import datasets
 
-        if dataset is None or self.config.curriculum is None:
+        if dataset is None or self.config.curriculum is None or is_stream(dataset):
             return
-        if isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset)):
-            raise ValueError(
-                "train_dataset: curriculum learning needs a map-style datasets.Dataset (random access to every "
-                f"sample and its metric), got a {type(dataset).__name__} (streaming). Materialise it (load without "
-                "streaming=True, or datasets.Dataset.from_generator) or train without the curriculum (random-LTD "
-                "alone works with iterable datasets)."
-            )
         if not isinstance(dataset, datasets.Dataset):
             raise ValueError(
-                f"train_dataset: curriculum learning needs a datasets.Dataset with the metric columns, got "
-                f"{type(dataset).__name__}; convert it with datasets.Dataset.from_list / from_dict."
+                f"train_dataset: curriculum learning needs a datasets.Dataset with the metric columns, or an "
+                f"IterableDataset (streaming), got {type(dataset).__name__}; convert it with "
+                "datasets.Dataset.from_list / from_dict."
             )
 
     def metric_dataset(self, dataset: Any, *, main_process_first: Callable[..., Any] | None = None) -> Any:
@@ -242,6 +244,8 @@ class DataEfficiencyEngine:
         if self._metric_cache is not None and self._metric_cache[0] is dataset:
             return self._metric_cache[1]
         self.check_dataset(dataset)
+        if is_stream(dataset):  # a streaming curriculum measures each chunk as it reads it
+            return dataset
         context = main_process_first(desc="computing curriculum metrics") if main_process_first else None
         with context or contextlib.nullcontext():
             result, added = add_metric_columns(
@@ -270,6 +274,29 @@ class DataEfficiencyEngine:
             return_max_tokens=self.config.curriculum.transform is not None,
         )
         return PositionTaggedSampler(self.sampler)
+
+    def build_stream(self, dataset: Any, *, rank: int = 0, dispatch: bool = False, device: Any = None) -> Any:
+        """Build the :class:`~hf_data_efficiency.curriculum.streaming.StreamingCurriculum` over the stream
+        ``dataset`` as :attr:`sampler` and return it: what the DataLoader iterates (the per-micro-batch tags for
+        :meth:`wrap_collator` included).
+
+        Each process reads its own shard (``rank``), unless ``dispatch``: then one process reads the whole stream and
+        forms every global batch, which accelerate's batch dispatching splits over the processes (the Trainer's
+        default for an ``IterableDataset``). ``device``: where the end-of-stream agreement all-reduce runs."""
+        from .curriculum.streaming import StreamingCurriculum
+
+        world = 1 if dispatch else self.world_size
+        self.sampler = StreamingCurriculum(
+            dataset,
+            self.config.curriculum,
+            batch_size=self.batch_size * (self.world_size if dispatch else 1),
+            world_size=world,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            rank=0 if dispatch else rank,
+            pad_token_id=self.pad_token_id,
+            device=device,
+        )
+        return self.sampler
 
     def loader_dataset(self, dataset: Any) -> Any:
         """What the DataLoader indexes: ``dataset`` without the metric columns added here, wrapped so that each
@@ -300,8 +327,9 @@ class DataEfficiencyEngine:
         return collator
 
     def set_epoch(self, epoch: int) -> None:
-        """Position the curriculum stream (and the collation seeds) at the start of ``epoch``."""
-        if self.sampler is not None:
+        """Position the curriculum stream (and the collation seeds) at the start of ``epoch`` (a streaming
+        curriculum reads its stream once: the epoch does not move it)."""
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         if self._collation is not None:
             self._collation.epoch = int(epoch)
@@ -374,6 +402,8 @@ class DataEfficiencyEngine:
         handle = self.random_ltd_handle
         if handle is not None and handle.kept_length is not None:
             out["random_ltd/kept_length"] = int(handle.kept_length)
+        if hasattr(self.sampler, "stream_logs"):
+            out.update(self._stream_logs(global_step, reduce, device))
         out["data_efficiency/consumed_samples"] = self.consumed_samples(global_step)
         if handle is not None and handle.num_layers:
             out["data_efficiency/layer_tokens"] = self._totals["layer_tokens"]
@@ -381,6 +411,16 @@ class DataEfficiencyEngine:
         elif self._totals["tokens"]:
             out["data_efficiency/effective_tokens"] = self._totals["tokens"]
         return out
+
+    def _stream_logs(
+        self, global_step: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: Any
+    ) -> dict[str, int]:
+        """The streaming curriculum's buffer and counts after ``global_step``, summed over the processes."""
+        logs = self.sampler.stream_logs(global_step)
+        values = torch.tensor(list(logs.values()), dtype=torch.int64)
+        if reduce is not None and self.world_size > 1:
+            values = reduce(values.to(device) if device is not None else values).cpu()
+        return dict(zip(logs, (int(v) for v in values.tolist())))
 
     # ----- LR schedule ----------------------------------------------------------------------------------------
     @property

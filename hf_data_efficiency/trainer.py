@@ -36,7 +36,7 @@ from transformers.utils import logging
 
 from .checkpoints import TRAINER_STATE_NAME, checkpoint_problems, incomplete_message, resolve_resume_checkpoint
 from .config import DataEfficiencyConfig
-from .engine import STATE_NAME, DataEfficiencyEngine, ResumeError, declare_causal_lm_loss
+from .engine import STATE_NAME, DataEfficiencyEngine, ResumeError, declare_causal_lm_loss, is_stream
 from .training_args import DataEfficiencyTrainingArguments, config_from_deepspeed_keys, split_deepspeed_config
 
 logger = logging.get_logger(__name__)
@@ -175,8 +175,15 @@ class DataEfficiencyTrainer(Trainer):
             return super().get_train_dataloader()
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        # the metric columns are read from the full dataset, before remove_unused_columns prunes them
         self.engine.batch_size = self._train_batch_size
+        if is_stream(self.train_dataset):
+            return self._get_dataloader(
+                dataset=self._build_stream(),
+                description="Training",
+                batch_size=self._train_batch_size,
+                is_training=True,
+            )
+        # the metric columns are read from the full dataset, before remove_unused_columns prunes them
         dataset = self.engine.metric_dataset(self.train_dataset, main_process_first=self.args.main_process_first)
         sampler = self.engine.build_sampler(self.train_dataset)
         return self._get_dataloader(
@@ -186,6 +193,30 @@ class DataEfficiencyTrainer(Trainer):
             sampler_fn=lambda _: sampler,
             is_training=True,
         )
+
+    def _build_stream(self) -> Any:
+        """The streaming curriculum over ``train_dataset``. With several processes accelerate dispatches the batches
+        of an ``IterableDataset`` (the main process reads, every process gets its slice), so the stream forms whole
+        global batches there; ``dispatch_batches=False`` would re-shard them and is refused."""
+        dispatch = self.args.world_size > 1
+        if dispatch and self.accelerator.dataloader_config.dispatch_batches is False:
+            raise ValueError(
+                "accelerator_config.dispatch_batches=False: with several processes the streaming curriculum needs "
+                "accelerate's batch dispatching for an IterableDataset; allowed: None (the default) or True."
+            )
+        return self.engine.build_stream(
+            self.train_dataset, rank=self.args.process_index, dispatch=dispatch, device=self.args.device
+        )
+
+    def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
+        collator = super()._get_collator_with_removed_columns(data_collator, description=description)
+        if description == "Training" and is_stream(self.train_dataset) and self.engine.config.curriculum is not None:
+            # the stream's per-sample tags must reach the engine's collator wrappers inside
+            from .curriculum.transforms import MAX_TOKENS_KEY, POSITION_KEY
+
+            if hasattr(collator, "signature_columns"):
+                collator.signature_columns = [*collator.signature_columns, MAX_TOKENS_KEY, POSITION_KEY]
+        return collator
 
     def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
         dataset = super()._remove_unused_columns(dataset, description=description)
@@ -198,6 +229,9 @@ class DataEfficiencyTrainer(Trainer):
         # (BatchSamplerShard, SkipBatchSampler on resume) put around it
         if "epoch" in kwargs:
             self.engine.set_epoch(int(kwargs["epoch"]))
+        if hasattr(self.engine.sampler, "stream_logs") and self.engine.sampler.position > 0:
+            # a resumed stream continues from its restored state: nothing to skip
+            kwargs["steps_trained_in_current_epoch"] = 0
         return super()._run_epoch(*args, **kwargs)
 
     # ----- counters and logs -----------------------------------------------------------------------------
