@@ -102,6 +102,7 @@ class DataEfficiencyTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         self._de_pending_state: dict[str, Any] | None = None
+        self._de_rng_checkpoint: str | None = None  # a resumed stream's RNG state, restored after its first fetch
         model = kwargs.get("model", args[0] if args else None)
         cfg = resolve_trainer_config(training_args)
         if getattr(training_args, "data_efficiency_recipe", None) is not None:
@@ -230,9 +231,22 @@ class DataEfficiencyTrainer(Trainer):
         if "epoch" in kwargs:
             self.engine.set_epoch(int(kwargs["epoch"]))
         if hasattr(self.engine.sampler, "stream_logs") and self.engine.sampler.position > 0:
-            # a resumed stream continues from its restored state: nothing to skip
+            # a resumed stream continues from its restored state: nothing to skip; the RNG state is restored after the
+            # first batches are fetched, as the Trainer does after skipping (the DataLoader's iterator draws a seed)
             kwargs["steps_trained_in_current_epoch"] = 0
+            self._de_rng_checkpoint = kwargs.get("resume_from_checkpoint")
         return super()._run_epoch(*args, **kwargs)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if self._de_rng_checkpoint is None:
+            super()._load_rng_state(checkpoint)
+
+    def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().get_batch_samples(*args, **kwargs)
+        checkpoint, self._de_rng_checkpoint = self._de_rng_checkpoint, None
+        if checkpoint is not None:
+            super()._load_rng_state(checkpoint)
+        return out
 
     # ----- counters and logs -----------------------------------------------------------------------------
     def training_step(
