@@ -12,7 +12,8 @@ A map-style curriculum draws each batch from an index of the whole corpus; a str
   (:class:`~hf_data_efficiency.curriculum.eligibility.DifficultyPacing`): ``value`` metrics admit
   ``metric <= difficulty``; a ``percentile`` difficulty ``p`` admits ``metric <= r[percentile_count(R, p) - 1]``,
   where ``r`` holds the ``R`` sorted values of a fixed reference distribution: ``metrics_dir/<metric>.npy`` (the
-  whole corpus, as written by ``hf-data-efficiency analyze``) or else the warm-up prefix of this process's stream.
+  whole corpus, as written by ``hf-data-efficiency analyze``) or else the warm-up prefix of this process's stream;
+  ``p = 100`` admits every sample, also those beyond the reference.
   A sample eligible at no level of a finished schedule (above the final difficulty) is never served, like on
   map-style data; it is counted as ``excluded``.
 * **One global batch per optimizer step.** Step ``k`` takes the ``batch_size * gradient_accumulation_steps`` oldest
@@ -334,13 +335,14 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             )
 
     def _update_thresholds(self) -> None:
-        """Per percentile metric and level, the largest admitted value (``-inf``: none admitted)."""
+        """Per percentile metric and level, the largest admitted value (``-inf``: none; ``inf``: all, at 100)."""
         for m in self._pct_metrics:
             ref = self._references.get(m.name)
             if ref is None:
                 continue
             counts = [percentile_count(ref.size, p) for p in self._pacing.diffs[m.name]]
-            self._thresholds[m.name] = np.array([ref[c - 1] if c > 0 else -np.inf for c in counts])
+            limits = [np.inf if c == ref.size else ref[c - 1] if c > 0 else -np.inf for c in counts]
+            self._thresholds[m.name] = np.array(limits, dtype=np.float64)
 
     def _level_of(self, values: Mapping[str, np.ndarray], n: int) -> np.ndarray:
         """First level each sample is eligible at (``len(pacing.steps)``: at none known so far)."""
