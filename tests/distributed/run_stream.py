@@ -13,13 +13,8 @@ from hf_data_efficiency.curriculum.streaming import StreamingCurriculum
 from hf_data_efficiency.curriculum.transforms import POSITION_KEY
 
 
-def main() -> None:
-    out, files = sys.argv[1], sys.argv[2:]
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    # rank 1 gets one shard fewer, so it runs dry first and the end must be agreed on
-    source = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
-    cfg = CurriculumConfig(
+def stream_config() -> CurriculumConfig:
+    return CurriculumConfig(
         sampling_metrics=[
             CurriculumMetricConfig(
                 name="seqlen",
@@ -30,6 +25,14 @@ def main() -> None:
         ],
         streaming=StreamingConfig(buffer_size=32, chunk_size=8),
     )
+
+
+def main() -> None:
+    out, files = sys.argv[1], sys.argv[2:]
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    source = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+    cfg = stream_config()
     stream = StreamingCurriculum(source, cfg, batch_size=4, world_size=world, gradient_accumulation_steps=2, rank=rank)
     ids, steps = [], set()
     for sample in stream:
