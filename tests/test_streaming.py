@@ -193,6 +193,35 @@ def test_vocab_rarity_from_warmup_counts_matches_compute_metrics(tmp_path):
     np.testing.assert_allclose(got, [expected[s["id"]] for _, s in out], rtol=1e-12)
 
 
+def test_percentile_rarity_over_an_analyze_folder_needs_no_warmup(tmp_path):
+    """``hf-data-efficiency analyze`` writes token counts and the corpus's metric values; the stream then computes
+    rarity with those counts and ranks it against the whole corpus. Oracle: the map-style analysis itself."""
+    from hf_data_efficiency.cli import main
+    from hf_data_efficiency.curriculum.index import load_metric
+
+    rows = make_rows()
+    files = write_shards(tmp_path / "data", rows, shards=2, fmt="json")
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    analysis = tmp_path / "analysis"
+    argv = ["analyze", "--dataset", str(corpus), "--metrics", "vocab_rarity", "--preview-steps", "5"]
+    assert main([*argv, "--output-dir", str(analysis)]) == 0
+    counts = np.load(analysis / "token_counts.npy")
+    np.testing.assert_array_equal(counts, np.bincount(np.concatenate([r["input_ids"] for r in rows])))
+    metric = {"min_difficulty": 20, "max_difficulty": 80}
+    cfg = curriculum(metric, name="vocab_rarity", difficulty_type="percentile", warmup_samples=0)
+    cfg.streaming.metrics_dir = str(analysis)
+    stream = StreamingCurriculum(open_stream(files), cfg, batch_size=BATCH, gradient_accumulation_steps=GA)
+    out = served(stream)
+    values = load_metric(analysis, "vocab_rarity")  # row i of the corpus is sample id i
+    reference = np.sort(values)
+    schedule = CurriculumScheduler({**SEQLEN, **metric})
+    for step, sample in out:
+        count = math.floor(N * schedule.get_difficulty(step) / 100)
+        assert values[sample["id"]] <= reference[count - 1] * (1 + 1e-12), (step, sample["id"])
+    assert stream.counters.excluded == int((values > reference[math.floor(N * 0.8) - 1] * (1 + 1e-12)).sum())
+
+
 def test_at_max_difficulty_the_stream_passes_through_in_order(tmp_path):
     files = write_shards(tmp_path, make_rows(), fmt="json")
     metric = {"min_difficulty": 40, "max_difficulty": 40}
