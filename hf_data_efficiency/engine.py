@@ -275,24 +275,20 @@ class DataEfficiencyEngine:
         )
         return PositionTaggedSampler(self.sampler)
 
-    def build_stream(self, dataset: Any, *, rank: int = 0, dispatch: bool = False, device: Any = None) -> Any:
+    def build_stream(self, dataset: Any, *, rank: int = 0, device: Any = None) -> Any:
         """Build the :class:`~hf_data_efficiency.curriculum.streaming.StreamingCurriculum` over the stream
-        ``dataset`` as :attr:`sampler` and return it: what the DataLoader iterates (the per-micro-batch tags for
-        :meth:`wrap_collator` included).
-
-        Each process reads its own shard (``rank``), unless ``dispatch``: then one process reads the whole stream and
-        forms every global batch, which accelerate's batch dispatching splits over the processes (the Trainer's
-        default for an ``IterableDataset``). ``device``: where the end-of-stream agreement all-reduce runs."""
+        ``dataset`` as :attr:`sampler` and return it: what this process's DataLoader iterates (the per-micro-batch
+        tags for :meth:`wrap_collator` included). Each process reads its own shard (``rank``); ``device`` is where
+        the processes agree on the end of the stream (the process group's device)."""
         from .curriculum.streaming import StreamingCurriculum
 
-        world = 1 if dispatch else self.world_size
         self.sampler = StreamingCurriculum(
             dataset,
             self.config.curriculum,
-            batch_size=self.batch_size * (self.world_size if dispatch else 1),
-            world_size=world,
+            batch_size=self.batch_size,
+            world_size=self.world_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
-            rank=0 if dispatch else rank,
+            rank=rank,
             pad_token_id=self.pad_token_id,
             device=device,
         )
@@ -478,10 +474,13 @@ class DataEfficiencyEngine:
             "random_ltd": handle.state_dict() if handle is not None else None,
         }
 
-    def save_state(self, folder: str | os.PathLike, global_step: int) -> str:
-        """Write :meth:`state_dict` atomically as ``folder/data_efficiency_state.json``; returns the path."""
+    def save_state(self, folder: str | os.PathLike, global_step: int, state: dict[str, Any] | None = None) -> str:
+        """Write ``state`` (default: :meth:`state_dict`) atomically as ``folder/data_efficiency_state.json``; returns
+        the path. With a streaming curriculum over several processes, :meth:`state_dict` is a collective call: take
+        it on every process and write it from one."""
         path = os.path.join(folder, STATE_NAME)
-        atomic_write_text(path, json.dumps(self.state_dict(global_step), indent=2, sort_keys=True) + "\n")
+        state = self.state_dict(global_step) if state is None else state
+        atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
         return path
 
     def read_state(self, checkpoint: str | os.PathLike, global_step: int | None = None) -> dict[str, Any]:

@@ -178,12 +178,7 @@ class DataEfficiencyTrainer(Trainer):
             raise ValueError("Trainer: training requires a train_dataset.")
         self.engine.batch_size = self._train_batch_size
         if is_stream(self.train_dataset):
-            return self._get_dataloader(
-                dataset=self._build_stream(),
-                description="Training",
-                batch_size=self._train_batch_size,
-                is_training=True,
-            )
+            return self._stream_dataloader()
         # the metric columns are read from the full dataset, before remove_unused_columns prunes them
         dataset = self.engine.metric_dataset(self.train_dataset, main_process_first=self.args.main_process_first)
         sampler = self.engine.build_sampler(self.train_dataset)
@@ -195,19 +190,24 @@ class DataEfficiencyTrainer(Trainer):
             is_training=True,
         )
 
-    def _build_stream(self) -> Any:
-        """The streaming curriculum over ``train_dataset``. With several processes accelerate dispatches the batches
-        of an ``IterableDataset`` (the main process reads, every process gets its slice), so the stream forms whole
-        global batches there; ``dispatch_batches=False`` would re-shard them and is refused."""
-        dispatch = self.args.world_size > 1
-        if dispatch and self.accelerator.dataloader_config.dispatch_batches is False:
-            raise ValueError(
-                "accelerator_config.dispatch_batches=False: with several processes the streaming curriculum needs "
-                "accelerate's batch dispatching for an IterableDataset; allowed: None (the default) or True."
+    def _stream_dataloader(self) -> DataLoader:
+        """The DataLoader over the streaming curriculum. Every process reads its own shard and forms its share of each
+        global batch, so accelerate neither dispatches the batches from one process nor re-shards them."""
+        from accelerate.data_loader import IterableDatasetShard
+
+        stream = self.engine.build_stream(self.train_dataset, rank=self.args.process_index, device=self.args.device)
+        config = self.accelerator.dataloader_config
+        dispatch, config.dispatch_batches = config.dispatch_batches, False
+        try:
+            loader = self._get_dataloader(
+                dataset=stream, description="Training", batch_size=self._train_batch_size, is_training=True
             )
-        return self.engine.build_stream(
-            self.train_dataset, rank=self.args.process_index, dispatch=dispatch, device=self.args.device
-        )
+        finally:
+            config.dispatch_batches = dispatch
+        shard = getattr(loader, "dataset", None)
+        if isinstance(shard, IterableDatasetShard):  # a passthrough: the stream is this process's already
+            shard.num_processes, shard.process_index = 1, 0
+        return loader
 
     def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
         collator = super()._get_collator_with_removed_columns(data_collator, description=description)
@@ -290,10 +290,11 @@ class DataEfficiencyTrainer(Trainer):
             self.args.save_total_limit = limit
         self.engine.sync_counters(self.accelerator.reduce, self.args.device)
         self.accelerator.wait_for_everyone()
+        step = self.state.global_step
+        state = self.engine.state_dict(step)  # collective with a streaming curriculum (it gathers every shard's)
         if self.args.should_save:
             run_dir = self._get_output_dir(trial=trial)
-            step = self.state.global_step
-            self.engine.save_state(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}"), step)
+            self.engine.save_state(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}"), step, state=state)
             rotate_checkpoints(
                 output_dir=run_dir,
                 save_total_limit=limit,

@@ -573,17 +573,25 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         }
 
     def state_dict(self, position: int | None = None) -> dict[str, Any]:
-        """JSON-able state after the step that ends at global ``position`` (default: the last step emitted)."""
+        """JSON-able state after the step that ends at global ``position`` (default: the last step emitted), with
+        every process's part. With an initialised process group of several processes this is a collective call."""
+        import torch.distributed as dist
+
         step = self._step if position is None else position // self.global_batch_size
+        local = self._local_state(step)
+        parts = [local]
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, local)
+        return {"version": STATE_VERSION, "kind": "stream", "position": step * self.global_batch_size, "ranks": parts}
+
+    def _local_state(self, step: int) -> dict[str, Any]:
         snap = self._find_snapshot(step)
         if snap is None:
             raise ValueError(
                 f"streaming curriculum: no state is kept for step {step} (kept: {[s.step for s in self._snapshots]})."
             )
         return {
-            "version": STATE_VERSION,
-            "kind": "stream",
-            "position": step * self.global_batch_size,
             "identity": self._identity(),
             "checkpointable": self.checkpointable,
             "source_state": snap.source_state,
@@ -608,6 +616,12 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         """Continue after the step of ``state`` (before iterating); a changed setup or source raises."""
         if not isinstance(state, Mapping) or state.get("kind") != "stream" or state.get("version") != STATE_VERSION:
             raise ValueError(f"sampler state is not a streaming curriculum state of version {STATE_VERSION}.")
+        if len(state["ranks"]) != self.world_size:
+            raise ValueError(
+                f"streaming curriculum state has {len(state['ranks'])} process shard(s) but this run has world_size="
+                f"{self.world_size}; resume with the same number of processes."
+            )
+        position, state = state["position"], state["ranks"][self.rank]
         saved, current = state["identity"], self._identity()
         for key in current:
             if saved.get(key) != current[key]:
@@ -642,9 +656,9 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         rows = [e["sample"] for e in entries]
         values = self._measure(rows) if rows else {m.name: np.zeros(0) for m in self._metrics}
         self._values = {m.name: np.asarray(values[m.name]) for m in self._metrics}
-        self._level_at(max(1, state["position"] // self.global_batch_size))
+        self._level_at(max(1, position // self.global_batch_size))
         self._levels = self._level_of(self._values, len(rows)) if rows else np.zeros(0, dtype=np.int64)
-        self._step = state["position"] // self.global_batch_size
+        self._step = position // self.global_batch_size
         self._snapshots.clear()
         self._released.clear()
         self._snapshots.append(self._snapshot())
