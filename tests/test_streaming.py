@@ -440,3 +440,80 @@ def test_two_processes_read_disjoint_shards_and_agree_on_the_end(tmp_path):
     for rank, r in enumerate(results):
         assert r["steps"] == steps  # the same number of steps, agreed
         assert r["ids"] == alone[rank][: steps * G]
+
+
+RUN_TRAINER = str(ROOT / "tests" / "distributed" / "run_trainer.py")
+
+
+def launch(cmd: list[str], **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    if popen:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, text=True, **popen)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, text=True, capture_output=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_trainer_on_a_stream_resumes_exactly_after_sigkill(tmp_path):
+    """SIGKILL a streamed run after step 7 (checkpoint 6), resume it in a new process: steps 7-8 see the batches and
+    losses of an uninterrupted run of the same script."""
+    import signal
+
+    whole = tmp_path / "whole"
+    launch(
+        [sys.executable, RUN_TRAINER, "--stream", "--output_dir", str(whole), "--record", str(whole / "r_RANK.json")]
+    )
+    reference = json.loads((whole / "r_0.json").read_text())
+    out = tmp_path / "killed"
+    cmd = [sys.executable, RUN_TRAINER, "--stream", "--output_dir", str(out), "--record", str(out / "r_RANK.json")]
+    proc = launch([*cmd, "--save_steps", "3", "--stall_after", "7"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for line in proc.stdout:
+            if "STALLING" in line:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (out / "r_0.json").exists()
+    launch([*cmd, "--save_steps", "3", "--resume", "last"])
+    resumed = json.loads((out / "r_0.json").read_text())
+    assert [r["step"] for r in resumed["records"]] == [7, 7, 8, 8]
+    assert resumed["records"] == [r for r in reference["records"] if r["step"] > 6]
+    assert {k: v for k, v in resumed["losses"].items() if int(k) > 6} == {
+        k: v for k, v in reference["losses"].items() if int(k) > 6
+    }
+
+
+def test_trainer_on_a_stream_with_two_processes_and_resume(tmp_path):
+    """Two DDP processes (gloo) on a 4-shard stream: disjoint samples, the same steps, the curriculum obeyed; a resume
+    of both from checkpoint 3 sees the batches the uninterrupted processes saw."""
+    from tiny import SEQLEN_METRIC, sample_lengths
+
+    def torchrun(*flags):
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+        ]
+        out = tmp_path / "run"
+        launch([*cmd, RUN_TRAINER, "--stream", "--output_dir", str(out), "--record", str(out / "RANK.json"), *flags])
+        return [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
+
+    flags = ["--batch_size", "2", "--ga", "2", "--max_steps", "6", "--save_steps", "3", "--no_random_ltd"]
+    ranks = torchrun(*flags)
+    seen = [{i for rec in r["records"] for i in rec["indices"]} for r in ranks]
+    assert not seen[0] & seen[1]
+    assert [sorted({rec["step"] for rec in r["records"]}) for r in ranks] == [list(range(1, 7))] * 2
+    lengths, sampling = sample_lengths(), CurriculumScheduler(SEQLEN_METRIC)
+    for r in ranks:
+        assert all(lengths[i] <= sampling.get_difficulty(rec["step"]) for rec in r["records"] for i in rec["indices"])
+    resumed = torchrun(*flags, "--resume", str(tmp_path / "run" / "checkpoint-3"))
+    for before, after in zip(ranks, resumed):
+        assert after["records"] == [rec for rec in before["records"] if rec["step"] > 3]
