@@ -36,12 +36,14 @@ A map-style curriculum draws each batch from an index of the whole corpus; a str
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import torch
@@ -87,6 +89,20 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _arrow_reader(source: Any) -> Any:
+    """What chunks are read from: ``source`` itself, or for a ``datasets.IterableDataset`` whose features need no
+    decoding, its Arrow-formatted view (whole Arrow tables per chunk, converted to rows at once: several times faster
+    than decoding example by example, and the same rows)."""
+    from datasets.features.features import require_decoding
+
+    features = getattr(source, "features", None)
+    if not isinstance(source, datasets.IterableDataset) or getattr(source, "_formatting", None) is not None:
+        return source
+    if features is None or any(require_decoding(f) for f in features.values()):
+        return source
+    return source.with_format("arrow")
 
 
 def _source_description(source: Any) -> dict[str, Any]:
@@ -135,55 +151,69 @@ class _ChunkMetrics:
         neg_log_prob, self.log_total = neg_log_probs(counts)
         self.neg_log_prob = np.append(neg_log_prob, self.log_total)  # ids past the counts: count 1 (mode="clip")
 
-    def token_table(self, rows: list[Mapping[str, Any]]) -> tuple[pa.Table, str | None]:
-        """The token (and attention mask) columns of ``rows`` as an Arrow table, and the mask column's name."""
-        missing = [i for i, r in enumerate(rows) if self.input_column not in r]
+    def token_table(self, rows: list[Mapping[str, Any]], table: pa.Table | None) -> tuple[pa.Table, str | None]:
+        """The token (and attention mask) columns of the chunk as an Arrow table (``table``'s own columns when the
+        chunk was read as one), and the mask column's name."""
+        if table is not None:
+            fields = table.column_names
+            missing = self.input_column not in fields
+        else:
+            lacking = next((r for r in rows if self.input_column not in r), None)
+            missing, fields = lacking is not None, sorted(lacking or ())
         if missing:
             raise ValueError(
                 f"curriculum metrics {self.names} need the {self.input_column!r} field in every streamed sample; "
-                f"a sample has only {sorted(rows[missing[0]])}. Tokenize the stream first (IterableDataset.map), "
-                "or add a field per metric holding its value."
+                f"a sample has only {fields}. Tokenize the stream first (IterableDataset.map), or add a field per "
+                "metric holding its value."
             )
+        if table is not None:
+            mask = "attention_mask" if "attention_mask" in fields else None
+            return table.select([self.input_column, *([mask] if mask else [])]), mask
         columns = {self.input_column: pa.array([_plain(r[self.input_column]) for r in rows])}
         mask = "attention_mask" if all("attention_mask" in r for r in rows) else None
         if mask is not None:
             columns[mask] = pa.array([_plain(r[mask]) for r in rows])
         return pa.table(columns), mask
 
-    def counts(self, rows: list[Mapping[str, Any]]) -> np.ndarray:
-        """Token counts over ``rows`` (the warm-up estimate of ``vocab_rarity``'s counts)."""
+    def counts(self, rows: list[Mapping[str, Any]], table: pa.Table | None = None) -> np.ndarray:
+        """Token counts over a chunk (the warm-up estimate of ``vocab_rarity``'s counts)."""
         from .metrics import _count_batch, _sum_sparse
 
-        table, mask = self.token_table(rows)
+        table, mask = self.token_table(rows, table)
         sparse = _count_batch(table, self.input_column, mask, self.pad_token_id)
         return _sum_sparse(
             np.asarray(sparse.column("token_id")[0].as_py(), dtype=np.int64),
             np.asarray(sparse.column("count")[0].as_py(), dtype=np.int64),
         )
 
-    def __call__(self, rows: list[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    def __call__(self, rows: list[Mapping[str, Any]], table: pa.Table | None = None) -> dict[str, np.ndarray]:
+        """Each metric's values over a chunk of ``rows`` (``table``: the same chunk as Arrow, when read as one)."""
         from .metrics import _metrics_batch, get_curriculum_metric, is_registered_metric
 
         out: dict[str, np.ndarray] = {}
         to_compute = []
         for name in self.names:
-            if all(name in r for r in rows):
+            if table is not None and name in table.column_names:
+                out[name] = metric_array(table.column(name).to_numpy(), f"streamed sample field {name!r}")
+            elif table is None and all(name in r for r in rows):
                 out[name] = metric_array([_plain(r[name]) for r in rows], f"streamed sample field {name!r}")
             elif is_registered_metric(name):
                 to_compute.append(get_curriculum_metric(name))
             else:
                 from .metrics import registered_metrics
 
+                fields = table.column_names if table is not None else sorted(rows[0])
                 raise ValueError(
-                    f"curriculum metric {name!r} is neither a field of the streamed samples (fields: "
-                    f"{sorted(rows[0])}) nor a registered metric ({', '.join(registered_metrics())})."
+                    f"curriculum metric {name!r} is neither a field of the streamed samples (fields: {fields}) nor a "
+                    f"registered metric ({', '.join(registered_metrics())})."
                 )
         if to_compute:
             if any(m.inputs == "batch" for m in to_compute):
-                table, mask = pa.Table.from_pylist([{k: _plain(v) for k, v in r.items()} for r in rows]), None
+                if table is None:
+                    table = pa.Table.from_pylist([{k: _plain(v) for k, v in r.items()} for r in rows])
                 mask = "attention_mask" if "attention_mask" in table.column_names else None
             else:
-                table, mask = self.token_table(rows)
+                table, mask = self.token_table(rows, table)
             if any(m.needs_token_counts for m in to_compute) and self.neg_log_prob is None:
                 raise RuntimeError("token counts are not known yet")  # the warm-up runs first
             computed = _metrics_batch(
@@ -227,8 +257,6 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         schedule_fns: Mapping[str, Callable[[int], float]] | None = None,
         device: Any = None,
     ) -> None:
-        import datasets
-
         from .sampler import CurriculumSampler
 
         self.config = curriculum
@@ -249,9 +277,12 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
 
             source = split_dataset_by_node(source, rank=self.rank, world_size=self.world_size)
         self.source = source
-        self.checkpointable = callable(getattr(source, "state_dict", None)) and callable(
-            getattr(source, "load_state_dict", None)
+        self._reader = _arrow_reader(source)
+        self.checkpointable = callable(getattr(self._reader, "state_dict", None)) and callable(
+            getattr(self._reader, "load_state_dict", None)
         )
+        # whole chunks are read, and one always fits once the samples not eligible are evicted
+        self._chunk = min(self.streaming.chunk_size, self.streaming.buffer_size - self.local_batch_size + 1)
 
         schedules = CurriculumSampler._make_schedules(curriculum, schedule_fns or {})
         self._transform_schedule = schedules.pop(curriculum.transform.name) if curriculum.transform else None
@@ -328,10 +359,12 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
                 f"and curriculum.streaming.metrics_dir={self.streaming.metrics_dir!r} has none (<metric>.npy, "
                 f"{COUNTS_FILE}); allowed: {field} >= 1, or a metrics_dir written by hf-data-efficiency analyze."
             )
-        if self.streaming.warmup_samples > self.streaming.buffer_size:
+        read = -(-self.streaming.warmup_samples // self._chunk) * self._chunk  # whole chunks
+        if read > self.streaming.buffer_size:
             raise ValueError(
-                f"{field}={self.streaming.warmup_samples} is larger than curriculum.streaming.buffer_size="
-                f"{self.streaming.buffer_size} (the warm-up samples wait in the buffer); allowed: <= buffer_size."
+                f"{field}={self.streaming.warmup_samples} (read as {read} samples, in whole chunks of {self._chunk}) "
+                f"is larger than curriculum.streaming.buffer_size={self.streaming.buffer_size} (the warm-up samples "
+                "wait in the buffer); allowed: at most buffer_size, less the rest of the last chunk."
             )
 
     def _update_thresholds(self) -> None:
@@ -381,29 +414,40 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         }
 
     # ------------------------------------------------------------------ reading
-    def _next_rows(self, n: int) -> list[Any]:
+    def _chunks(self) -> Iterator[tuple[list[Any], pa.Table | None]]:
+        """The source in chunks of ``self._chunk`` samples (the last may be shorter): rows, and the Arrow table they
+        came from when the source is read as Arrow."""
+        if self._reader is not self.source:
+            for table in self._reader.iter(batch_size=self._chunk):
+                yield table.to_pylist(), table
+            return
+        iterator = iter(self.source)
+        while True:
+            rows = list(itertools.islice(iterator, self._chunk))
+            bad = next((r for r in rows if not isinstance(r, Mapping)), None)
+            if bad is not None:
+                raise ValueError(
+                    f"train_dataset: streamed samples must be mappings (dicts of fields), got {type(bad).__name__}."
+                )
+            if not rows:
+                return
+            yield rows, None
+
+    def _next_chunk(self) -> tuple[list[Any], pa.Table | None]:
+        """The next chunk; a short one marks the end of the stream."""
         if self._iterator is None:
             if self._pending_source_state is not None:
-                self.source.load_state_dict(self._pending_source_state)
+                self._reader.load_state_dict(self._pending_source_state)
                 self._pending_source_state = None
-            self._iterator = iter(self.source)
-        rows = []
-        for row in self._iterator:
-            if not isinstance(row, Mapping):
-                raise ValueError(
-                    f"train_dataset: streamed samples must be mappings (dicts of fields), got {type(row).__name__}."
-                )
-            rows.append(row)
-            if len(rows) == n:
-                break
-        else:
-            self._exhausted = True
+            self._iterator = self._chunks()
+        rows, table = next(self._iterator, ([], None))
+        self._exhausted = len(rows) < self._chunk
         if self.counters.read == 0 and not rows:
             raise ValueError(
                 "train_dataset: the stream yielded no sample; a streaming curriculum needs at least one "
                 f"global batch ({self.global_batch_size} samples) of data."
             )
-        return rows
+        return rows, table
 
     def _admit(self, rows: list[Any], values: Mapping[str, np.ndarray]) -> None:
         n = len(rows)
@@ -428,24 +472,29 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             self._values[name] = np.concatenate([self._values[name], np.asarray(values[name])[keep]])
 
     def _warm_up(self) -> None:
-        """Read the warm-up prefix, estimate token counts and percentile references from it, buffer it."""
-        rows = self._next_rows(self._warmup)
+        """Read the warm-up prefix (whole chunks), estimate token counts and percentile references from its first
+        ``warmup_samples`` samples, buffer it."""
+        chunks = []
+        while sum(len(rows) for rows, _ in chunks) < self._warmup and not self._exhausted:
+            chunks.append(self._next_chunk())
+        prefix = [row for rows, _ in chunks for row in rows][: self._warmup]
         if self._measure.needs_counts and self._counts is None:
-            self._counts = self._measure.counts(rows)
+            self._counts = self._measure.counts(prefix)
             self._measure.set_counts(self._counts)
-        values = self._measure(rows) if rows else {}
+        values = [self._measure(rows, table) for rows, table in chunks]
         for m in self._pct_metrics:
             if m.name not in self._references:
-                self._references[m.name] = np.sort(values[m.name])
+                self._references[m.name] = np.sort(np.concatenate([v[m.name] for v in values])[: self._warmup])
         self._update_thresholds()
         self._warmed_up = True
-        if rows:
-            self._admit(rows, values)
+        for (rows, _), v in zip(chunks, values):
+            if rows:
+                self._admit(rows, v)
 
-    def _read_chunk(self, n: int) -> None:
-        rows = self._next_rows(n)
+    def _read_chunk(self) -> None:
+        rows, table = self._next_chunk()
         if rows:
-            self._admit(rows, self._measure(rows))
+            self._admit(rows, self._measure(rows, table))
 
     def _drop(self, mask: np.ndarray) -> None:
         self._release(self._ids[mask].tolist())
@@ -489,19 +538,18 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         size, policy = self.streaming.buffer_size, self.streaming.buffer_full
         while not self._exhausted and int((self._levels <= level).sum()) < need:
             room = size - self._ids.size
-            if room == 0:
+            if room < self._chunk:
                 if policy == "hold":
                     break
                 if policy == "error":
                     raise ValueError(
-                        f"streaming curriculum, step {step}: the buffer (curriculum.streaming.buffer_size={size}) is "
-                        f"full and holds {int((self._levels <= level).sum())} samples eligible at this step, fewer than "
+                        f"streaming curriculum, step {step}: the buffer (curriculum.streaming.buffer_size={size}) has "
+                        f"no room for a chunk of {self._chunk} and holds {int((self._levels <= level).sum())} samples eligible at this step, fewer than "
                         f"the {need} needed, and curriculum.streaming.buffer_full='error' refuses to drop; allowed: a "
                         "larger buffer_size, or buffer_full 'drop' or 'hold'."
                     )
-                self._evict_hardest(level, min(self.streaming.chunk_size, int((self._levels > level).sum())))
-                room = size - self._ids.size
-            self._read_chunk(min(self.streaming.chunk_size, room))
+                self._evict_hardest(level, self._chunk - room)
+            self._read_chunk()
         eligible = np.flatnonzero(self._levels <= level)
         if eligible.size >= need:
             return eligible[:need]
@@ -511,10 +559,12 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         return np.sort(np.lexsort((self._ids, self._levels))[:need])
 
     def _snapshot(self) -> _Snapshot:
-        state = copy.deepcopy(self.source.state_dict()) if self.checkpointable and self._iterator is not None else None
+        state = self._reader.state_dict() if self.checkpointable and self._iterator is not None else None
+        if state is not None and not isinstance(self._reader, datasets.IterableDataset):  # datasets returns a copy
+            state = copy.deepcopy(state)
         if state is None and self._pending_source_state is not None:
             state = copy.deepcopy(self._pending_source_state)
-        return _Snapshot(self._step, state, self._exhausted, self._ids.copy(), StreamCounters(**asdict(self.counters)))
+        return _Snapshot(self._step, state, self._exhausted, self._ids.copy(), replace(self.counters))
 
     def _find_snapshot(self, step: int) -> _Snapshot | None:
         return next((s for s in reversed(self._snapshots) if s.step == step), None)
