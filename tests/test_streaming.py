@@ -327,6 +327,11 @@ def test_bad_inputs_name_the_field(tmp_path):
     empty = datasets.IterableDataset.from_generator(lambda: iter(()))
     with pytest.raises(ValueError, match="the stream yielded no sample"):
         served(StreamingCurriculum(empty, curriculum(), batch_size=BATCH))
+    workers = torch.utils.data.DataLoader(
+        StreamingCurriculum(open_stream(files), curriculum(), batch_size=BATCH), batch_size=BATCH, num_workers=1
+    )
+    with pytest.raises(ValueError, match="dataloader_num_workers=1.*allowed: 0"):
+        next(iter(workers))
     with pytest.raises(
         ValueError,
         match=r"curriculum\.streaming\.buffer_full='keep' is not supported; allowed values: drop, hold, error",

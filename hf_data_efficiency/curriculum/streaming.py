@@ -3,8 +3,9 @@
 A map-style curriculum draws each batch from an index of the whole corpus; a stream has no index, so
 :class:`StreamingCurriculum` keeps a bounded buffer instead:
 
-* **Metrics on the fly.** Samples are read ``chunk_size`` at a time and each chunk's sampling metrics are computed
-  in one vectorised call (a sample field named after the metric is used as is, else the registered metric runs,
+* **Metrics on the fly.** Samples are read in whole chunks of ``chunk_size`` (at most ``buffer_size -
+  batch_size * GA + 1``; a ``datasets`` stream whose features need no decoding as Arrow tables, converted to rows at
+  once) and each chunk's sampling metrics are computed in one vectorised call (a sample field named after the metric is used as is, else the registered metric runs,
   exactly as :func:`~hf_data_efficiency.compute_metrics` would). ``vocab_rarity`` reads token counts from
   ``metrics_dir/token_counts.npy`` or, without that file, counts the tokens of a warm-up prefix of
   ``warmup_samples`` samples.
@@ -19,7 +20,7 @@ A map-style curriculum draws each batch from an index of the whole corpus; a str
 * **One global batch per optimizer step.** Step ``k`` takes the ``batch_size * gradient_accumulation_steps`` oldest
   buffered samples eligible at step ``k`` on every process (``G = batch_size * world_size * GA`` in all), reading
   more while too few are eligible. With the schedule at its final difficulty the stream passes through in order.
-* **Buffer full** (``buffer_size`` samples, at least ``G``): ``drop`` evicts the hardest samples (highest level,
+* **Buffer full** (no room for a chunk in ``buffer_size`` samples, at least ``G``): ``drop`` evicts the hardest samples (highest level,
   newest first) to read on, ``hold`` keeps them and completes the step with the buffered samples closest to
   eligibility (counted as ``admitted_early``), ``error`` refuses. When the stream ends, the buffer drains in whole
   steps the same way; the last partial step (fewer than ``batch_size * GA`` samples on a process) is dropped and
@@ -28,7 +29,7 @@ A map-style curriculum draws each batch from an index of the whole corpus; a str
   ``datasets.IterableDataset``; a torch ``IterableDataset`` must yield its process's shard itself). Before each step
   the processes agree (all-reduce MIN) that every one of them has a full batch, so all run the same steps.
 * **Exact resume.** :meth:`state_dict` is JSON: the source's own ``state_dict()`` after the reads of the step, the
-  buffered samples with their metric values, the warm-up estimates and the counters. Nothing is random, so the
+  buffered samples (their metrics are recomputed on load), the warm-up estimates and the counters. Nothing is random, so the
   batches after :meth:`load_state_dict` equal those of an uninterrupted run. A source without
   ``state_dict``/``load_state_dict`` cannot resume: loading raises.
 """
@@ -579,10 +580,10 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
-        if info is not None and info.num_workers > 1:
+        if info is not None:
             raise ValueError(
-                f"dataloader_num_workers={info.num_workers}: a streaming curriculum reads one stream per process; "
-                "allowed: 0 or 1 DataLoader workers."
+                f"dataloader_num_workers={info.num_workers}: a streaming curriculum reads its stream in the training "
+                "process, which checkpoints its state and agrees with the other processes on the end; allowed: 0."
             )
         while True:
             step = self._step + 1
@@ -684,7 +685,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             raise ValueError(
                 f"train_dataset: the stream ({type(self.source).__name__}) has no state_dict()/load_state_dict(), "
                 "so its position cannot be restored and the run cannot resume exactly; use a datasets.IterableDataset "
-                "(or give the torch IterableDataset both methods), or pass --ignore_data_skip to restart the stream."
+                "(or give the torch IterableDataset both methods), or start a new run."
             )
         if self._step != 0 or self._iterator is not None:
             raise ValueError("streaming curriculum: load_state_dict must be called before iterating.")
