@@ -510,9 +510,11 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
     def _evict_hardest(self, level: int, count: int) -> None:
         """Drop up to ``count`` buffered samples not eligible at ``level``: highest level first, newest first."""
         candidates = np.flatnonzero(self._levels > level)
-        order = np.lexsort((-self._ids[candidates], -self._levels[candidates]))[:count]
+        if count < candidates.size:  # the `count` largest (level, id) keys, in linear time
+            keys = (self._levels[candidates] << 40) + self._ids[candidates]
+            candidates = candidates[np.argpartition(keys, keys.size - count)[keys.size - count :]]
         mask = np.zeros(self._ids.size, dtype=bool)
-        mask[candidates[order]] = True
+        mask[candidates] = True
         if self.counters.dropped == 0:
             logger.warning(
                 f"streaming curriculum: the buffer (curriculum.streaming.buffer_size={self.streaming.buffer_size}) "
