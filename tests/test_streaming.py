@@ -222,6 +222,28 @@ def test_percentile_rarity_over_an_analyze_folder_needs_no_warmup(tmp_path):
     assert stream.counters.excluded == int((values > reference[math.floor(N * 0.8) - 1] * (1 + 1e-12)).sum())
 
 
+def test_custom_schedule_levels_grow_as_the_steps_go(tmp_path):
+    """A custom schedule is paced lazily, step by step (new levels re-bucket the buffer): every sample is eligible
+    under the running maximum of the callable at its step, recomputed here."""
+
+    def schedule(step: int) -> float:
+        return 4 + step // 36 - (3 if step % 7 == 0 else 0)  # grows past step 1024, with dips the maximum ignores
+
+    # lengths grow with the stream; every 10th sample is 5 tokens harder and waits in the buffer for its difficulty
+    n = 1400
+    rows = [{"id": i, "input_ids": [7] * (4 + i // 40 + 5 * (i % 10 == 9))} for i in range(n)]
+    cfg = curriculum({"schedule_type": "custom", "schedule_config": {}}, buffer_size=32, chunk_size=4)
+    stream = StreamingCurriculum(
+        open_stream(write_shards(tmp_path, rows, shards=1)), cfg, batch_size=1, schedule_fns={"seqlen": schedule}
+    )
+    out = served(stream)
+    late = [len(s["input_ids"]) > max(schedule(k) for k in range(1, step + 1)) for step, s in out]
+    # only the drain after the end of the stream serves samples before their difficulty, and counts each
+    assert sum(late) == stream.counters.admitted_early and not any(late[: n - 32])
+    assert len(out) == n > 1100  # past the first pacing horizon (1024 steps), with samples waiting across it
+    assert stream.counters.dropped == stream.counters.excluded == 0
+
+
 def test_at_max_difficulty_the_stream_passes_through_in_order(tmp_path):
     files = write_shards(tmp_path, make_rows(), fmt="json")
     metric = {"min_difficulty": 40, "max_difficulty": 40}
