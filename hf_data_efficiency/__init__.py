@@ -27,6 +27,7 @@ _LAZY = {
     "register_curriculum_metric": ".curriculum.metrics",
     "CurriculumSampler": ".curriculum.sampler",
     "StreamingCurriculum": ".curriculum.streaming",
+    "TokenBudgetBatchSampler": ".curriculum.dynamic_batching",
     "SeqlenTransform": ".curriculum.transforms",
     "CurriculumDataset": ".curriculum.transforms",
     "seqlen_truncate": ".curriculum.transforms",

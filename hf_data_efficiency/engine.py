@@ -13,7 +13,10 @@ logic exists once:
   :meth:`~DataEfficiencyEngine.begin_step` sets the kept length before each optimizer step;
 * **counters and logs** -- :meth:`~DataEfficiencyEngine.count_batch` per micro-batch,
   :meth:`~DataEfficiencyEngine.step_logs` (a collective call) per logged step;
-* **LR** -- :meth:`~DataEfficiencyEngine.layer_token_lr_scheduler`;
+* **LR** -- :meth:`~DataEfficiencyEngine.layer_token_lr_scheduler`, and with dynamic batching the per-step factor
+  :meth:`~DataEfficiencyEngine.scaled_lr` applies on top of any scheduler;
+* **dynamic batching** -- :meth:`~DataEfficiencyEngine.build_batch_sampler` builds the token-budget
+  :class:`~hf_data_efficiency.curriculum.dynamic_batching.TokenBudgetBatchSampler` (a DataLoader ``batch_sampler``);
 * **state** -- one versioned JSON :meth:`~DataEfficiencyEngine.state_dict`, written atomically into checkpoints.
 
 A plain loop::
@@ -45,9 +48,9 @@ from .fileio import atomic_write_text
 logger = logging.get_logger(__name__)
 
 STATE_NAME = "data_efficiency_state.json"
-STATE_VERSION = 2
-_READABLE_VERSIONS = (STATE_VERSION,)
-_STATE_KEYS = ("version", "global_step", "config", "counters", "sampler", "random_ltd")
+STATE_VERSION = 3
+_READABLE_VERSIONS = (2, STATE_VERSION)  # version 2 has no "dynamic_batching" section (it was refused then)
+_STATE_KEYS = ("version", "global_step", "config", "counters", "sampler", "random_ltd", "dynamic_batching")
 _COUNTERS = ("consumed_samples", "tokens", "layer_tokens")
 #: ``--lr_scheduler_type`` values that have a layer-token version, and the decay they map to.
 LAYER_TOKEN_DECAYS = {
@@ -194,11 +197,6 @@ class DataEfficiencyEngine:
         seeded_collation: bool = True,
     ) -> None:
         self.config = resolve_config(config)
-        if self.config.dynamic_batching is not None:
-            raise ValueError(
-                "data_sampling.dynamic_batching is enabled, but token-budget batching is not implemented by the "
-                "engine yet; set data_sampling.dynamic_batching.enabled=false (--dynamic_batching off)."
-            )
         self.batch_size = int(batch_size)
         self.world_size = max(1, int(world_size))
         self.gradient_accumulation_steps = int(gradient_accumulation_steps)
@@ -207,6 +205,9 @@ class DataEfficiencyEngine:
         self.seeded_collation = seeded_collation
         self._collation: Any = None
         self.sampler: Any = None
+        self.batch_sampler: Any = None
+        #: dynamic batching budgets the sum of lengths (a collator that packs rows) instead of the padded count
+        self.packed = False
         self.random_ltd_handle: Any = None
         self._metric_cache: tuple[Any, Any, list[str]] | None = None
         self._totals = dict.fromkeys(_COUNTERS, 0)
@@ -228,9 +229,18 @@ class DataEfficiencyEngine:
         A stream (``IterableDataset``) gets the streaming curriculum (:meth:`build_stream`)."""
         import datasets
 
-        if dataset is None or self.config.curriculum is None or is_stream(dataset):
+        if dataset is None or (self.config.curriculum is None and self.config.dynamic_batching is None):
             return
-        if not isinstance(dataset, datasets.Dataset):
+        if is_stream(dataset):
+            if self.config.dynamic_batching is None:
+                return
+            raise ValueError(
+                f"train_dataset: dynamic batching needs a map-style dataset (random access to every sample and its "
+                f"length), got a {type(dataset).__name__} (streaming). Materialise it (load without streaming=True, "
+                "or datasets.Dataset.from_generator) or train without dynamic batching (the streaming curriculum "
+                "and random-LTD work with iterable datasets)."
+            )
+        if self.config.curriculum is not None and not isinstance(dataset, datasets.Dataset):
             raise ValueError(
                 f"train_dataset: curriculum learning needs a datasets.Dataset with the metric columns, or an "
                 f"IterableDataset (streaming), got {type(dataset).__name__}; convert it with "
@@ -259,9 +269,9 @@ class DataEfficiencyEngine:
 
     def build_sampler(self, dataset: Any) -> Any:
         """Build the :class:`CurriculumSampler` over ``dataset``'s metric columns (see :meth:`metric_dataset`) as
-        :attr:`sampler`, and return what the DataLoader draws from: that stream, each index tagged with its stream
-        position (and its step's max tokens under a sequence-length transform) for :meth:`loader_dataset` and
-        :meth:`wrap_collator`."""
+        :attr:`sampler`, and return what the DataLoader draws from: that stream, each index tagged with its step's max
+        tokens under a sequence-length transform (and, with seeded collation, its stream position) for
+        :meth:`loader_dataset` and :meth:`wrap_collator`."""
         from .curriculum.sampler import CurriculumSampler
         from .curriculum.transforms import PositionTaggedSampler
 
@@ -273,7 +283,53 @@ class DataEfficiencyEngine:
             gradient_accumulation_steps=self.gradient_accumulation_steps,
             return_max_tokens=self.config.curriculum.transform is not None,
         )
-        return PositionTaggedSampler(self.sampler)
+        return PositionTaggedSampler(self.sampler) if self.seeded_collation else self.sampler
+
+    def build_batch_sampler(self, dataset: Any, lengths: Sequence[int] | None = None) -> Any:
+        """Build the token-budget batch sampler over ``dataset`` as :attr:`batch_sampler` (and, with a curriculum, its
+        per-step draw as :attr:`sampler`) and return it: a DataLoader ``batch_sampler`` for :meth:`loader_dataset`.
+
+        ``lengths`` default to a ``seqlen`` column, else DeepSpeed's seqlen files under ``metrics_path``, else the
+        ``input_ids`` lengths. The LR reference batch is :attr:`global_batch_size`."""
+        from .curriculum.dynamic_batching import TokenBudgetBatchSampler, lengths_from_metrics_path, sample_lengths
+        from .curriculum.sampler import CurriculumSampler
+
+        cfg = self.config.dynamic_batching
+        if cfg is None:
+            raise ValueError("build_batch_sampler needs dynamic batching on (data_sampling.dynamic_batching).")
+        self.check_dataset(dataset)
+        if self.config.curriculum is not None:
+            dataset = self.metric_dataset(dataset)
+        if lengths is None and cfg.metrics_path and "seqlen" not in getattr(dataset, "column_names", ()):
+            lengths = lengths_from_metrics_path(cfg.metrics_path, len(dataset))
+            if lengths is None:
+                logger.info(
+                    f"dynamic_batching.metrics_path={cfg.metrics_path!r} has no seqlen files; lengths computed."
+                )
+        lengths = sample_lengths(dataset) if lengths is None else lengths
+        curriculum = None
+        if self.config.curriculum is not None:
+            transform = self.config.curriculum.transform
+            draw = TokenBudgetBatchSampler.required_draw_size(
+                lengths,
+                cfg,
+                self.world_size * self.gradient_accumulation_steps,
+                transform_min=transform.min_difficulty if transform is not None else None,
+            )
+            curriculum = CurriculumSampler(dataset, self.config.curriculum, batch_size=draw)
+        self.batch_sampler = TokenBudgetBatchSampler(
+            lengths,
+            cfg,
+            world_size=self.world_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            reference_batch_size=self.global_batch_size,
+            seed=self.config.seed,
+            curriculum_sampler=curriculum,
+            packed=self.packed,
+            tag_positions=self.seeded_collation,
+        )
+        self.sampler = curriculum
+        return self.batch_sampler
 
     def build_stream(self, dataset: Any, *, rank: int = 0, device: Any = None) -> Any:
         """Build the :class:`~hf_data_efficiency.curriculum.streaming.StreamingCurriculum` over the stream
@@ -303,7 +359,7 @@ class DataEfficiencyEngine:
         leftover = [c for c in added if c in getattr(dataset, "column_names", ())]
         if leftover:  # columns we added ourselves never reach the collator
             dataset = dataset.remove_columns(leftover)
-        if self.config.curriculum is not None:
+        if self.config.curriculum is not None or self.config.dynamic_batching is not None:
             return CurriculumDataset(dataset)
         return CurriculumDataset(dataset, tag_index=True) if self.seeded_collation else dataset
 
@@ -315,8 +371,12 @@ class DataEfficiencyEngine:
         from .curriculum.transforms import SeededCollation, SeqlenTransform
 
         transform = self.config.curriculum.transform if self.config.curriculum is not None else None
-        if transform is not None:
-            collator = SeqlenTransform(transform.name, collator, pad_token_id=self.pad_token_id)
+        mode = transform.name if transform is not None else None
+        db = self.config.dynamic_batching
+        if mode is None and db is not None and db.truncate_long_samples:
+            mode = "seqlen_truncate"  # with over-long samples the batch sampler tags every key with its row cap
+        if mode is not None:
+            collator = SeqlenTransform(mode, collator, pad_token_id=self.pad_token_id)
         if self.seeded_collation and self.enabled:
             self._collation = SeededCollation(collator or default_data_collator, self.config.seed)
             return self._collation
@@ -325,7 +385,9 @@ class DataEfficiencyEngine:
     def set_epoch(self, epoch: int) -> None:
         """Position the curriculum stream (and the collation seeds) at the start of ``epoch`` (a streaming
         curriculum reads its stream once: the epoch does not move it)."""
-        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+        if self.batch_sampler is not None:
+            self.batch_sampler.set_epoch(epoch)
+        elif self.sampler is not None and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         if self._collation is not None:
             self._collation.epoch = int(epoch)
@@ -381,8 +443,8 @@ class DataEfficiencyEngine:
 
     def consumed_samples(self, global_step: int) -> int:
         """Samples consumed after ``global_step`` optimizer steps (all processes)."""
-        # with the curriculum every optimizer step consumes exactly one global batch of the stream
-        if self.sampler is not None:
+        # with the curriculum (and fixed batches) every optimizer step consumes exactly one global batch of the stream
+        if self.sampler is not None and self.batch_sampler is None:
             return global_step * self.sampler.global_batch_size
         return self._totals["consumed_samples"]
 
@@ -400,6 +462,9 @@ class DataEfficiencyEngine:
             out["random_ltd/kept_length"] = int(handle.kept_length)
         if hasattr(self.sampler, "stream_logs"):
             out.update(self._stream_logs(global_step, reduce, device))
+        if self.batch_sampler is not None and global_step >= 1:
+            for key, value in self.batch_sampler.step_stats(global_step).items():
+                out[f"dynamic_batching/{key}"] = value
         out["data_efficiency/consumed_samples"] = self.consumed_samples(global_step)
         if handle is not None and handle.num_layers:
             out["data_efficiency/layer_tokens"] = self._totals["layer_tokens"]
@@ -419,6 +484,27 @@ class DataEfficiencyEngine:
         return dict(zip(logs, (int(v) for v in values.tolist())))
 
     # ----- LR schedule ----------------------------------------------------------------------------------------
+    def lr_factor(self, global_step: int) -> float:
+        """The dynamic-batching LR factor of optimizer step ``global_step + 1`` (1.0 without dynamic batching)."""
+        if self.batch_sampler is None:
+            return 1.0
+        return self.batch_sampler.lr_factor(int(global_step) + 1)
+
+    @contextlib.contextmanager
+    def scaled_lr(self, optimizer: torch.optim.Optimizer, global_step: int) -> Any:
+        """Within the block, every param group's ``lr`` is multiplied by :meth:`lr_factor`; the scheduler's values are
+        restored on exit. Wrap ``optimizer.step()`` of step ``global_step + 1`` in it: exact for any scheduler (it
+        never sees the scaled value) and resumable (the factor is a function of the step)."""
+        factor = self.lr_factor(global_step)
+        saved = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+        try:
+            yield factor
+        finally:
+            for group, lr in zip(optimizer.param_groups, saved):
+                group["lr"] = lr
+
     @property
     def uses_layer_token_lr(self) -> bool:
         rl = self.config.random_ltd
@@ -472,6 +558,9 @@ class DataEfficiencyEngine:
                 sampler.state_dict(position=global_step * sampler.global_batch_size) if sampler is not None else None
             ),
             "random_ltd": handle.state_dict() if handle is not None else None,
+            "dynamic_batching": (
+                self.batch_sampler.state_dict(position=global_step) if self.batch_sampler is not None else None
+            ),
         }
 
     def save_state(self, folder: str | os.PathLike, global_step: int, state: dict[str, Any] | None = None) -> str:
@@ -517,17 +606,21 @@ class DataEfficiencyEngine:
         """Validate a state read from a checkpoint like a config: its own keys only, typed and in range, a section
         present exactly where this run has the technique, and this run's config."""
         state = expect_mapping(state, "state")
-        check_keys(state, _STATE_KEYS, "state", required=_STATE_KEYS)
-        if isinstance(state["version"], bool) or state["version"] not in _READABLE_VERSIONS:
+        if isinstance(state.get("version"), bool) or state.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
-                f"state.version={state['version']!r} is not supported; allowed: {list(_READABLE_VERSIONS)}."
+                f"state.version={state.get('version')!r} is not supported; allowed: {list(_READABLE_VERSIONS)}."
             )
+        keys = _STATE_KEYS if state["version"] == STATE_VERSION else _STATE_KEYS[:-1]
+        check_keys(state, keys, "state", required=keys)
         check_int(state["global_step"], "state.global_step", minimum=0)
         counters = expect_mapping(state["counters"], "state.counters")
         check_keys(counters, _COUNTERS, "state.counters", required=_COUNTERS)
         for key in _COUNTERS:
             check_int(counters[key], f"state.counters.{key}", minimum=0)
-        for key, part in (("sampler", self.config.curriculum), ("random_ltd", self.config.random_ltd)):
+        parts = [("sampler", self.config.curriculum), ("random_ltd", self.config.random_ltd)]
+        if state["version"] == STATE_VERSION:
+            parts.append(("dynamic_batching", self.config.dynamic_batching))
+        for key, part in parts:
             if (state[key] is None) != (part is None):
                 wanted = "an object (this run has it on)" if part is not None else "null (this run has it off)"
                 raise ValueError(f"state.{key}={state[key]!r} must be {wanted}.")
@@ -558,6 +651,13 @@ class DataEfficiencyEngine:
         # engine as it was
         try:
             self._check_state(state)
+            if self.batch_sampler is not None:
+                position = self.batch_sampler.check_state(state["dynamic_batching"], "dynamic_batching")
+                if position != state["global_step"]:
+                    raise ValueError(
+                        f"dynamic_batching.position={position} disagrees with global_step={state['global_step']} "
+                        "(the position counts optimizer steps)."
+                    )
             if self.sampler is not None:
                 self.sampler.load_state_dict(state["sampler"])  # checks seed, data, batch geometry, fingerprint
                 expected = state["global_step"] * self.sampler.global_batch_size
@@ -569,6 +669,8 @@ class DataEfficiencyEngine:
             handle = self.random_ltd_handle
             if handle is not None:
                 handle.load_state_dict(state["random_ltd"])
+            if self.batch_sampler is not None:
+                self.batch_sampler.load_state_dict(state["dynamic_batching"])
             self.reset()
             self._totals.update({key: int(state["counters"][key]) for key in _COUNTERS})
         except (KeyError, TypeError, ValueError) as e:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from typing import Any
 
 import torch
@@ -88,6 +89,13 @@ class _EngineHooks(TrainerCallback):
         # runs before the forward passes of step global_step + 1; on resume global_step is the checkpoint's step
         self._trainer.engine.begin_step(state.global_step)
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
+        # the dynamic-batching LR factor of this step, on top of the scheduler's LR, for optimizer.step() only
+        self._trainer._begin_scaled_lr()
+
+    def on_optimizer_step(self, args, state, control, **kwargs) -> None:
+        self._trainer._end_scaled_lr()
+
 
 class DataEfficiencyTrainer(Trainer):
     """``transformers.Trainer`` with curriculum learning and random-LTD; same constructor.
@@ -103,6 +111,7 @@ class DataEfficiencyTrainer(Trainer):
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         self._de_pending_state: dict[str, Any] | None = None
         self._de_rng_checkpoint: str | None = None  # a resumed stream's RNG state, restored after its first fetch
+        self._de_scaled_lr: Any = None
         model = kwargs.get("model", args[0] if args else None)
         cfg = resolve_trainer_config(training_args)
         if getattr(training_args, "data_efficiency_recipe", None) is not None:
@@ -141,6 +150,8 @@ class DataEfficiencyTrainer(Trainer):
                     f"--dataloader_num_workers={self.args.dataloader_num_workers} and --dataloader_pin_memory="
                     f"{self.args.dataloader_pin_memory} instead."
                 )
+        if cfg.dynamic_batching is not None:
+            self._check_dynamic_batching()
         # the outermost collator, so the tags reach it; batches without tags (evaluation) pass unchanged
         self.data_collator = self.engine.wrap_collator(self.data_collator)
         if cfg.random_ltd is not None and self.engine.random_ltd_handle is None:
@@ -170,8 +181,86 @@ class DataEfficiencyTrainer(Trainer):
         self.engine.attach(model)
         return model
 
+    # ----- dynamic batching -----------------------------------------------------------------------------------
+    def _check_dynamic_batching(self) -> None:
+        """Refuse the Trainer options dynamic batching cannot honour; it decides every micro-batch's size."""
+        from transformers import DataCollatorWithFlattening
+
+        args = self.args
+        self.engine.check_dataset(self.train_dataset)
+        acc = args.accelerator_config
+        refused = [
+            (
+                "train_sampling_strategy",
+                args.train_sampling_strategy,
+                args.train_sampling_strategy != "random",
+                "'random'",
+            ),
+            ("auto_find_batch_size", args.auto_find_batch_size, args.auto_find_batch_size, "False"),
+            ("accelerator_config.split_batches", acc.split_batches, acc.split_batches, "False"),
+            ("accelerator_config.dispatch_batches", acc.dispatch_batches, bool(acc.dispatch_batches), "None or False"),
+        ]
+        for name, value, bad, allowed in refused:
+            if bad:
+                raise ValueError(
+                    f"{name}={value!r} cannot be combined with dynamic batching, whose batch sampler decides every "
+                    f"micro-batch; allowed: {allowed}."
+                )
+        if self.is_deepspeed_enabled and self.engine.config.dynamic_batching.lr_scaling_method != "none":
+            raise ValueError(
+                "dynamic_batching.lr_scaling_method="
+                f"{self.engine.config.dynamic_batching.lr_scaling_method!r} cannot be applied under DeepSpeed, whose "
+                "engine steps the optimizer inside backward; allowed with DeepSpeed: 'none'."
+            )
+        self.engine.packed = isinstance(self.data_collator, DataCollatorWithFlattening)
+        logger.info(
+            "dynamic batching: micro-batch sizes follow dynamic_batching.max_tokens; per_device_train_batch_size="
+            f"{args.per_device_train_batch_size} only sets the LR reference batch ({self.engine.global_batch_size} "
+            f"samples per step){' (packed rows: the budget counts real tokens)' if self.engine.packed else ''}."
+        )
+
+    def _dynamic_batching_dataloader(self) -> DataLoader:
+        """The train DataLoader over the token-budget batch sampler; accelerate's ``BatchSamplerShard`` deals its
+        micro-batches round-robin and keeps them whole (the batch sampler has no ``batch_size``)."""
+        import datasets
+        from transformers.trainer_utils import seed_worker
+
+        self.engine.batch_size = self._train_batch_size
+        batch_sampler = self.engine.build_batch_sampler(self.train_dataset)
+        dataset = self.train_dataset
+        if isinstance(dataset, datasets.Dataset):
+            dataset = self._remove_unused_columns(dataset, description="Training")  # wraps it in loader_dataset
+        else:
+            dataset = self.engine.loader_dataset(dataset)
+        workers = self.args.dataloader_num_workers
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers if workers else False,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
+            worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index),
+        )
+        return self.accelerator.prepare(loader)
+
+    def _begin_scaled_lr(self) -> None:
+        if self.engine.batch_sampler is not None:
+            self._de_scaled_lr = self.engine.scaled_lr(self.optimizer, self.state.global_step)
+            self._de_scaled_lr.__enter__()
+
+    def _end_scaled_lr(self) -> None:
+        context, self._de_scaled_lr = self._de_scaled_lr, None
+        if context is not None:
+            context.__exit__(None, None, None)
+
     # ----- data --------------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
+        if self.engine.config.dynamic_batching is not None:
+            if self.train_dataset is None:
+                raise ValueError("Trainer: training requires a train_dataset.")
+            return self._dynamic_batching_dataloader()
         if self.engine.config.curriculum is None:
             return super().get_train_dataloader()
         if self.train_dataset is None:

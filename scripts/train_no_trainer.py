@@ -13,6 +13,10 @@ The same :class:`~hf_data_efficiency.DataEfficiencyEngine` the Trainer uses wire
     save_checkpoint(..., write=lambda d: (accelerator.save_state(d), engine.save_state(d, step)))
     engine.resume_position(step, len(loader))     # resume: the epoch to set and the micro-batches to skip
 
+With dynamic (token-budget) batching the loader takes ``batch_sampler=engine.build_batch_sampler(data)`` instead,
+each optimizer step runs inside ``engine.scaled_lr(optimizer, step)`` (the step's LR factor), and the loss of a step
+is the sum over its real label tokens divided by their count over every micro-batch and process.
+
 Examples::
 
     python scripts/train_no_trainer.py --config ds_config.json --output_dir out/no_trainer --save_steps 10
@@ -30,6 +34,7 @@ always finds a complete one, even after the process was killed mid-save.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from typing import Any
@@ -54,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_embd", type=int, default=64)
     p.add_argument("--n_head", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.1, help="GPT-2's residual, embedding and attention dropout")
     p.add_argument("--per_device_batch_size", type=int, default=8)
     p.add_argument("--gradient_accumulation_steps", type=int, default=1)
     p.add_argument("--max_steps", type=int, default=20)
@@ -121,7 +127,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     # ----- data: the curriculum sampler and the per-step sequence-length transform, or plain shuffling
     collate = engine.wrap_collator(make_collator(pad_id))
     shuffle = torch.Generator()
-    if engine.config.curriculum is not None:
+    dynamic = engine.config.dynamic_batching is not None
+    if dynamic:  # micro-batches of varying size; accelerate deals them out whole
+        if engine.config.curriculum is not None:
+            with accelerator.main_process_first():
+                data = engine.metric_dataset(data)
+        batch_sampler = engine.build_batch_sampler(data)
+        loader = DataLoader(
+            engine.loader_dataset(data), batch_sampler=batch_sampler, collate_fn=collate, num_workers=args.num_workers
+        )
+    elif engine.config.curriculum is not None:
         with accelerator.main_process_first():
             data = engine.metric_dataset(data)
         sampler = engine.build_sampler(data)
@@ -148,6 +163,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             bos_token_id=pad_id,
             eos_token_id=pad_id,
             pad_token_id=pad_id,
+            resid_pdrop=args.dropout,
+            embd_pdrop=args.dropout,
+            attn_pdrop=args.dropout,
         )
     )
     engine.attach(model)
@@ -179,7 +197,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         with open(metrics_path, "w") as f:
             f.writelines(r + "\n" for r in rows if json.loads(r)["step"] <= step)
     history: list[dict[str, Any]] = []
-    micro, loss_sum, widths, longest = 0, 0.0, [], 0
+    micro, loss_sum, widths, longest, label_tokens = 0, 0.0, [], 0, 0
     epoch, skip = engine.resume_position(step, len(loader))
     while step < args.max_steps:
         # the epoch positions the curriculum stream (or seeds the shuffling); a resumed epoch skips its consumed
@@ -201,12 +219,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             widths.append(int(batch["input_ids"].shape[1]))
             longest = max(longest, int(batch["attention_mask"].sum(1).max()))
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                if dynamic:  # the summed token loss; divided by the step's label-token count before the update
+                    loss = model(**batch, num_items_in_batch=1).loss
+                    label_tokens += int((batch["labels"][:, 1:] != -100).sum())
+                    loss_sum += loss.detach().float().item()
+                else:
+                    loss = model(**batch).loss
+                    loss_sum += loss.detach().float().item() / ga
                 accelerator.backward(loss)
-                optimizer.step()
+                if dynamic and accelerator.sync_gradients:
+                    # the gradients hold the step's sum / (GA x processes) here (accelerate and DDP average)
+                    totals = torch.tensor([label_tokens, loss_sum], dtype=torch.float64, device=accelerator.device)
+                    label_tokens, loss_sum = (float(v) for v in accelerator.reduce(totals))
+                    for p in model.parameters():
+                        if p.grad is not None:
+                            p.grad.mul_(ga * accelerator.num_processes / label_tokens)
+                    loss_sum, label_tokens = loss_sum / label_tokens, 0
+                with engine.scaled_lr(optimizer, step) if dynamic else contextlib.nullcontext():
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            loss_sum += loss.detach().float().item() / ga
             if not accelerator.sync_gradients:
                 continue
             step += 1

@@ -472,3 +472,23 @@ def test_resume_refuses_another_global_batch(full_run, tmp_path):
     trainer = DataEfficiencyTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
     with pytest.raises(ValueError, match="global_batch_size=8 but this sampler has global_batch_size=4"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_the_users_collator_never_sees_private_tags(tmp_path, seeded):
+    """Whatever carries the draw's tags (max tokens, stream position) to the collator is removed before the user's
+    collator runs, with and without seeded collation."""
+    seen = set()
+
+    def recording_collate(features):
+        seen.update(k for f in features for k in f)
+        return collate(features)
+
+    args = DataEfficiencyTrainingArguments(
+        **common_kwargs(tmp_path, max_steps=2), data_efficiency_seeded_collation=seeded, **CURRICULUM_FLAGS
+    )
+    trainer = DataEfficiencyTrainer(
+        model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=recording_collate
+    )
+    trainer.train()
+    assert seen == {"input_ids", "attention_mask"}

@@ -367,6 +367,17 @@ class CurriculumSampler(Sampler[int]):
         """Number of samples eligible at ``step``."""
         return int(self._cum[self._level(step)])
 
+    def step_indices(self, step: int) -> list:
+        """The global batch of 1-based optimizer ``step`` (``G`` entries, as ``__iter__`` yields them), without moving
+        the stream position: every entry is eligible at ``step``."""
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+            raise ValueError(f"step={step!r} must be a 1-based optimizer step (an integer >= 1).")
+        g, per_block = self.global_batch_size, self.block_steps * self.global_batch_size
+        start = (int(step) - 1) * g
+        block = start // per_block
+        offset = start - block * per_block
+        return self._block_indices(block)[offset : offset + g]
+
     # ------------------------------------------------------------------ stream
     def set_epoch(self, epoch: int) -> None:
         """Position the stream at the start of ``epoch`` (``epoch * len(self)``)."""

@@ -86,6 +86,7 @@ def build_trainer(
     deterministic: bool = False,
     layer_token_lr: bool = False,
     stream: bool = False,
+    dynamic_max_tokens: int = 0,
 ) -> RecordingTrainer:
     """Curriculum (seqlen + truncate) and random-LTD from flags, or (``zero_stage`` 2 or 3) from the
     data_efficiency block of a DeepSpeed ZeRO config. ``deterministic`` turns dropout off, so runs on different
@@ -119,6 +120,9 @@ def build_trainer(
             kwargs["layer_token_lr_schedule"] = True
     if layer_token_lr:
         kwargs["warmup_steps"] = 2
+    if dynamic_max_tokens:
+        kwargs.update(dynamic_batching=True, dynamic_batching_max_tokens=dynamic_max_tokens)
+        kwargs.update(dynamic_batching_lr_scaling_method="sqrt")
     args = DataEfficiencyTrainingArguments(**kwargs)
     return RecordingTrainer(
         model=tiny_model(dropout=0.0 if deterministic else 0.1),
@@ -147,6 +151,7 @@ def main() -> None:
     p.add_argument("--deterministic", action="store_true", help="no dropout")
     p.add_argument("--layer_token_lr", action="store_true", help="the layer-token LR schedule, 2 warmup steps")
     p.add_argument("--stream", action="store_true", help="the data as a datasets.IterableDataset (4 shards)")
+    p.add_argument("--dynamic_max_tokens", type=int, default=0, help="token-budget batching with this budget")
     p.add_argument("--slow_saves", type=float, default=0.0, help="seconds to sleep before each checkpoint file write")
     a = p.parse_args()
     if a.slow_saves:
@@ -164,6 +169,7 @@ def main() -> None:
         deterministic=a.deterministic,
         layer_token_lr=a.layer_token_lr,
         stream=a.stream,
+        dynamic_max_tokens=a.dynamic_max_tokens,
         callbacks=[PrintSteps()] + ([Stall(a.stall_after)] if a.stall_after else []),
     )
     args = trainer.args
