@@ -347,6 +347,7 @@ class DataEfficiencyEngine:
             rank=rank,
             pad_token_id=self.pad_token_id,
             device=device,
+            tag_positions=self.seeded_collation,
         )
         return self.sampler
 

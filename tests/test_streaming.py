@@ -380,6 +380,15 @@ def test_engine_builds_the_stream_and_logs_its_counts(tmp_path):
     again.build_stream(open_stream(write_shards(tmp_path, make_rows())))
     again.load_state_dict(state)
     assert again.sampler.position == 3 * G
+    # without seeded collation no sample carries a position key to the user's collator
+    plain = DataEfficiencyEngine(
+        {"curriculum": curriculum().to_dict()},
+        batch_size=BATCH,
+        gradient_accumulation_steps=GA,
+        seeded_collation=False,
+    )
+    samples = list(plain.build_stream(open_stream(write_shards(tmp_path, make_rows()))))
+    assert len(samples) > G and not any(POSITION_KEY in s for s in samples)
 
 
 def trainer(out, dataset, **overrides):

@@ -241,6 +241,8 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         token_counts: per-token-id counts for ``vocab_rarity`` (overrides ``metrics_dir``'s and the warm-up).
         schedule_fns: ``{metric: callable}`` for ``custom`` schedules.
         device: device of the agreement all-reduce (the process group's: CUDA under NCCL).
+        tag_positions: tag every sample with its global stream position (``POSITION_KEY``), the key of the seeded
+            collation; off, the collator sees no position key.
     """
 
     def __init__(
@@ -257,6 +259,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         token_counts: np.ndarray | None = None,
         schedule_fns: Mapping[str, Callable[[int], float]] | None = None,
         device: Any = None,
+        tag_positions: bool = True,
     ) -> None:
         from .sampler import CurriculumSampler
 
@@ -267,6 +270,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         self.local_batch_size = self.batch_size * self.gradient_accumulation_steps
         self.global_batch_size = self.local_batch_size * self.world_size
         self.device = device
+        self.tag_positions = tag_positions
         if self.streaming.buffer_size < self.global_batch_size:
             raise ValueError(
                 f"curriculum.streaming.buffer_size={self.streaming.buffer_size} is smaller than the global batch "
@@ -612,7 +616,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
                 tags[MAX_TOKENS_KEY] = int(self._transform_schedule(step))
             base = (step - 1) * self.global_batch_size + self.rank * self.local_batch_size
             for j, i in enumerate(ids):
-                yield {**self._samples[i], **tags, POSITION_KEY: base + j}
+                yield {**self._samples[i], **tags, **({POSITION_KEY: base + j} if self.tag_positions else {})}
 
     # ------------------------------------------------------------------ checkpointing
     def _identity(self) -> dict[str, Any]:
