@@ -20,11 +20,13 @@ _LAZY = {
     "DynamicBatchingConfig": ".config",
     "RandomLTDConfig": ".config",
     "LayerTokenLRConfig": ".config",
+    "StreamingConfig": ".config",
     "DifficultySchedule": ".schedules",
     # curriculum (data sampling)
     "compute_metrics": ".curriculum.metrics",
     "register_curriculum_metric": ".curriculum.metrics",
     "CurriculumSampler": ".curriculum.sampler",
+    "StreamingCurriculum": ".curriculum.streaming",
     "TokenBudgetBatchSampler": ".curriculum.dynamic_batching",
     "SeqlenTransform": ".curriculum.transforms",
     "CurriculumDataset": ".curriculum.transforms",

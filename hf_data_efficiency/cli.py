@@ -27,7 +27,7 @@ from transformers.utils import logging
 
 from .config import CurriculumConfig, DataEfficiencyConfig
 from .curriculum.eligibility import eligibility_curve
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_save_npy, atomic_write, atomic_write_text
 from .schedules import DifficultySchedule
 
 logger = logging.get_logger(__name__)
@@ -333,7 +333,8 @@ def _metric_columns(ds, args: argparse.Namespace, curriculum: CurriculumConfig) 
 def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
     """The ``analyze`` command; returns the manifest it writes to ``analysis.json``."""
     from .curriculum.index import metric_paths, save_metrics
-    from .curriculum.metrics import metric_arrays
+    from .curriculum.metrics import count_tokens, get_curriculum_metric, is_registered_metric, metric_arrays
+    from .curriculum.streaming import COUNTS_FILE
 
     curriculum = load_curriculum_arg(args.config)
     output_dir = prepare_output_dir(args.output_dir)
@@ -347,6 +348,11 @@ def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
     arrays = metric_arrays(ds, names)
     summaries = save_metrics(output_dir, arrays)
     files: dict[str, Any] = {n: {k: str(p) for k, p in metric_paths(output_dir, n).items()} for n in names}
+    if any(is_registered_metric(n) and get_curriculum_metric(n).needs_token_counts for n in names):
+        # the counts a streaming curriculum reads (curriculum.streaming.metrics_dir) to compute rarity on the fly
+        counts_path = output_dir / COUNTS_FILE
+        atomic_save_npy(counts_path, count_tokens(ds, args.num_proc, input_column=args.input_column))
+        files["token_counts"] = str(counts_path)
     for name in names:
         hist = output_dir / f"{name}_hist.png"
         plot_histogram(arrays[name], name, hist, bins=args.bins)

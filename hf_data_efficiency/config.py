@@ -52,6 +52,8 @@ RANDOM_LTD_SCHEDULE_TYPES = ROOT_SCHEDULE_TYPES
 LR_WARMUP_TYPES = ("linear", "constant")
 LR_SCALING_METHODS = ("linear", "sqrt", "none")
 SEQUENCE_PICKING_ORDERS = ("dataloader", "random", "seqlen")
+#: What a streaming curriculum does when its buffer is full of samples not yet eligible.
+BUFFER_FULL_POLICIES = ("drop", "hold", "error")
 DEFAULT_SEED = 1234
 #: Largest nesting of a config file; real configs use about 6 levels.
 MAX_CONFIG_DEPTH = 32
@@ -235,6 +237,45 @@ def _split_metrics(entries: Any, path: str) -> tuple[list[CurriculumMetricConfig
 
 
 @dataclass
+class StreamingConfig:
+    """The curriculum over an ``IterableDataset`` (see :mod:`hf_data_efficiency.curriculum.streaming`)."""
+
+    buffer_size: int = setting(
+        4096, kind="int", minimum=1, help="Samples a streaming curriculum buffers per process (>= the global batch)."
+    )
+    warmup_samples: int = setting(
+        1024,
+        kind="int",
+        minimum=0,
+        help="Stream prefix that estimates token counts and percentile references when metrics_dir has none.",
+    )
+    buffer_full: str = setting(
+        "drop",
+        kind="str",
+        choices=BUFFER_FULL_POLICIES,
+        help="Buffer full of samples not yet eligible: drop the hardest (counted), hold them (the step takes the "
+        "samples closest to eligibility, counted) or error.",
+    )
+    chunk_size: int = setting(256, kind="int", minimum=1, help="Samples read and measured at a time.")
+    metrics_dir: str | None = setting(
+        None,
+        kind="str",
+        nullable=True,
+        help="An hf-data-efficiency analyze folder: token_counts.npy and <metric>.npy percentile references.",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "curriculum.streaming")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StreamingConfig:
+        return from_mapping(cls, d, "curriculum.streaming")
+
+
+@dataclass
 class CurriculumConfig:
     """Curriculum learning (DeepSpeed ``data_sampling.curriculum_learning``).
 
@@ -253,9 +294,13 @@ class CurriculumConfig:
     data_cluster_path: str | None = setting(
         None, kind="str", nullable=True, help="DeepSpeed data_cluster_path (accepted, unused).", flag=False
     )
+    #: Settings of the curriculum over an ``IterableDataset`` (``None``: the defaults).
+    streaming: StreamingConfig | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "curriculum")
+        if self.streaming is not None and not isinstance(self.streaming, StreamingConfig):
+            self.streaming = StreamingConfig.from_dict(self.streaming)
         self.sampling_metrics, transform = _split_metrics(self.sampling_metrics, "curriculum.sampling_metrics")
         if transform is not None:
             _deprecated(
@@ -293,6 +338,10 @@ class CurriculumConfig:
         out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
         out["sampling_metrics"] = [m.to_dict() for m in self.sampling_metrics]
         out["transform"] = self.transform.to_dict() if self.transform is not None else None
+        if self.streaming is None:
+            del out["streaming"]
+        else:
+            out["streaming"] = self.streaming.to_dict()
         return out
 
     @classmethod

@@ -159,6 +159,13 @@ def add_metric_columns(
     return dataset, added + missing
 
 
+def is_stream(dataset: Any) -> bool:
+    """Whether ``dataset`` is an ``IterableDataset`` (``datasets`` or torch): read in order, without an index."""
+    import datasets
+
+    return isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset))
+
+
 class ResumeError(ValueError):
     """A checkpoint's data-efficiency state cannot be resumed from exactly."""
 
@@ -218,23 +225,26 @@ class DataEfficiencyEngine:
 
     # ----- data ---------------------------------------------------------------------------------------------
     def check_dataset(self, dataset: Any) -> None:
-        """Refuse a training dataset the curriculum cannot sample from (``None`` passes: checked at training)."""
+        """Refuse a training dataset the curriculum cannot sample from (``None`` passes: checked at training).
+        A stream (``IterableDataset``) gets the streaming curriculum (:meth:`build_stream`)."""
         import datasets
 
         if dataset is None or (self.config.curriculum is None and self.config.dynamic_batching is None):
             return
-        what = "curriculum learning" if self.config.curriculum is not None else "dynamic batching"
-        if isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset)):
+        if is_stream(dataset):
+            if self.config.dynamic_batching is None:
+                return
             raise ValueError(
-                f"train_dataset: {what} needs a map-style dataset (random access to every sample and its metric "
-                f"or length), got a {type(dataset).__name__} (streaming). Materialise it (load without "
-                f"streaming=True, or datasets.Dataset.from_generator) or train without {what} (random-LTD "
-                "alone works with iterable datasets)."
+                f"train_dataset: dynamic batching needs a map-style dataset (random access to every sample and its "
+                f"length), got a {type(dataset).__name__} (streaming). Materialise it (load without streaming=True, "
+                "or datasets.Dataset.from_generator) or train without dynamic batching (the streaming curriculum "
+                "and random-LTD work with iterable datasets)."
             )
         if self.config.curriculum is not None and not isinstance(dataset, datasets.Dataset):
             raise ValueError(
-                f"train_dataset: curriculum learning needs a datasets.Dataset with the metric columns, got "
-                f"{type(dataset).__name__}; convert it with datasets.Dataset.from_list / from_dict."
+                f"train_dataset: curriculum learning needs a datasets.Dataset with the metric columns, or an "
+                f"IterableDataset (streaming), got {type(dataset).__name__}; convert it with "
+                "datasets.Dataset.from_list / from_dict."
             )
 
     def metric_dataset(self, dataset: Any, *, main_process_first: Callable[..., Any] | None = None) -> Any:
@@ -244,6 +254,8 @@ class DataEfficiencyEngine:
         if self._metric_cache is not None and self._metric_cache[0] is dataset:
             return self._metric_cache[1]
         self.check_dataset(dataset)
+        if is_stream(dataset):  # a streaming curriculum measures each chunk as it reads it
+            return dataset
         context = main_process_first(desc="computing curriculum metrics") if main_process_first else None
         with context or contextlib.nullcontext():
             result, added = add_metric_columns(
@@ -319,6 +331,26 @@ class DataEfficiencyEngine:
         self.sampler = curriculum
         return self.batch_sampler
 
+    def build_stream(self, dataset: Any, *, rank: int = 0, device: Any = None) -> Any:
+        """Build the :class:`~hf_data_efficiency.curriculum.streaming.StreamingCurriculum` over the stream
+        ``dataset`` as :attr:`sampler` and return it: what this process's DataLoader iterates (the per-micro-batch
+        tags for :meth:`wrap_collator` included). Each process reads its own shard (``rank``); ``device`` is where
+        the processes agree on the end of the stream (the process group's device)."""
+        from .curriculum.streaming import StreamingCurriculum
+
+        self.sampler = StreamingCurriculum(
+            dataset,
+            self.config.curriculum,
+            batch_size=self.batch_size,
+            world_size=self.world_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            rank=rank,
+            pad_token_id=self.pad_token_id,
+            device=device,
+            tag_positions=self.seeded_collation,
+        )
+        return self.sampler
+
     def loader_dataset(self, dataset: Any) -> Any:
         """What the DataLoader indexes: ``dataset`` without the metric columns added here, wrapped so that each
         sample carries its tags (stream position, max tokens; without the curriculum, its index) to the collator."""
@@ -352,10 +384,11 @@ class DataEfficiencyEngine:
         return collator
 
     def set_epoch(self, epoch: int) -> None:
-        """Position the curriculum stream (and the collation seeds) at the start of ``epoch``."""
+        """Position the curriculum stream (and the collation seeds) at the start of ``epoch`` (a streaming
+        curriculum reads its stream once: the epoch does not move it)."""
         if self.batch_sampler is not None:
             self.batch_sampler.set_epoch(epoch)
-        elif self.sampler is not None:
+        elif self.sampler is not None and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         if self._collation is not None:
             self._collation.epoch = int(epoch)
@@ -428,6 +461,8 @@ class DataEfficiencyEngine:
         handle = self.random_ltd_handle
         if handle is not None and handle.kept_length is not None:
             out["random_ltd/kept_length"] = int(handle.kept_length)
+        if hasattr(self.sampler, "stream_logs"):
+            out.update(self._stream_logs(global_step, reduce, device))
         if self.batch_sampler is not None and global_step >= 1:
             for key, value in self.batch_sampler.step_stats(global_step).items():
                 out[f"dynamic_batching/{key}"] = value
@@ -438,6 +473,16 @@ class DataEfficiencyEngine:
         elif self._totals["tokens"]:
             out["data_efficiency/effective_tokens"] = self._totals["tokens"]
         return out
+
+    def _stream_logs(
+        self, global_step: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: Any
+    ) -> dict[str, int]:
+        """The streaming curriculum's buffer and counts after ``global_step``, summed over the processes."""
+        logs = self.sampler.stream_logs(global_step)
+        values = torch.tensor(list(logs.values()), dtype=torch.int64)
+        if reduce is not None and self.world_size > 1:
+            values = reduce(values.to(device) if device is not None else values).cpu()
+        return dict(zip(logs, (int(v) for v in values.tolist())))
 
     # ----- LR schedule ----------------------------------------------------------------------------------------
     def lr_factor(self, global_step: int) -> float:
@@ -519,10 +564,13 @@ class DataEfficiencyEngine:
             ),
         }
 
-    def save_state(self, folder: str | os.PathLike, global_step: int) -> str:
-        """Write :meth:`state_dict` atomically as ``folder/data_efficiency_state.json``; returns the path."""
+    def save_state(self, folder: str | os.PathLike, global_step: int, state: dict[str, Any] | None = None) -> str:
+        """Write ``state`` (default: :meth:`state_dict`) atomically as ``folder/data_efficiency_state.json``; returns
+        the path. With a streaming curriculum over several processes, :meth:`state_dict` is a collective call: take
+        it on every process and write it from one."""
         path = os.path.join(folder, STATE_NAME)
-        atomic_write_text(path, json.dumps(self.state_dict(global_step), indent=2, sort_keys=True) + "\n")
+        state = self.state_dict(global_step) if state is None else state
+        atomic_write_text(path, json.dumps(state, indent=2, sort_keys=True) + "\n")
         return path
 
     def read_state(self, checkpoint: str | os.PathLike, global_step: int | None = None) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from transformers.utils import logging
 
 from .checkpoints import TRAINER_STATE_NAME, checkpoint_problems, incomplete_message, resolve_resume_checkpoint
 from .config import DataEfficiencyConfig
-from .engine import STATE_NAME, DataEfficiencyEngine, ResumeError, declare_causal_lm_loss
+from .engine import STATE_NAME, DataEfficiencyEngine, ResumeError, declare_causal_lm_loss, is_stream
 from .training_args import DataEfficiencyTrainingArguments, config_from_deepspeed_keys, split_deepspeed_config
 
 logger = logging.get_logger(__name__)
@@ -110,6 +110,7 @@ class DataEfficiencyTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
         self._de_pending_state: dict[str, Any] | None = None
+        self._de_rng_checkpoint: str | None = None  # a resumed stream's RNG state, restored after its first fetch
         self._de_scaled_lr: Any = None
         model = kwargs.get("model", args[0] if args else None)
         cfg = resolve_trainer_config(training_args)
@@ -264,8 +265,10 @@ class DataEfficiencyTrainer(Trainer):
             return super().get_train_dataloader()
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        # the metric columns are read from the full dataset, before remove_unused_columns prunes them
         self.engine.batch_size = self._train_batch_size
+        if is_stream(self.train_dataset):
+            return self._stream_dataloader()
+        # the metric columns are read from the full dataset, before remove_unused_columns prunes them
         dataset = self.engine.metric_dataset(self.train_dataset, main_process_first=self.args.main_process_first)
         sampler = self.engine.build_sampler(self.train_dataset)
         return self._get_dataloader(
@@ -275,6 +278,35 @@ class DataEfficiencyTrainer(Trainer):
             sampler_fn=lambda _: sampler,
             is_training=True,
         )
+
+    def _stream_dataloader(self) -> DataLoader:
+        """The DataLoader over the streaming curriculum. Every process reads its own shard and forms its share of each
+        global batch, so accelerate neither dispatches the batches from one process nor re-shards them."""
+        from accelerate.data_loader import IterableDatasetShard
+
+        stream = self.engine.build_stream(self.train_dataset, rank=self.args.process_index, device=self.args.device)
+        config = self.accelerator.dataloader_config
+        dispatch, config.dispatch_batches = config.dispatch_batches, False
+        try:
+            loader = self._get_dataloader(
+                dataset=stream, description="Training", batch_size=self._train_batch_size, is_training=True
+            )
+        finally:
+            config.dispatch_batches = dispatch
+        shard = getattr(loader, "dataset", None)
+        if isinstance(shard, IterableDatasetShard):  # a passthrough: the stream is this process's already
+            shard.num_processes, shard.process_index = 1, 0
+        return loader
+
+    def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
+        collator = super()._get_collator_with_removed_columns(data_collator, description=description)
+        if description == "Training" and is_stream(self.train_dataset) and self.engine.config.curriculum is not None:
+            # the stream's per-sample tags must reach the engine's collator wrappers inside
+            from .curriculum.transforms import MAX_TOKENS_KEY, POSITION_KEY
+
+            if hasattr(collator, "signature_columns"):
+                collator.signature_columns = [*collator.signature_columns, MAX_TOKENS_KEY, POSITION_KEY]
+        return collator
 
     def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
         dataset = super()._remove_unused_columns(dataset, description=description)
@@ -287,7 +319,23 @@ class DataEfficiencyTrainer(Trainer):
         # (BatchSamplerShard, SkipBatchSampler on resume) put around it
         if "epoch" in kwargs:
             self.engine.set_epoch(int(kwargs["epoch"]))
+        if hasattr(self.engine.sampler, "stream_logs") and self.engine.sampler.position > 0:
+            # a resumed stream continues from its restored state: nothing to skip; the RNG state is restored after the
+            # first batches are fetched, as the Trainer does after skipping (the DataLoader's iterator draws a seed)
+            kwargs["steps_trained_in_current_epoch"] = 0
+            self._de_rng_checkpoint = kwargs.get("resume_from_checkpoint")
         return super()._run_epoch(*args, **kwargs)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if self._de_rng_checkpoint is None:
+            super()._load_rng_state(checkpoint)
+
+    def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().get_batch_samples(*args, **kwargs)
+        checkpoint, self._de_rng_checkpoint = self._de_rng_checkpoint, None
+        if checkpoint is not None:
+            super()._load_rng_state(checkpoint)
+        return out
 
     # ----- counters and logs -----------------------------------------------------------------------------
     def training_step(
@@ -331,10 +379,11 @@ class DataEfficiencyTrainer(Trainer):
             self.args.save_total_limit = limit
         self.engine.sync_counters(self.accelerator.reduce, self.args.device)
         self.accelerator.wait_for_everyone()
+        step = self.state.global_step
+        state = self.engine.state_dict(step)  # collective with a streaming curriculum (it gathers every shard's)
         if self.args.should_save:
             run_dir = self._get_output_dir(trial=trial)
-            step = self.state.global_step
-            self.engine.save_state(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}"), step)
+            self.engine.save_state(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}"), step, state=state)
             rotate_checkpoints(
                 output_dir=run_dir,
                 save_total_limit=limit,

@@ -51,6 +51,7 @@ from .config import (
     LayerTokenLRConfig,
     RandomLTDConfig,
     SeqlenTransformConfig,
+    StreamingConfig,
 )
 from .recipe import RECIPES
 from .schedules import ROOT_SCHEDULE_KEYS, ROOT_SCHEDULE_TYPES, schedule_keys
@@ -92,6 +93,7 @@ SECTIONS = {
             False,
             {"difficulty_step": 8},
         ),
+        Section("streaming", "curriculum_stream_", StreamingConfig, "curriculum_metrics"),
         Section("random_ltd", "random_ltd_", RandomLTDConfig, "random_ltd"),
         Section("layer_token_lr", "layer_token_lr_", LayerTokenLRConfig, "layer_token_lr_schedule"),
         Section("dynamic_batching", "dynamic_batching_", DynamicBatchingConfig, "dynamic_batching"),
@@ -538,10 +540,20 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             self._check_schedule_flags_used(seq, [transform])
 
         if not sampling and transform is None:
+            self._off(SECTIONS["streaming"], "curriculum learning", " (or a curriculum in the config file)")
             return None
+        streaming = self._resolve_streaming(base.streaming if base is not None else None, source)
         if base is not None:
-            return replace(base, sampling_metrics=sampling, transform=transform)
-        return CurriculumConfig(sampling_metrics=sampling, transform=transform, seed=seed)
+            return replace(base, sampling_metrics=sampling, transform=transform, streaming=streaming)
+        return CurriculumConfig(sampling_metrics=sampling, transform=transform, seed=seed, streaming=streaming)
+
+    def _resolve_streaming(self, base: StreamingConfig | None, source: str | None) -> StreamingConfig | None:
+        section = SECTIONS["streaming"]
+        values = {f: getattr(self, f.name) for f in self._given(section)}
+        if not values:
+            return base
+        current = base.to_dict() if base is not None else {}
+        return self._apply(section, current, values, source if base is not None else None, "--curriculum_metrics")
 
     def _resolve_random_ltd(self, base: RandomLTDConfig | None, source: str | None) -> RandomLTDConfig | None:
         section, lr_section = SECTIONS["random_ltd"], SECTIONS["layer_token_lr"]

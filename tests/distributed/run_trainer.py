@@ -85,11 +85,12 @@ def build_trainer(
     random_ltd: bool = True,
     deterministic: bool = False,
     layer_token_lr: bool = False,
+    stream: bool = False,
     dynamic_max_tokens: int = 0,
 ) -> RecordingTrainer:
     """Curriculum (seqlen + truncate) and random-LTD from flags, or (``zero_stage`` 2 or 3) from the
     data_efficiency block of a DeepSpeed ZeRO config. ``deterministic`` turns dropout off, so runs on different
-    process layouts can be compared loss for loss."""
+    process layouts can be compared loss for loss. ``stream``: the data as a 4-shard ``datasets.IterableDataset``."""
     kwargs = dict(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
@@ -126,7 +127,7 @@ def build_trainer(
     return RecordingTrainer(
         model=tiny_model(dropout=0.0 if deterministic else 0.1),
         args=args,
-        train_dataset=make_dataset(),
+        train_dataset=make_dataset().to_iterable_dataset(num_shards=4) if stream else make_dataset(),
         data_collator=collate,
         callbacks=callbacks,
     )
@@ -149,6 +150,7 @@ def main() -> None:
     p.add_argument("--no_random_ltd", action="store_true", help="curriculum only")
     p.add_argument("--deterministic", action="store_true", help="no dropout")
     p.add_argument("--layer_token_lr", action="store_true", help="the layer-token LR schedule, 2 warmup steps")
+    p.add_argument("--stream", action="store_true", help="the data as a datasets.IterableDataset (4 shards)")
     p.add_argument("--dynamic_max_tokens", type=int, default=0, help="token-budget batching with this budget")
     p.add_argument("--slow_saves", type=float, default=0.0, help="seconds to sleep before each checkpoint file write")
     a = p.parse_args()
@@ -166,6 +168,7 @@ def main() -> None:
         random_ltd=not a.no_random_ltd,
         deterministic=a.deterministic,
         layer_token_lr=a.layer_token_lr,
+        stream=a.stream,
         dynamic_max_tokens=a.dynamic_max_tokens,
         callbacks=[PrintSteps()] + ([Stall(a.stall_after)] if a.stall_after else []),
     )
