@@ -326,6 +326,16 @@ def test_resume_refuses_other_shards_buffer_or_an_uncheckpointable_stream(tmp_pa
     with pytest.raises(ValueError, match="no state_dict.*cannot resume exactly"):
         StreamingCurriculum(Plain(), cfg, batch_size=BATCH, gradient_accumulation_steps=GA).load_state_dict(saved)
 
+    # a shuffle buffer is not in datasets' state: its order after a resume would differ, so resume is refused
+    def shuffled():
+        return open_stream(files).shuffle(seed=0, buffer_size=16)
+
+    run = StreamingCurriculum(shuffled(), cfg, batch_size=BATCH, gradient_accumulation_steps=GA)
+    served(run, limit=G)
+    saved = run.state_dict(position=G)
+    with pytest.raises(ValueError, match=r"shuffled through a buffer \(IterableDataset\.shuffle\).*cannot resume"):
+        StreamingCurriculum(shuffled(), cfg, batch_size=BATCH, gradient_accumulation_steps=GA).load_state_dict(saved)
+
 
 def test_bad_inputs_name_the_field(tmp_path):
     files = write_shards(tmp_path, make_rows())

@@ -119,6 +119,20 @@ def _source_description(source: Any) -> dict[str, Any]:
     return desc
 
 
+def _not_resumable(source: Any, reader: Any) -> str | None:
+    """Why the position of ``source`` cannot be restored exactly (``None`` when it can)."""
+    if not (callable(getattr(reader, "state_dict", None)) and callable(getattr(reader, "load_state_dict", None))):
+        return f"the stream ({type(source).__name__}) has no state_dict()/load_state_dict()"
+    ex = getattr(source, "_ex_iterable", None)
+    while ex is not None:
+        if type(ex).__name__ == "BufferShuffledExamplesIterable":
+            return (
+                "the stream is shuffled through a buffer (IterableDataset.shuffle), which datasets' state_dict() omits"
+            )
+        ex = getattr(ex, "ex_iterable", None)
+    return None
+
+
 def _all_processes_agree(ok: bool, device: Any = None) -> bool:
     """``ok`` on every process (all-reduce MIN); ``ok`` itself without an initialised process group."""
     import torch.distributed as dist
@@ -283,9 +297,10 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             source = split_dataset_by_node(source, rank=self.rank, world_size=self.world_size)
         self.source = source
         self._reader = _arrow_reader(source)
-        self.checkpointable = callable(getattr(self._reader, "state_dict", None)) and callable(
-            getattr(self._reader, "load_state_dict", None)
-        )
+        self._not_resumable = _not_resumable(source, self._reader)
+        self.checkpointable = self._not_resumable is None
+        if isinstance(source, datasets.IterableDataset) and not self.checkpointable:
+            logger.warning(f"streaming curriculum: {self._not_resumable}, so a resume from a checkpoint is refused.")
         # whole chunks are read, and one always fits once the samples not eligible are evicted
         self._chunk = min(self.streaming.chunk_size, self.streaming.buffer_size - self.local_batch_size + 1)
 
@@ -688,10 +703,11 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
                     f"{json.dumps(current[key])}; resume with the same shards, buffer and batch geometry."
                 )
         if not state["checkpointable"] or not self.checkpointable:
+            reason = self._not_resumable or "the saved stream could not record its position"
             raise ValueError(
-                f"train_dataset: the stream ({type(self.source).__name__}) has no state_dict()/load_state_dict(), "
-                "so its position cannot be restored and the run cannot resume exactly; use a datasets.IterableDataset "
-                "(or give the torch IterableDataset both methods), or start a new run."
+                f"train_dataset: {reason}, so its position cannot be restored and the run cannot resume exactly; use "
+                "an unshuffled datasets.IterableDataset (shuffle the shard files instead), give a torch "
+                "IterableDataset state_dict()/load_state_dict(), or start a new run."
             )
         if self._step != 0 or self._iterator is not None:
             raise ValueError("streaming curriculum: load_state_dict must be called before iterating.")
