@@ -64,27 +64,6 @@ TASKS = {
         "random_ltd": {"fraction": 0.7, "min_kept": 32, "step": 16},
         "arms": ("baseline", "curriculum", "random_ltd", "both"),
     },
-    # the same model and settings on a second offline LM corpus (BBC News articles, packed into 128-token blocks)
-    "gpt2_bbc": {
-        "script": "scripts/train_gpt2.py",
-        "flags": {
-            "dataset_name": "bbc",
-            "n_layer": 6,
-            "n_embd": 256,
-            "n_head": 4,
-            "block_size": 128,
-            "per_device_train_batch_size": 16,
-        },
-        "lr": 2e-3,
-        "steps": 200,
-        "batch": 16,
-        "seq": 128,
-        "layers": 6,
-        "metric": "perplexity",
-        "curriculum": {"fraction": 0.3, "seqlen_min": 16, "seqlen_step": 8, "rarity_min": 10, "root_degree": 2},
-        "random_ltd": {"fraction": 0.7, "min_kept": 32, "step": 16},
-        "arms": ("baseline", "curriculum", "random_ltd", "both"),
-    },
     "vit": {
         "script": "scripts/train_vit.py",
         "flags": {"dataset": "mnist", "patch_size": 4, "num_hidden_layers": 6, "hidden_size": 128},
@@ -110,6 +89,8 @@ TASKS = {
         "arms": ("baseline", "random_ltd"),
     },
 }
+# the same model and settings on a second offline LM corpus (BBC News articles, packed into 128-token blocks)
+TASKS["gpt2_bbc"] = {**TASKS["gpt2"], "flags": {"dataset_name": "bbc", **TASKS["gpt2"]["flags"]}}
 
 
 # ----- planning ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _helpers import torchrun, training_kwargs
 from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
 from deepspeed.runtime.data_pipeline.data_sampling.variable_batch_size_and_lr import batch_by_seqlens, scale_lr
 from tiny import (
@@ -236,24 +237,12 @@ def test_truncate_long_samples_cuts_and_counts():
 
 # ----- Trainer -------------------------------------------------------------------------------------------------------
 def trainer_kwargs(out, **overrides):
-    kwargs = dict(
-        output_dir=str(out),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        max_steps=8,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=42,
-        disable_tqdm=True,
-        use_cpu=True,
-        dynamic_batching=True,
-        dynamic_batching_max_tokens=160,
-        dynamic_batching_lr_scaling_method="sqrt",
-    )
-    kwargs.update(overrides)
-    return kwargs
+    dynamic = {
+        "dynamic_batching": True,
+        "dynamic_batching_max_tokens": 160,
+        "dynamic_batching_lr_scaling_method": "sqrt",
+    }
+    return training_kwargs(out, **{**dynamic, **overrides})
 
 
 def test_trainer_logs_match_the_batches_it_trained_on(tmp_path):
@@ -494,9 +483,7 @@ def test_plain_accelerate_loop_normalises_and_scales_like_one_big_batch(tmp_path
 def test_two_processes_deal_the_single_process_stream(tmp_path):
     """Two DDP processes (GA 2) against one process (GA 4), curriculum on, no dropout: 4 micro-batches per step in
     both, the ranks' micro-batches interleave into the single process's, and the losses are equal."""
-    import sys
-
-    from test_trainer_distributed import RUN, free_port, run, trainer_run
+    from test_trainer_distributed import RUN, run, trainer_run
 
     flags = [
         "--batch_size",
@@ -508,16 +495,7 @@ def test_two_processes_deal_the_single_process_stream(tmp_path):
         "--dynamic_max_tokens",
         "120",
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        RUN,
-    ]
+    cmd = [*torchrun(), RUN]
     run(cmd + ["--output_dir", str(tmp_path), "--record", str(tmp_path / "rec_RANK.json"), "--ga", "2", *flags])
     ranks = [json.loads((tmp_path / f"rec_{r}.json").read_text()) for r in (0, 1)]
     single = trainer_run(tmp_path / "single", "--ga", "4", *flags)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from _helpers import training_kwargs
 from tiny import CURRICULUM_FLAGS, RANDOM_LTD_FLAGS, RecordingTrainer, collate, make_dataset, tiny_model
 
 from hf_data_efficiency import DataEfficiencyTrainingArguments
@@ -29,17 +30,7 @@ LOGGED = (
 def golden_run(out_dir: str) -> dict:
     torch.set_num_threads(1)
     args = DataEfficiencyTrainingArguments(
-        output_dir=out_dir,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        max_steps=10,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=42,
-        disable_tqdm=True,
-        use_cpu=True,
+        **training_kwargs(out_dir, max_steps=10),
         **CURRICULUM_FLAGS,
         **{**RANDOM_LTD_FLAGS, "random_ltd_layer_id": [0, 1]},
     )

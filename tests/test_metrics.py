@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from collections import Counter
 
 import datasets
 import numpy as np
 import pytest
 import torch
+from _helpers import free_port
 
 import hf_data_efficiency
 from hf_data_efficiency.curriculum import metrics as metrics_module
@@ -232,12 +232,6 @@ def test_num_proc_2_equals_in_process():
         np.testing.assert_allclose(multi[name], single[name], rtol=1e-12)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _distributed_worker(rank: int, world: int, port: int, ds: datasets.Dataset, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -256,7 +250,7 @@ def test_distributed_two_ranks_equal_single_process(tmp_path):
     ds = datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": mask})
     names = ["seqlen", "vocab_rarity", "seqlen_vocab_rarity"]
     expected = metric_arrays(compute_metrics(ds, names), names)
-    torch.multiprocessing.spawn(_distributed_worker, args=(2, _free_port(), ds, str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, free_port(), ds, str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
         got = np.load(tmp_path / f"rank{rank}.npz")
         for name in names:

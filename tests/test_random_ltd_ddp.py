@@ -7,17 +7,11 @@ model computes locally, with the same per-rank subsets.
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _helpers import free_port
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -59,7 +53,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_ddp_two_ranks(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [(tmp_path / f"rank{r}.txt").read_text().split() for r in range(2)]
     assert all(ok == "True" for ok, _ in results)
     # counter is global: 4 sequences * (16 * 2 + 32 * 2) layer-tokens at step 0, the same on both ranks

@@ -4,6 +4,7 @@ a part the user configured is kept, and the errors."""
 import math
 
 import pytest
+from _helpers import training_kwargs
 from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
 from tiny import RANDOM_LTD_FLAGS, RecordingTrainer, collate, make_dataset, sample_lengths, tiny_model
 
@@ -14,20 +15,8 @@ STEPS = 8
 
 
 def args_for(tmp_path, **overrides):
-    kwargs = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_steps=STEPS,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=42,
-        disable_tqdm=True,
-        use_cpu=True,
-    )
-    kwargs.update(overrides)
-    return DataEfficiencyTrainingArguments(**kwargs)
+    kwargs = {"gradient_accumulation_steps": 1, "max_steps": STEPS, **overrides}
+    return DataEfficiencyTrainingArguments(**training_kwargs(tmp_path, **kwargs))
 
 
 def fixed_linear_kept(step0: int, lo: int, hi: int, steps: int, size: int) -> int:

@@ -10,15 +10,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from _helpers import torchrun
 
 import hf_data_efficiency as hfde
 from hf_data_efficiency.config import DataEfficiencyConfig
@@ -233,12 +232,6 @@ def test_train_vit_random_ltd_digits(tmp_path):
     assert 0.0 <= result["final"]["test"]["accuracy"] <= 1.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_train_gpt2_two_processes_torchrun(tmp_path):
     """``torchrun --nproc_per_node 2`` (gloo): both ranks train; the global token count is twice one rank's."""
     data = tmp_path / "data"
@@ -250,7 +243,7 @@ def test_train_gpt2_two_processes_torchrun(tmp_path):
     steps, batch, block = 4, 2, 32
     out = tmp_path / "ddp"
     cmd = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())),
+        *torchrun(),
         str(SCRIPTS / "train_gpt2.py"),
         *("--dataset_name", "none", "--train_file", str(data / "train.txt")),
         *("--validation_file", str(data / "valid.txt"), "--final_eval_splits", "validation"),

@@ -4,7 +4,6 @@ eligibility and percentiles recomputed from scratch, the plain stream, and an un
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -14,6 +13,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from _helpers import torchrun, training_kwargs
 from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
 from tiny import CURRICULUM_FLAGS, RANDOM_LTD_FLAGS, RecordingTrainer, collate, make_dataset, step_losses, tiny_model
 
@@ -402,19 +402,8 @@ def test_engine_builds_the_stream_and_logs_its_counts(tmp_path):
 
 
 def trainer(out, dataset, **overrides):
-    kwargs = dict(
-        output_dir=str(out),
-        per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=GA,
-        max_steps=8,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=4,
-        report_to=[],
-        seed=42,
-        disable_tqdm=True,
-        use_cpu=True,
+    kwargs = training_kwargs(
+        out, per_device_train_batch_size=BATCH, gradient_accumulation_steps=GA, save_strategy="steps", save_steps=4
     )
     args = DataEfficiencyTrainingArguments(**{**kwargs, **overrides}, **CURRICULUM_FLAGS, **RANDOM_LTD_FLAGS)
     return RecordingTrainer(model=tiny_model(), args=args, train_dataset=dataset, data_collator=collate)
@@ -451,12 +440,6 @@ def test_trainer_on_a_stream_logs_like_map_style_and_resumes_exactly(tmp_path):
     assert len(full) == 8 and {k: v for k, v in full.items() if k > 4} == {k: v for k, v in again.items() if k > 4}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_read_disjoint_shards_and_agree_on_the_end(tmp_path):
     """Shards of unequal size: one process runs dry first. Oracle: each process's shard run alone, in-process."""
     from datasets.distributed import split_dataset_by_node
@@ -470,8 +453,7 @@ def test_two_processes_read_disjoint_shards_and_agree_on_the_end(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    cmd += [str(script), str(tmp_path / "out"), *files]
+    cmd = [*torchrun(), str(script), str(tmp_path / "out"), *files]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(2)]
@@ -539,17 +521,19 @@ def test_trainer_on_a_stream_with_two_processes_and_resume(tmp_path):
     from tiny import SEQLEN_METRIC, sample_lengths
 
     def torchrun(*flags):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-        ]
         out = tmp_path / "run"
-        launch([*cmd, RUN_TRAINER, "--stream", "--output_dir", str(out), "--record", str(out / "RANK.json"), *flags])
+        launch(
+            [
+                *torchrun(),
+                RUN_TRAINER,
+                "--stream",
+                "--output_dir",
+                str(out),
+                "--record",
+                str(out / "RANK.json"),
+                *flags,
+            ]
+        )
         return [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
 
     flags = ["--batch_size", "2", "--ga", "2", "--max_steps", "6", "--save_steps", "3", "--no_random_ltd"]

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from _helpers import training_kwargs
 from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
 from tiny import (
     CURRICULUM_FLAGS,
@@ -30,24 +31,6 @@ BATCH, GA = 4, 2
 GLOBAL = BATCH * GA
 
 
-def common_kwargs(out_dir, **overrides):
-    kwargs = dict(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=BATCH,
-        gradient_accumulation_steps=GA,
-        max_steps=8,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=42,
-        disable_tqdm=True,
-        use_cpu=True,
-    )
-    kwargs.update(overrides)
-    return kwargs
-
-
 def kept_length_oracle(step0: int, lo=8, hi=40, steps=8, size=8) -> int:
     """DeepSpeed's fixed_linear random-LTD schedule at 0-based step, from scratch."""
     value = math.floor(step0 / steps * (hi - lo) + lo)
@@ -60,7 +43,7 @@ def full_run(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("full")
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(out, dataloader_num_workers=2, save_strategy="steps", save_steps=4),
+        **training_kwargs(out, dataloader_num_workers=2, save_strategy="steps", save_steps=4),
         **CURRICULUM_FLAGS,
         **RANDOM_LTD_FLAGS,
     )
@@ -71,12 +54,12 @@ def full_run(tmp_path_factory):
 
 def test_drop_in_equals_trainer_without_options(tmp_path):
     data = make_dataset()
-    kwargs = common_kwargs(tmp_path / "a", max_steps=6)
+    kwargs = training_kwargs(tmp_path / "a", max_steps=6)
     vanilla = Trainer(model=tiny_model(), args=TrainingArguments(**kwargs), train_dataset=data, data_collator=collate)
     vanilla.train()
     ours = DataEfficiencyTrainer(
         model=tiny_model(),
-        args=DataEfficiencyTrainingArguments(**common_kwargs(tmp_path / "b", max_steps=6)),
+        args=DataEfficiencyTrainingArguments(**training_kwargs(tmp_path / "b", max_steps=6)),
         train_dataset=data,
         data_collator=collate,
     )
@@ -192,7 +175,7 @@ def test_resume_refuses_missing_or_corrupt_state(full_run, tmp_path):
         else:
             state.write_text(json.dumps({"version": 1, "global_step": 4}))
         args = DataEfficiencyTrainingArguments(
-            **common_kwargs(tmp_path / case, max_steps=5), **CURRICULUM_FLAGS, **RANDOM_LTD_FLAGS
+            **training_kwargs(tmp_path / case, max_steps=5), **CURRICULUM_FLAGS, **RANDOM_LTD_FLAGS
         )
         trainer = DataEfficiencyTrainer(
             model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate
@@ -203,7 +186,7 @@ def test_resume_refuses_missing_or_corrupt_state(full_run, tmp_path):
 
     # a different config than the checkpoint's is refused too
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path / "other", max_steps=5),
+        **training_kwargs(tmp_path / "other", max_steps=5),
         **{**CURRICULUM_FLAGS, "curriculum_max_difficulty": [36]},
         **RANDOM_LTD_FLAGS,
     )
@@ -213,7 +196,7 @@ def test_resume_refuses_missing_or_corrupt_state(full_run, tmp_path):
 
     # --ignore_data_skip resumes anyway
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path / "missing", max_steps=5, ignore_data_skip=True),
+        **training_kwargs(tmp_path / "missing", max_steps=5, ignore_data_skip=True),
         **CURRICULUM_FLAGS,
         **RANDOM_LTD_FLAGS,
     )
@@ -224,7 +207,7 @@ def test_resume_refuses_missing_or_corrupt_state(full_run, tmp_path):
 
 def test_layer_token_lr_schedule(tmp_path):
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path, max_steps=4, warmup_steps=2), **RANDOM_LTD_FLAGS, layer_token_lr_schedule=True
+        **training_kwargs(tmp_path, max_steps=4, warmup_steps=2), **RANDOM_LTD_FLAGS, layer_token_lr_schedule=True
     )
     trainer = DataEfficiencyTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
     trainer.train()
@@ -240,7 +223,7 @@ def test_layer_token_lr_schedule(tmp_path):
 
 
 def test_random_ltd_only_counts_tokens_without_curriculum(tmp_path):
-    args = DataEfficiencyTrainingArguments(**common_kwargs(tmp_path, max_steps=2), **RANDOM_LTD_FLAGS)
+    args = DataEfficiencyTrainingArguments(**training_kwargs(tmp_path, max_steps=2), **RANDOM_LTD_FLAGS)
     trainer = RecordingTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
     trainer.train()
     last = [h for h in trainer.state.log_history if "loss" in h][-1]
@@ -254,7 +237,7 @@ def test_random_ltd_only_counts_tokens_without_curriculum(tmp_path):
 
 def test_bad_inputs(tmp_path):
     data = make_dataset()
-    cur = DataEfficiencyTrainingArguments(**common_kwargs(tmp_path, max_steps=1), **CURRICULUM_FLAGS)
+    cur = DataEfficiencyTrainingArguments(**training_kwargs(tmp_path, max_steps=1), **CURRICULUM_FLAGS)
 
     no_tokens = data.rename_column("input_ids", "tokens")
     trainer = DataEfficiencyTrainer(model=tiny_model(), args=cur, train_dataset=no_tokens, data_collator=collate)
@@ -262,7 +245,7 @@ def test_bad_inputs(tmp_path):
         trainer.get_train_dataloader()
 
     unknown = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path, max_steps=1), **{**CURRICULUM_FLAGS, "curriculum_metrics": ["my_score"]}
+        **training_kwargs(tmp_path, max_steps=1), **{**CURRICULUM_FLAGS, "curriculum_metrics": ["my_score"]}
     )
     trainer = DataEfficiencyTrainer(model=tiny_model(), args=unknown, train_dataset=data, data_collator=collate)
     with pytest.raises(ValueError, match="my_score.*neither columns"):
@@ -280,7 +263,7 @@ def test_bad_inputs(tmp_path):
         def forward(self, input_ids=None, labels=None):
             return {"loss": self.proj(input_ids.float()).sum()}
 
-    ltd = DataEfficiencyTrainingArguments(**common_kwargs(tmp_path, max_steps=1), **RANDOM_LTD_FLAGS)
+    ltd = DataEfficiencyTrainingArguments(**training_kwargs(tmp_path, max_steps=1), **RANDOM_LTD_FLAGS)
     with pytest.raises(ValueError, match="NotATransformer"):
         DataEfficiencyTrainer(model=NotATransformer(), args=ltd, train_dataset=data, data_collator=collate)
 
@@ -322,7 +305,7 @@ def test_metric_from_deepspeed_index_files(tmp_path):
         },
     }
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path, max_steps=4), data_efficiency_config={"data_efficiency": block}
+        **training_kwargs(tmp_path, max_steps=4), data_efficiency_config={"data_efficiency": block}
     )
     assert DataEfficiencyConfig.from_deepspeed({"data_efficiency": block}) == args.get_data_efficiency_config()
     trainer = RecordingTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
@@ -335,7 +318,7 @@ def test_metric_from_deepspeed_index_files(tmp_path):
 
 def test_curriculum_refuses_another_train_sampling_strategy(tmp_path):
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path, max_steps=1, train_sampling_strategy="group_by_length"), **CURRICULUM_FLAGS
+        **training_kwargs(tmp_path, max_steps=1, train_sampling_strategy="group_by_length"), **CURRICULUM_FLAGS
     )
     with pytest.raises(ValueError, match="train_sampling_strategy='group_by_length'"):
         DataEfficiencyTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
@@ -345,7 +328,7 @@ def test_callback_drives_random_ltd_in_a_plain_trainer(tmp_path):
     from hf_data_efficiency import DataEfficiencyCallback, DataEfficiencyConfig, apply_random_ltd
 
     cfg = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path / "x"), **RANDOM_LTD_FLAGS
+        **training_kwargs(tmp_path / "x"), **RANDOM_LTD_FLAGS
     ).get_data_efficiency_config()
     model = tiny_model()
     handle = apply_random_ltd(model, cfg.random_ltd, global_batch_size=GLOBAL)
@@ -358,7 +341,7 @@ def test_callback_drives_random_ltd_in_a_plain_trainer(tmp_path):
 
     trainer = Spy(
         model=model,
-        args=TrainingArguments(**common_kwargs(tmp_path, max_steps=4)),
+        args=TrainingArguments(**training_kwargs(tmp_path, max_steps=4)),
         train_dataset=make_dataset(),
         data_collator=collate,
         callbacks=[DataEfficiencyCallback(handle)],
@@ -381,7 +364,7 @@ def test_step_loss_is_the_mean_over_real_shifted_label_tokens(tmp_path):
     assert model.loss_type is None
     initial = copy.deepcopy(model)
     data = make_dataset()
-    args = DataEfficiencyTrainingArguments(**common_kwargs(tmp_path, max_steps=1), **CURRICULUM_FLAGS)
+    args = DataEfficiencyTrainingArguments(**training_kwargs(tmp_path, max_steps=1), **CURRICULUM_FLAGS)
     trainer = RecordingTrainer(model=model, args=args, train_dataset=data, data_collator=collate)
     trainer.train()
     total, count = 0.0, 0
@@ -430,7 +413,7 @@ def test_mlm_resume_masks_exactly_as_the_uninterrupted_run(tmp_path, option):
             max_position_embeddings=64,
         )
         args = DataEfficiencyTrainingArguments(
-            **common_kwargs(out, max_steps=6, save_strategy="steps", save_steps=3),
+            **training_kwargs(out, max_steps=6, save_strategy="steps", save_steps=3),
             data_efficiency_seeded_collation=seeded,
             **flags,
         )
@@ -456,7 +439,7 @@ def test_logged_layer_tokens_with_several_patched_layers(tmp_path):
     """Layers 0 and 1 of 3 drop tokens: the logged layer-tokens equal a from-scratch count over the recorded
     micro-batches, B * (2 * min(kept, T) + T), and effective tokens are that over the 3 layers."""
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path, max_steps=5),
+        **training_kwargs(tmp_path, max_steps=5),
         **CURRICULUM_FLAGS,
         **{**RANDOM_LTD_FLAGS, "random_ltd_layer_id": [0, 1]},
     )
@@ -475,7 +458,7 @@ def test_resume_refuses_another_global_batch(full_run, tmp_path):
     """The checkpoint's curriculum stream was drawn for a global batch of 8: resuming with 4 is refused, naming it."""
     _, out = full_run
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path, max_steps=6, per_device_train_batch_size=2), **CURRICULUM_FLAGS, **RANDOM_LTD_FLAGS
+        **training_kwargs(tmp_path, max_steps=6, per_device_train_batch_size=2), **CURRICULUM_FLAGS, **RANDOM_LTD_FLAGS
     )
     trainer = DataEfficiencyTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
     with pytest.raises(ValueError, match="global_batch_size=8 but this sampler has global_batch_size=4"):
@@ -493,7 +476,7 @@ def test_the_users_collator_never_sees_private_tags(tmp_path, seeded):
         return collate(features)
 
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path, max_steps=2), data_efficiency_seeded_collation=seeded, **CURRICULUM_FLAGS
+        **training_kwargs(tmp_path, max_steps=2), data_efficiency_seeded_collation=seeded, **CURRICULUM_FLAGS
     )
     trainer = DataEfficiencyTrainer(
         model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=recording_collate
@@ -509,7 +492,7 @@ def test_second_epoch_continues_the_stream_and_resumes_in_it(tmp_path):
 
     def run(out, resume=None):
         args = DataEfficiencyTrainingArguments(
-            **common_kwargs(out, max_steps=15, save_strategy="steps", save_steps=14), **CURRICULUM_FLAGS
+            **training_kwargs(out, max_steps=15, save_strategy="steps", save_steps=14), **CURRICULUM_FLAGS
         )
         trainer = RecordingTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
         trainer.train(resume_from_checkpoint=resume)
@@ -538,7 +521,7 @@ def test_collator_randomness_is_fresh_in_every_epoch(tmp_path):
         return collate(features)
 
     args = DataEfficiencyTrainingArguments(
-        **common_kwargs(tmp_path, max_steps=3, per_device_train_batch_size=8, gradient_accumulation_steps=1),
+        **training_kwargs(tmp_path, max_steps=3, per_device_train_batch_size=8, gradient_accumulation_steps=1),
         train_sampling_strategy="sequential",
         **RANDOM_LTD_FLAGS,
     )

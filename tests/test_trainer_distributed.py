@@ -5,13 +5,13 @@ tests/distributed/run_trainer.py (or scripts/train_no_trainer.py), so no distrib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _helpers import free_port, torchrun
 from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
 from tiny import SEQLEN_METRIC, TRUNCATE_METRIC, sample_lengths, step_losses
 from transformers.trainer_utils import get_last_checkpoint
@@ -22,12 +22,6 @@ HERE = Path(__file__).resolve().parent
 RUN = str(HERE / "distributed" / "run_trainer.py")
 ROOT = HERE.parent
 TIMEOUT = 420  # a fresh machine builds DeepSpeed's CPU communication op on first use
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(**extra) -> dict:
@@ -86,9 +80,8 @@ def test_two_processes_shard_the_single_process_stream(tmp_path):
     """Two DDP processes (batch 2, GA 2) against one process (batch 2, GA 4) on the same global stream, without
     dropout and random-LTD (whose draws are per process): the ranks' micro-batches interleave into the stream, each
     step's global batch is partitioned between the ranks, and the per-step losses equal the single process's."""
-    port = free_port()
     flags = ["--batch_size", "2", "--max_steps", "6", "--no_random_ltd", "--deterministic"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), RUN]
+    cmd = [*torchrun(), RUN]
     run(cmd + ["--output_dir", str(tmp_path), "--record", str(tmp_path / "rec_RANK.json"), "--ga", "2", *flags])
     ranks = [json.loads((tmp_path / f"rec_{r}.json").read_text()) for r in (0, 1)]
     single = trainer_run(tmp_path / "single", "--ga", "4", *flags)
