@@ -236,6 +236,7 @@ def run_one(task_name: str, task: dict, arm: str, budget: float, seed: int, args
     budget_tokens = budget * task["steps"] * task["batch"] * task["seq"]
     steps = task["steps"] if arm == "baseline" and budget == 1.0 else plan_steps(task, arm, budget_tokens)
     grid_lr = lr
+    run_key = (task_name, arm, budget, seed, grid_lr)
     lr = lr if lr is not None else task["lr"] * budget ** (-args.lr_scaling)
     out = run_dir(args.out_dir, task_name, arm, budget, seed, grid_lr)
     result_file = out / "results.json"
@@ -243,6 +244,7 @@ def run_one(task_name: str, task: dict, arm: str, budget: float, seed: int, args
         record = load_finished(args, task_name, arm, budget, seed, grid_lr)
         if record is not None:
             print(f"[bench] reuse {task_name} {run_name(arm, budget, seed, grid_lr)}", flush=True)
+            write_record(args, record, run_key)
             return record
     flags = {
         **task["flags"],
@@ -283,12 +285,19 @@ def run_one(task_name: str, task: dict, arm: str, budget: float, seed: int, args
         "cmd": cmd,
     }
     atomic_write_text(result_file, json.dumps(record, indent=2) + "\n")
-    if args.records_dir:
-        compact = {k: record[k] for k in RECORD_KEYS if k in record}
-        path = record_path(args.records_dir, task_name, arm, budget, seed, grid_lr)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(compact, indent=1) + "\n")
+    write_record(args, record, run_key)
     return record
+
+
+def write_record(args, record: dict, run_key: tuple) -> None:
+    """Write the small record of a finished run (``run_key``: task, arm, budget, seed, grid LR) under
+    ``--records_dir`` (when given)."""
+    if not args.records_dir:
+        return
+    path = record_path(args.records_dir, *run_key)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({k: record[k] for k in RECORD_KEYS if k in record}, indent=1) + "\n")
 
 
 def best_lr(task_name: str, task: dict, arm: str, seed: int, args) -> tuple[float, dict[float, float]]:
@@ -406,6 +415,13 @@ def analyse(task_name: str, task: dict, results: dict, args) -> tuple[str, dict]
             )
     summary["baseline_curve"] = base_curve
     return "\n".join(lines), summary
+
+
+def _without_nulls(value: object) -> object:
+    """``value`` without the ``None`` entries of its mappings (recursively): the settings a config sets."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def demo_table(task: dict, results: dict) -> str:
@@ -605,7 +621,7 @@ def main(argv: list[str] | None = None) -> dict:
         short = demo_table(task, results)
         for (arm, budget), runs in results.items():
             if arm == "auto":
-                chosen = {k: v for k, v in runs[0].get("data_efficiency_config", {}).items() if v is not None}
+                chosen = _without_nulls(runs[0].get("data_efficiency_config", {}))
                 print(f"[bench] the auto recipe chose ({budget:.0%} budget): {json.dumps(chosen)}")
         atomic_write_text(out / "demo_table.md", short + "\n")
         print(f"\n{short}\n\n{table.split(chr(10) * 2, 1)[1]}\n\nPlot: {img}")
