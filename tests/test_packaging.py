@@ -44,8 +44,7 @@ def test_core_dependencies_are_what_the_core_imports():
     imported = third_party_imports()
     optional = {name for name in imported if name in OPTIONAL}
     assert optional <= set(OPTIONAL)
-    # accelerate is imported through transformers' Trainer, not by name
-    assert imported - optional == core - {"accelerate"}
+    assert imported - optional == core
     assert not core & {"deepspeed", "matplotlib", "evaluate", "psutil"}
     for module, extra in OPTIONAL.items():
         assert module in {_requirement_name(r) for r in project["optional-dependencies"][extra]}
