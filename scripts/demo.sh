@@ -5,8 +5,8 @@
 # baseline. Shorter kept lengths early on leave room for more optimizer steps within that budget. With
 # DEMO_BUDGET < 1 the learning rate is raised as budget ** -0.5. Prints validation/test perplexity, tokens seen,
 # effective layer-tokens and wall-clock, plus the tokens and time each run needs to reach the baseline's final
-# validation loss, and saves a plot of validation loss against tokens, wall-clock and CPU time. About 10 minutes
-# on 2 cores, environment setup included.
+# validation loss, and saves a plot of validation loss against tokens, wall-clock and CPU time. About 13 minutes
+# on 2 cores, plus environment setup the first time.
 #
 #   bash scripts/demo.sh                      # DEMO_STEPS=200 DEMO_BUDGET=1.0 DEMO_OUT=outputs/demo
 set -euo pipefail
