@@ -10,7 +10,7 @@ Arms, each trained from the same initialisation until it has seen ``--real_token
 * ``fixed_pad_longest``: batches of ``--batch_size`` samples, every row padded to the longest sample of the data;
 * ``fixed_pad_batch``: the same batches, padded to the longest sample of each batch;
 * ``token_budget``: dynamic batching, ``max_tokens = --max_tokens`` padded tokens per micro-batch
-  (LR scaled by ``sqrt`` from the reference batch ``--batch_size``), ``sequence_picking_order=--picking_order``
+  (LR scaled by ``--lr_scaling_method`` from the reference batch ``--batch_size``), ``sequence_picking_order=--picking_order``
   (default ``seqlen``: each pass sorted by length, so micro-batches hold similar lengths);
 * ``token_budget_curriculum``: the same with a ``seqlen`` curriculum (value-based, ``fixed_linear`` from
   ``--curriculum_min`` to the longest sample over the first half of the fixed arms' step count); ``seqlen`` order
@@ -56,7 +56,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--valid", type=int, default=64, help="held-out samples for the validation loss")
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--batch_size", type=int, default=8, help="fixed arms' batch, and the LR reference batch")
-    p.add_argument("--max_tokens", type=int, default=0, help="token budget (default: batch_size x mean length x 2)")
+    p.add_argument(
+        "--max_tokens",
+        type=int,
+        default=0,
+        help="token budget (default: --budget_batches x batch_size x mean length, at least the longest sample)",
+    )
+    p.add_argument(
+        "--budget_batches",
+        type=float,
+        default=1.0,
+        help="default budget in fixed batches of mean length (1: a step holds the fixed arms' real tokens on average)",
+    )
+    p.add_argument("--lr_scaling_method", choices=("linear", "sqrt", "none"), default="sqrt")
     p.add_argument("--real_tokens", type=int, default=60000, help="real tokens each arm trains on")
     p.add_argument("--picking_order", choices=("dataloader", "random", "seqlen"), default="seqlen")
     p.add_argument("--curriculum_min", type=int, default=32)
@@ -143,7 +155,7 @@ def loader_for(arm: str, data: datasets.Dataset, args: argparse.Namespace, max_t
     block: dict[str, Any] = {"enabled": True, "seed": seed}
     sampling: dict[str, Any] = {
         "enabled": True,
-        "dynamic_batching": {"enabled": True, "max_tokens": max_tokens, "lr_scaling_method": "sqrt"},
+        "dynamic_batching": {"enabled": True, "max_tokens": max_tokens, "lr_scaling_method": args.lr_scaling_method},
     }
     sampling["dynamic_batching"]["sequence_picking_order"] = args.picking_order
     if arm == "token_budget_curriculum":
@@ -239,7 +251,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train_rows, valid_rows = compact(*load_rows(name, args), args.vocab)
         train = datasets.Dataset.from_dict({"input_ids": train_rows, "seqlen": [len(r) for r in train_rows]})
         mean_len = float(np.mean(train["seqlen"]))
-        max_tokens = args.max_tokens or max(int(max(train["seqlen"])), int(2 * args.batch_size * mean_len))
+        max_tokens = args.max_tokens or max(int(max(train["seqlen"])), int(args.budget_batches * args.batch_size * mean_len))
         print(
             f"# {name}: {len(train)} samples, lengths {min(train['seqlen'])}..{max(train['seqlen'])} "
             f"(mean {mean_len:.0f}), max_tokens {max_tokens}",

@@ -11,6 +11,12 @@ from 24 to 64 over the first half of the run, batch 32, GA 1, one process, ``buf
 * **Memory:** each (stream length, buffer size) runs ``StreamingCurriculum`` to the end in a fresh process and reports
   its peak RSS (``VmHWM``) and the baseline after imports, so the figure is the stream's own.
 
+* **Quality** (``--quality_seeds 1 2 3``; nothing else runs then): the ``curriculum`` arm of
+  ``scripts/bench_data_efficiency.py`` (tiny GPT-2 on PTB 128-token blocks, ``seqlen_truncate`` plus ``vocab_rarity``
+  percentile) trained map-style and streamed (``train_gpt2.py --streaming``: 16 shuffled shards, default streaming
+  settings, counts estimated from the warm-up prefix), the same steps and seeds; final validation loss, mean and
+  spread over the seeds. Run records go to ``docs/bench_records/streaming_quality`` (reused when present).
+
 Run: ``python scripts/bench_streaming.py`` (small defaults, about a minute on 2 cores); the issue's scale is
 ``--samples 5000000 --lengths 1000000 5000000``.
 """
@@ -122,6 +128,38 @@ def child(files: list[str], n: int, buffer_size: int) -> None:
     print(json.dumps(out))
 
 
+def quality(seeds: list[int], steps: int, records_dir: Path, out_dir: Path) -> dict:
+    """Train (or reuse) the curriculum arm of ``bench_data_efficiency.py`` map-style and streamed for ``seeds``, the
+    same steps each; their final validation losses."""
+    import statistics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_data_efficiency as bench
+
+    task = {**bench.TASKS["gpt2"], "steps": steps}
+    results = {}
+    for mode, extra in (("map", {}), ("stream", {"streaming": "true"})):
+        args = argparse.Namespace(
+            out_dir=str(out_dir / mode),
+            records_dir=str(records_dir / mode),
+            overwrite=False,
+            lr_scaling=0.0,
+            evals_per_run=6,
+            eval_samples=256,
+            extra=extra,
+        )
+        runs = [bench.run_one("gpt2", task, "curriculum", 1.0, seed, args) for seed in seeds]
+        losses = [r["final"]["validation"]["loss"] for r in runs]
+        results[mode] = {
+            "steps": runs[0]["bench"]["steps"],
+            "losses": losses,
+            "mean": statistics.mean(losses),
+            "std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+        }
+        print(f"quality {mode}: final validation loss {results[mode]['mean']:.4f} +- {results[mode]['std']:.4f}")
+    return results
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=200_000, help="stream length of the throughput run")
@@ -131,8 +169,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--workdir", default=None, help="folder for the shards (default: a temporary one)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--quality_seeds", type=int, nargs="+", default=None, help="run only the quality comparison")
+    p.add_argument("--quality_steps", type=int, default=200, help="steps of the quality runs")
+    p.add_argument("--records_dir", default="docs/bench_records/streaming_quality", help="quality run records")
+    p.add_argument("--out_dir", default="outputs/streaming_quality", help="quality run folders")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.quality_seeds:
+        results = {"quality": quality(a.quality_seeds, a.quality_steps, Path(a.records_dir), Path(a.out_dir))}
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+        return
     if a.child:
         folder, n, buffer_size = a.child
         child(

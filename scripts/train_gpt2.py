@@ -82,6 +82,14 @@ class DataArguments:
         default=True, metadata={"help": "Restrict the vocabulary to the ids seen in training (see the module doc)."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training samples."})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the training split as a stream, as a corpus too large for an index is read: an "
+            "IterableDataset of 16 shards, shuffled by shard and through a 1,024-sample buffer (seeded by --seed). A "
+            "curriculum then runs as the streaming curriculum (docs/streaming.md)."
+        },
+    )
     max_eval_samples: int | None = field(
         default=256, metadata={"help": "Validation samples used for the evaluations during training."}
     )
@@ -267,6 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
     train = lm["train"]
     if data_args.max_train_samples is not None:
         train = train.select(range(min(data_args.max_train_samples, len(train))))
+    n_train = len(train)
+    if data_args.streaming:
+        train = train.to_iterable_dataset(num_shards=16).shuffle(seed=training_args.seed, buffer_size=1024)
     valid = lm["validation"]
     eval_subset = (
         valid.select(range(min(data_args.max_eval_samples, len(valid)))) if data_args.max_eval_samples else valid
@@ -274,8 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(model_args, vocab_size, data_args.block_size, eos)
     logger.warning(
         f"GPT-2 {model.config.n_layer}x{model.config.n_embd}, vocab {vocab_size}, "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; {len(train)} train samples "
-        f"({data_args.sample_mode}), {len(eval_subset)} eval samples during training."
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; {n_train} train samples "
+        f"({data_args.sample_mode}{', streamed' if data_args.streaming else ''}), {len(eval_subset)} eval samples during training."
     )
     recorder = _examples.CurveRecorder(model, training_args.output_dir)
     trainer = trainer_cls(
