@@ -9,17 +9,20 @@ Arms, each trained from the same initialisation until it has seen ``--real_token
 
 * ``fixed_pad_longest``: batches of ``--batch_size`` samples, every row padded to the longest sample of the data;
 * ``fixed_pad_batch``: the same batches, padded to the longest sample of each batch;
-* ``token_budget``: dynamic batching, ``max_tokens = --max_tokens`` padded tokens per micro-batch
-  (LR scaled by ``--lr_scaling_method`` from the reference batch ``--batch_size``), ``sequence_picking_order=--picking_order``
+* ``token_budget``: dynamic batching, ``--max_tokens`` padded tokens per micro-batch (default: ``--budget_batches``
+  fixed batches of mean length, so a step holds the fixed arms' real tokens on average), the LR scaled by
+  ``--lr_scaling_method`` from the reference batch ``--batch_size``, ``sequence_picking_order=--picking_order``
   (default ``seqlen``: each pass sorted by length, so micro-batches hold similar lengths);
 * ``token_budget_curriculum``: the same with a ``seqlen`` curriculum (value-based, ``fixed_linear`` from
-  ``--curriculum_min`` to the longest sample over the first half of the fixed arms' step count); ``seqlen`` order
-  sorts the samples each step takes from the curriculum's draw.
+  ``--curriculum_min``, at least the shortest sample, to the longest over the first half of the fixed arms' step
+  count); ``seqlen`` order sorts the samples each step takes from the curriculum's draw.
 
-Every step's loss is the mean over its real, shifted label tokens (AdamW, constant LR). Reported per arm: real
-tokens/s of the training loop (forward, backward, step; no evaluation), padding fraction (1 - real / computed
-tokens), the largest micro-batch in computed tokens (what activation memory scales with; on CUDA also the peak
-allocated memory), and the validation loss (mean over the real tokens of the held-out set) at the end.
+The arms of a seed run interleaved, ``--interleave`` steps each in turn, so the machine's noise hits them alike and
+their tokens/s are comparable side by side. Every step's loss is the mean over its real, shifted label tokens (AdamW,
+constant LR). Reported per arm: real tokens/s of the training loop (forward, backward, step; no evaluation), padding
+fraction (1 - real / computed tokens), the largest micro-batch in computed tokens, the peak activation memory (bytes
+of the tensors autograd saves for backward in the largest step, on any device; a tensor saved twice counts twice),
+and the validation loss (mean over the real tokens of the held-out set) at the end.
 
 Run: ``python scripts/bench_dynamic_batching.py`` (small defaults, a few minutes on 2 CPU cores);
 ``--data bbc`` or ``--data ptb`` for one data set, ``--seeds 0 1 2`` for the seed spread.
@@ -70,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--lr_scaling_method", choices=("linear", "sqrt", "none"), default="sqrt")
     p.add_argument("--real_tokens", type=int, default=60000, help="real tokens each arm trains on")
+    p.add_argument("--interleave", type=int, default=2, help="steps each arm runs before the next arm's turn")
     p.add_argument("--picking_order", choices=("dataloader", "random", "seqlen"), default="seqlen")
     p.add_argument("--curriculum_min", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -114,6 +118,25 @@ def collate(features: list[dict[str, Any]], width: int | None = None) -> dict[st
         ids[row, : len(f["input_ids"])] = torch.as_tensor(f["input_ids"])
         mask[row, : len(f["input_ids"])] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+
+class SavedActivations:
+    """Bytes of the tensors autograd saves for backward during a forward (the activation memory of a step, on any
+    device); :attr:`peak` is the largest step's."""
+
+    def __init__(self) -> None:
+        self.current = self.peak = 0
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.current += tensor.numel() * tensor.element_size()
+        return tensor
+
+    def step(self) -> Any:
+        self.current = 0
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+
+    def close_step(self) -> None:
+        self.peak = max(self.peak, self.current)
 
 
 def token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -164,7 +187,7 @@ def loader_for(arm: str, data: datasets.Dataset, args: argparse.Namespace, max_t
             "enabled": True,
             "curriculum_metrics": {
                 "seqlen": {
-                    "min_difficulty": min(args.curriculum_min, longest),
+                    "min_difficulty": min(max(args.curriculum_min, int(min(data["seqlen"]))), longest),
                     "max_difficulty": longest,
                     "schedule_type": "fixed_linear",
                     "schedule_config": {"total_curriculum_step": max(1, steps // 2), "difficulty_step": 8},
@@ -182,65 +205,91 @@ def loader_for(arm: str, data: datasets.Dataset, args: argparse.Namespace, max_t
     return loader, engine
 
 
-def run_arm(arm: str, train: datasets.Dataset, valid: list[list[int]], args, max_tokens: int, seed: int) -> dict:
-    torch.manual_seed(seed)
-    longest = int(max(train["seqlen"]))
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=args.vocab,
-            n_positions=longest,
-            n_layer=args.n_layer,
-            n_embd=args.n_embd,
-            n_head=2,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            pad_token_id=PAD,
+class ArmRun:
+    """One arm's training run from the seed's initialisation, advanced a few steps at a time so that the arms of a
+    seed run interleaved (machine noise then hits every arm alike)."""
+
+    def __init__(self, arm: str, train: datasets.Dataset, args: argparse.Namespace, max_tokens: int, seed: int):
+        torch.manual_seed(seed)
+        longest = int(max(train["seqlen"]))
+        self.arm, self.seed, self.target = arm, seed, args.real_tokens
+        self.model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=args.vocab,
+                n_positions=longest,
+                n_layer=args.n_layer,
+                n_embd=args.n_embd,
+                n_head=2,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                pad_token_id=PAD,
+            )
         )
-    )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    mean_len = float(np.mean(train["seqlen"]))
-    fixed_steps = math.ceil(args.real_tokens / (args.batch_size * mean_len))
-    loader, engine = loader_for(arm, train, args, max_tokens, fixed_steps, seed)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    real = computed = steps = largest = 0
-    elapsed = 0.0
-    epoch = 0
-    while real < args.real_tokens:
-        if engine is not None:
-            engine.set_epoch(epoch)
-        for batch in loader:
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr)
+        fixed_steps = math.ceil(args.real_tokens / (args.batch_size * float(np.mean(train["seqlen"]))))
+        self.loader, self.engine = loader_for(arm, train, args, max_tokens, fixed_steps, seed)
+        self.batches = self._batches()
+        self.real = self.computed = self.steps = self.largest = 0
+        self.elapsed = 0.0
+        self.saved = SavedActivations()
+
+    def _batches(self) -> Any:
+        epoch = 0
+        while True:
+            if self.engine is not None:
+                self.engine.set_epoch(epoch)
+            yield from self.loader
+            epoch += 1
+
+    @property
+    def done(self) -> bool:
+        return self.real >= self.target
+
+    def advance(self, steps: int) -> None:
+        """Train up to ``steps`` optimizer steps (fewer when the real-token target is reached)."""
+        for _ in range(steps):
+            if self.done:
+                return
+            batch = next(self.batches)
             start = time.perf_counter()
-            loss, n = token_loss_sum(model, batch)
+            with self.saved.step():
+                loss, n = token_loss_sum(self.model, batch)
+            self.saved.close_step()
             (loss / n).backward()
-            if engine is not None:
-                with engine.scaled_lr(optimizer, steps):
-                    optimizer.step()
+            if self.engine is not None:
+                with self.engine.scaled_lr(self.optimizer, self.steps):
+                    self.optimizer.step()
             else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            elapsed += time.perf_counter() - start
-            real += int(batch["attention_mask"].sum())
-            computed += int(batch["attention_mask"].numel())
-            largest = max(largest, int(batch["attention_mask"].numel()))
-            steps += 1
-            if real >= args.real_tokens:
-                break
-        epoch += 1
-    out = {
-        "arm": arm,
-        "seed": seed,
-        "steps": steps,
-        "real_tokens": real,
-        "real_tokens_per_s": real / elapsed,
-        "padding_fraction": 1 - real / computed,
-        "largest_micro_batch_tokens": largest,
-        "valid_loss": validation_loss(model, valid),
-    }
-    if torch.cuda.is_available():
-        out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.elapsed += time.perf_counter() - start
+            self.real += int(batch["attention_mask"].sum())
+            self.computed += int(batch["attention_mask"].numel())
+            self.largest = max(self.largest, int(batch["attention_mask"].numel()))
+            self.steps += 1
+
+    def result(self, valid: list[list[int]]) -> dict:
+        return {
+            "arm": self.arm,
+            "seed": self.seed,
+            "steps": self.steps,
+            "real_tokens": self.real,
+            "real_tokens_per_s": self.real / self.elapsed,
+            "padding_fraction": 1 - self.real / self.computed,
+            "largest_micro_batch_tokens": self.largest,
+            "peak_activation_mb": self.saved.peak / 2**20,
+            "valid_loss": validation_loss(self.model, valid),
+        }
+
+
+def run_seed(train: datasets.Dataset, valid: list[list[int]], args, max_tokens: int, seed: int) -> list[dict]:
+    """Every arm of ``args.arms`` for ``seed``, interleaved ``--interleave`` steps at a time."""
+    runs = [ArmRun(arm, train, args, max_tokens, seed) for arm in args.arms]
+    while not all(r.done for r in runs):
+        for r in runs:
+            r.advance(args.interleave)
+    return [r.result(valid) for r in runs]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -251,19 +300,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train_rows, valid_rows = compact(*load_rows(name, args), args.vocab)
         train = datasets.Dataset.from_dict({"input_ids": train_rows, "seqlen": [len(r) for r in train_rows]})
         mean_len = float(np.mean(train["seqlen"]))
-        max_tokens = args.max_tokens or max(int(max(train["seqlen"])), int(args.budget_batches * args.batch_size * mean_len))
+        max_tokens = args.max_tokens or max(
+            int(max(train["seqlen"])), int(args.budget_batches * args.batch_size * mean_len)
+        )
         print(
             f"# {name}: {len(train)} samples, lengths {min(train['seqlen'])}..{max(train['seqlen'])} "
             f"(mean {mean_len:.0f}), max_tokens {max_tokens}",
             flush=True,
         )
         for seed in args.seeds:
-            for arm in args.arms:
-                row = {"data": name, **run_arm(arm, train, valid_rows, args, max_tokens, seed)}
+            for result in run_seed(train, valid_rows, args, max_tokens, seed):
+                row = {"data": name, **result}
                 print(json.dumps(row), flush=True)
                 results.append(row)
-    print("\n| data | arm | seeds | real tokens/s | padding | largest micro-batch (tokens) | valid loss |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| data | arm | seeds | real tokens/s | padding | largest micro-batch (tokens) | peak activations (MB) "
+        "| valid loss |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name in dict.fromkeys(r["data"] for r in results):
         for arm in args.arms:
             rows = [r for r in results if r["data"] == name and r["arm"] == arm]
@@ -272,7 +326,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(
                 f"| {name} | {arm} | {len(rows)} | {np.mean([r['real_tokens_per_s'] for r in rows]):,.0f} | "
                 f"{np.mean([r['padding_fraction'] for r in rows]):.1%} | "
-                f"{max(r['largest_micro_batch_tokens'] for r in rows):,} | {np.mean(loss):.3f}{spread} |"
+                f"{max(r['largest_micro_batch_tokens'] for r in rows):,} | "
+                f"{max(r['peak_activation_mb'] for r in rows):,.1f} | {np.mean(loss):.3f}{spread} |"
             )
     return results
 

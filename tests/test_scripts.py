@@ -383,3 +383,43 @@ def test_bench_retabulates_committed_records_and_picks_each_arms_best_lr(tmp_pat
     assert summary["lr_grid"]["baseline"]["chosen"] == 2e-3 and summary["lr_grid"]["auto"]["chosen"] == 1e-3
     assert summary["runs"]["baseline@1.0"]["lr"] == 2e-3 and summary["runs"]["auto@1.0"]["lr"] == 1e-3
     assert summary["runs"]["auto@1.0"]["val"] == pytest.approx([np.exp(5.01), np.exp(5.02)])
+
+
+def test_train_gpt2_streaming_curriculum(tmp_path):
+    """``--streaming`` trains the same curriculum from a shuffled, sharded stream: the logged truncation follows its
+    schedule (recomputed), every step consumes one global batch, and the stream's buffer counters are logged."""
+    steps, batch, block, trunc_total, ltd_total = 4, 4, 32, 3, 4
+    argv = _gpt2_flags(tmp_path / "gpt2", steps, batch, block, trunc_total, ltd_total)
+    result = _script("train_gpt2").main(
+        [*argv, "--streaming", "--max_train_samples", "64", "--final_eval_splits", "", "--save_strategy", "no"]
+    )
+    trunc = hfde.DifficultySchedule.from_dict(
+        {
+            "min_difficulty": 8,
+            "max_difficulty": block,
+            "schedule_type": "fixed_linear",
+            "schedule_config": {"total_curriculum_step": trunc_total, "difficulty_step": 8},
+        }
+    )
+    assert _logged(result, "curriculum/difficulty_seqlen_truncate") == {k: trunc(k) for k in range(1, steps + 1)}
+    assert _logged(result, "data_efficiency/consumed_samples") == {k: k * batch for k in range(1, steps + 1)}
+    buffered = _logged(result, "curriculum/stream_buffered")
+    dropped = _logged(result, "curriculum/stream_dropped")
+    # the 64-sample stream is all read during the warm-up: what is not served is buffered or dropped
+    assert all(buffered[k] + dropped[k] == 64 - k * batch for k in range(1, steps + 1))
+
+
+def test_bench_dynamic_batching_arms(tmp_path):
+    """The dynamic-batching benchmark's arms, interleaved on a slice of PTB: each reaches the real-token target, the
+    token-budget micro-batches stay within the budget and save activation memory and padding against fixed batches,
+    and the two fixed arms (the same batches, padded differently) reach the same loss."""
+    bench = _script("bench_dynamic_batching")
+    argv = ["--data", "ptb", "--ptb_lines", "200", "--valid", "8", "--vocab", "256", "--real_tokens", "600"]
+    rows = {r["arm"]: r for r in bench.main([*argv, "--max_tokens", "160", "--n_embd", "16"])}
+    assert set(rows) == set(bench.ARMS) and all(r["real_tokens"] >= 600 for r in rows.values())
+    for arm in ("token_budget", "token_budget_curriculum"):
+        assert rows[arm]["largest_micro_batch_tokens"] <= 160
+        assert rows[arm]["peak_activation_mb"] < rows["fixed_pad_longest"]["peak_activation_mb"]
+    assert rows["token_budget"]["padding_fraction"] < rows["fixed_pad_batch"]["padding_fraction"]
+    assert rows["fixed_pad_batch"]["padding_fraction"] < rows["fixed_pad_longest"]["padding_fraction"]
+    assert rows["fixed_pad_batch"]["valid_loss"] == pytest.approx(rows["fixed_pad_longest"]["valid_loss"], rel=1e-5)
