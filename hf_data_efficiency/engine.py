@@ -232,13 +232,13 @@ class DataEfficiencyEngine:
         if dataset is None or (self.config.curriculum is None and self.config.dynamic_batching is None):
             return
         if is_stream(dataset):
-            if self.config.dynamic_batching is None:
+            if self.config.dynamic_batching is None or self.config.curriculum is not None:
                 return
             raise ValueError(
-                f"train_dataset: dynamic batching needs a map-style dataset (random access to every sample and its "
-                f"length), got a {type(dataset).__name__} (streaming). Materialise it (load without streaming=True, "
-                "or datasets.Dataset.from_generator) or train without dynamic batching (the streaming curriculum "
-                "and random-LTD work with iterable datasets)."
+                f"train_dataset: dynamic batching over a stream ({type(dataset).__name__}) runs inside the streaming "
+                "curriculum, and this config has no curriculum; add a curriculum (data_sampling.curriculum_learning, "
+                "e.g. a seqlen metric at its max difficulty), or materialise the dataset (load without "
+                "streaming=True, or datasets.Dataset.from_generator)."
             )
         if self.config.curriculum is not None and not isinstance(dataset, datasets.Dataset):
             raise ValueError(
@@ -335,12 +335,17 @@ class DataEfficiencyEngine:
         """Build the :class:`~hf_data_efficiency.curriculum.streaming.StreamingCurriculum` over the stream
         ``dataset`` as :attr:`sampler` and return it: what this process's DataLoader iterates (the per-micro-batch
         tags for :meth:`wrap_collator` included). Each process reads its own shard (``rank``); ``device`` is where
-        the processes agree on the end of the stream (the process group's device)."""
-        from .curriculum.streaming import StreamingCurriculum
+        the processes agree on the end of the stream (the process group's device).
 
-        self.sampler = StreamingCurriculum(
-            dataset,
-            self.config.curriculum,
+        With dynamic batching it is a :class:`~hf_data_efficiency.curriculum.streaming_batches.StreamingTokenBudget`,
+        which yields whole micro-batches (lists of samples: a DataLoader with ``batch_size=1`` and a
+        ``MicroBatchCollator``), and :attr:`batch_sampler` gives the per-step LR factor and logs; the LR reference
+        batch is :attr:`global_batch_size`."""
+        from .curriculum.streaming import StreamingCurriculum
+        from .curriculum.streaming_batches import StreamBudgetSchedule, StreamingTokenBudget
+
+        self.check_dataset(dataset)
+        common = dict(
             batch_size=self.batch_size,
             world_size=self.world_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
@@ -349,6 +354,13 @@ class DataEfficiencyEngine:
             device=device,
             tag_positions=self.seeded_collation,
         )
+        if self.config.dynamic_batching is None:
+            self.sampler = StreamingCurriculum(dataset, self.config.curriculum, **common)
+            return self.sampler
+        self.sampler = StreamingTokenBudget(
+            dataset, self.config.curriculum, self.config.dynamic_batching, packed=self.packed, **common
+        )
+        self.batch_sampler = StreamBudgetSchedule(self.sampler)
         return self.sampler
 
     def loader_dataset(self, dataset: Any) -> Any:

@@ -260,6 +260,9 @@ class DataEfficiencyTrainer(Trainer):
         if self.engine.config.dynamic_batching is not None:
             if self.train_dataset is None:
                 raise ValueError("Trainer: training requires a train_dataset.")
+            if is_stream(self.train_dataset):
+                self.engine.batch_size = self._train_batch_size
+                return self._stream_dataloader()
             return self._dynamic_batching_dataloader()
         if self.engine.config.curriculum is None:
             return super().get_train_dataloader()
@@ -288,15 +291,34 @@ class DataEfficiencyTrainer(Trainer):
         config = self.accelerator.dataloader_config
         dispatch, config.dispatch_batches = config.dispatch_batches, False
         try:
-            loader = self._get_dataloader(
-                dataset=stream, description="Training", batch_size=self._train_batch_size, is_training=True
-            )
+            if self.engine.batch_sampler is not None:
+                loader = self._stream_micro_batch_dataloader(stream)
+            else:
+                loader = self._get_dataloader(
+                    dataset=stream, description="Training", batch_size=self._train_batch_size, is_training=True
+                )
         finally:
             config.dispatch_batches = dispatch
         shard = getattr(loader, "dataset", None)
         if isinstance(shard, IterableDatasetShard):  # a passthrough: the stream is this process's already
             shard.num_processes, shard.process_index = 1, 0
         return loader
+
+    def _stream_micro_batch_dataloader(self, stream: Any) -> DataLoader:
+        """With dynamic batching the stream yields whole micro-batches: one per DataLoader batch, collated whole."""
+        from .curriculum.streaming_batches import MicroBatchCollator
+
+        if self.args.dataloader_num_workers:
+            raise ValueError(
+                f"dataloader_num_workers={self.args.dataloader_num_workers}: a streaming curriculum reads its stream in "
+                "the training process, which checkpoints its state and agrees with the other processes on the end; "
+                "allowed: 0."
+            )
+        collator = self._get_collator_with_removed_columns(self.data_collator, description="Training")
+        loader = DataLoader(
+            stream, batch_size=1, collate_fn=MicroBatchCollator(collator), pin_memory=self.args.dataloader_pin_memory
+        )
+        return self.accelerator.prepare(loader)
 
     def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
         collator = super()._get_collator_with_removed_columns(data_collator, description=description)

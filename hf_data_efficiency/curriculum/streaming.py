@@ -610,28 +610,38 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             step = self._step + 1
             picked = self._select(step)
             if not _all_processes_agree(picked is not None, self.device):
-                if self._ids.size:
-                    self.counters.dropped += int(self._ids.size)  # the last partial step
-                    self._drop(np.ones(self._ids.size, dtype=bool))
-                self._snapshots.append(self._snapshot())
+                self._end()
                 return
-            level = int(self._pacing.levels_at([step])[0])
-            early = int((self._levels[picked] > level).sum())
-            ids = self._ids[picked].tolist()
-            mask = np.zeros(self._ids.size, dtype=bool)
-            mask[picked] = True
-            self._remove(mask)
-            self.counters.served += len(ids)
-            self.counters.admitted_early += early
-            self._release(ids)
-            self._step = step
-            self._snapshots.append(self._snapshot())
+            ids = self._take(step, picked)
             tags: dict[str, Any] = {}
             if self._transform_schedule is not None:
                 tags[MAX_TOKENS_KEY] = int(self._transform_schedule(step))
             base = (step - 1) * self.global_batch_size + self.rank * self.local_batch_size
             for j, i in enumerate(ids):
                 yield {**self._samples[i], **tags, **({POSITION_KEY: base + j} if self.tag_positions else {})}
+
+    def _take(self, step: int, picked: np.ndarray) -> list[int]:
+        """Serve the buffer positions ``picked`` as ``step``: remove them, count them, record the step's state;
+        returns their ids."""
+        level = int(self._pacing.levels_at([step])[0])
+        early = int((self._levels[picked] > level).sum())
+        ids = self._ids[picked].tolist()
+        mask = np.zeros(self._ids.size, dtype=bool)
+        mask[picked] = True
+        self._remove(mask)
+        self.counters.served += len(ids)
+        self.counters.admitted_early += early
+        self._release(ids)
+        self._step = step
+        self._snapshots.append(self._snapshot())
+        return ids
+
+    def _end(self) -> None:
+        """The processes agreed that the stream is over: drop (and count) the last partial step."""
+        if self._ids.size:
+            self.counters.dropped += int(self._ids.size)
+            self._drop(np.ones(self._ids.size, dtype=bool))
+        self._snapshots.append(self._snapshot())
 
     # ------------------------------------------------------------------ checkpointing
     def _identity(self) -> dict[str, Any]:
