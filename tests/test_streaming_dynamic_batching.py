@@ -1,0 +1,368 @@
+"""Dynamic (token-budget) batching over a streaming curriculum, checked against oracles: DeepSpeed's difficulty
+schedule, the buffer and the greedy packing simulated from scratch, the LR formula recomputed from each step's
+samples, and an uninterrupted run for resume."""
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from _helpers import training_kwargs
+from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
+from test_streaming import SEQLEN, curriculum, make_rows, open_stream, write_shards
+from tiny import CURRICULUM_FLAGS, SEQLEN_METRIC, TRUNCATE_METRIC, RecordingTrainer, collate, make_dataset, tiny_model
+
+from hf_data_efficiency import DataEfficiencyTrainingArguments
+from hf_data_efficiency.config import CurriculumConfig, DynamicBatchingConfig, SeqlenTransformConfig
+from hf_data_efficiency.curriculum.streaming_batches import MicroBatchCollator, StreamingTokenBudget
+from hf_data_efficiency.curriculum.transforms import MAX_TOKENS_KEY, POSITION_KEY
+from hf_data_efficiency.engine import DataEfficiencyEngine
+
+N, BATCH = 240, 4
+TRUNCATE = {
+    "min_difficulty": 8,
+    "max_difficulty": 40,
+    "schedule_type": "fixed_linear",
+    "schedule_config": {"total_curriculum_step": 12, "difficulty_step": 4},
+}
+
+
+def build(source, ga=2, streaming=None, metric=None, transform=None, **budget):
+    cfg = curriculum(metric, **(streaming or {}))
+    if transform is not None:
+        cfg = CurriculumConfig(sampling_metrics=cfg.sampling_metrics, streaming=cfg.streaming, transform=transform)
+    return StreamingTokenBudget(
+        source,
+        cfg,
+        DynamicBatchingConfig(**{"max_tokens": 120, **budget}),
+        batch_size=BATCH,
+        gradient_accumulation_steps=ga,
+    )
+
+
+def micro_batches(stream, limit=None, check=None):
+    """``(step, j, samples)`` for every micro-batch yielded (step and index from the position tag), at most
+    ``limit``; ``check(stream, step)`` runs as each one is yielded."""
+    out, ga = [], stream.gradient_accumulation_steps
+    for mb in stream:
+        (position,) = {s[POSITION_KEY] for s in mb}
+        out.append((position // (stream.world_size * ga) + 1, position % ga, mb))
+        if check is not None:
+            check(stream, out[-1][0])
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def cost(lengths, packed=False):
+    return sum(lengths) if packed else len(lengths) * max(lengths)
+
+
+def first_eligible_step(length, schedule):
+    step = 1
+    while length > schedule.get_difficulty(step):
+        step += 1
+    return step
+
+
+def oracle(lengths, schedule, max_tokens, ga, min_bs=1, max_bs=None):
+    """The micro-batches of every step when the whole stream fits the buffer, from scratch: the eligible samples in
+    stream order, packed greedily (each micro-batch leaving ``min_bs`` for those to come), else completed with the
+    samples closest to eligibility."""
+    buffer = list(range(len(lengths)))
+    steps, step = [], 1
+    while True:
+        difficulty = schedule.get_difficulty(step)
+        eligible = [i for i in buffer if lengths[i] <= difficulty]
+        waiting = sorted(
+            (i for i in buffer if lengths[i] > difficulty),
+            key=lambda i: (first_eligible_step(lengths[i], schedule), i),
+        )
+        for order in (eligible, eligible + waiting):
+            batches, start = [], 0
+            while len(batches) < ga and start < len(order):
+                limit = len(order) - min_bs * (ga - len(batches) - 1)
+                end = start
+                while end < limit and (max_bs is None or end - start < max_bs):
+                    if cost([lengths[i] for i in order[start : end + 1]]) > max_tokens:
+                        break
+                    end += 1
+                if end - start < min_bs:
+                    break
+                batches.append(order[start:end])
+                start = end
+            if len(batches) == ga:
+                break
+        if len(batches) < ga:
+            return steps
+        steps.append(batches)
+        taken = {i for b in batches for i in b}
+        buffer = [i for i in buffer if i not in taken]
+        step += 1
+
+
+@pytest.mark.parametrize("max_tokens,min_bs,max_bs,ga", [(120, 1, None, 2), (96, 2, 5, 3), (60, 1, None, 1)])
+def test_with_the_whole_stream_buffered_the_micro_batches_equal_a_from_scratch_simulation(
+    tmp_path, max_tokens, min_bs, max_bs, ga
+):
+    rows = make_rows()
+    stream = build(
+        open_stream(write_shards(tmp_path, rows)),
+        ga=ga,
+        streaming={"buffer_size": 4096, "chunk_size": 4096},
+        max_tokens=max_tokens,
+        min_batch_size=min_bs,
+        max_batch_size=max_bs,
+    )
+    out = micro_batches(stream)
+    in_order = [r for s in range(3) for r in rows[s::3]]  # the stream reads shard after shard
+    expected = oracle(
+        [len(r["input_ids"]) for r in in_order], CurriculumScheduler(SEQLEN), max_tokens, ga, min_bs, max_bs
+    )
+    expected = [[[in_order[i]["id"] for i in b] for b in step] for step in expected]
+    got = [[[s["id"] for s in mb] for _, _, mb in out[k : k + ga]] for k in range(0, len(out), ga)]
+    assert got == expected and len(expected) > 5
+    assert [(step, j) for step, j, _ in out] == [(k + 1, j) for k in range(len(expected)) for j in range(ga)]
+
+
+@pytest.mark.parametrize(
+    "policy,buffer,packed,budget",
+    [
+        ("drop", 64, False, {"max_tokens": 120}),
+        ("drop", 48, True, {"max_tokens": 100, "min_batch_size": 2, "max_batch_size": 6}),
+        ("hold", 32, False, {"max_tokens": 120, "min_batch_size": 3, "max_batch_size": 5}),
+    ],
+)
+def test_every_micro_batch_fits_and_every_sample_is_eligible_or_counted_early(
+    tmp_path, policy, buffer, packed, budget
+):
+    rows = make_rows()
+    stream = build(
+        open_stream(write_shards(tmp_path, rows)),
+        streaming={"buffer_size": buffer, "buffer_full": policy},
+        **budget,
+    )
+    stream.packed = packed
+    sizes, reading = [], set()
+
+    def check(stream, step):
+        sizes.append(stream.buffered)
+        if not stream._exhausted:
+            reading.add(step)  # steps formed before the end of the stream
+
+    out = micro_batches(stream, check=check)
+    schedule = CurriculumScheduler(SEQLEN)
+    max_bs = budget.get("max_batch_size") or math.inf
+    early = Counter()
+    for step, _, mb in out:
+        lengths = [len(s["input_ids"]) for s in mb]
+        assert budget.get("min_batch_size", 1) <= len(mb) <= max_bs
+        assert cost(lengths, packed) <= budget["max_tokens"]
+        early[step] += sum(n > schedule.get_difficulty(step) for n in lengths)
+    assert sum(early.values()) == stream.counters.admitted_early
+    if policy == "drop":  # only the drain after the end of the stream completes steps with ineligible samples
+        assert not any(early[step] for step in reading) and stream.counters.dropped > 0
+    else:  # hold keeps every sample but the last few that cannot give each micro-batch min_batch_size
+        assert sum(early[step] for step in reading) > 0 and stream.counters.dropped < 2 * 3
+    assert max(sizes) <= buffer
+    # exactly GA micro-batches per step, steps in order
+    assert Counter(step for step, _, _ in out) == dict.fromkeys(range(1, out[-1][0] + 1), 2)
+    # the multiset served is the input minus exactly the counted drops and exclusions
+    ids = [s["id"] for _, _, mb in out for s in mb]
+    c = stream.counters
+    assert len(set(ids)) == len(ids) == c.served and set(ids) <= set(range(N))
+    assert c.read == N and len(ids) == N - c.dropped - c.excluded
+    logs = stream.stream_logs(out[-1][0])
+    assert logs["curriculum/stream_dropped"] == c.dropped and logs["curriculum/stream_buffered"] == 0
+
+
+def test_excluded_samples_are_counted_and_never_served(tmp_path):
+    rows = make_rows()
+    metric = {"max_difficulty": 20, "schedule_config": {"total_curriculum_step": 4, "difficulty_step": 2}}
+    stream = build(open_stream(write_shards(tmp_path, rows)), metric=metric, streaming={"buffer_size": 4096})
+    ids = [s["id"] for _, _, mb in micro_batches(stream) for s in mb]
+    long = {r["id"] for r in rows if len(r["input_ids"]) > 20}
+    assert stream.counters.excluded == len(long) > 0 and not long & set(ids)
+    assert len(ids) == N - len(long) - stream.counters.dropped
+
+
+@pytest.mark.parametrize("method", ["linear", "sqrt", "none"])
+def test_lr_factor_and_logs_are_recomputed_from_each_steps_samples(tmp_path, method):
+    engine = DataEfficiencyEngine(
+        {"curriculum": curriculum().to_dict(), "dynamic_batching": {"max_tokens": 120, "lr_scaling_method": method}},
+        batch_size=BATCH,
+        gradient_accumulation_steps=2,
+    )
+    stream = engine.build_stream(open_stream(write_shards(tmp_path, make_rows())))
+    assert engine.batch_sampler is not None and engine.sampler is stream
+    by_step: dict[int, list] = {}
+    for step, _, mb in micro_batches(stream):
+        by_step.setdefault(step, []).append([len(s["input_ids"]) for s in mb])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    reference = BATCH * 2
+    for step, batches in by_step.items():
+        n = sum(len(b) for b in batches)
+        factor = {"linear": n / reference, "sqrt": math.sqrt(n / reference), "none": 1.0}[method]
+        assert engine.lr_factor(step - 1) == pytest.approx(factor)
+        with engine.scaled_lr(optimizer, step - 1):
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * factor)
+        real = sum(sum(b) for b in batches)
+        logs = engine.step_logs(step)
+        assert logs["dynamic_batching/samples"] == n
+        assert logs["dynamic_batching/real_tokens"] == real
+        assert logs["dynamic_batching/padding_fraction"] == pytest.approx(1 - real / sum(cost(b) for b in batches))
+        assert logs["dynamic_batching/lr_factor"] == pytest.approx(factor)
+    assert len({sum(len(b) for b in bs) for bs in by_step.values()}) > 1  # the step sizes really vary
+
+
+def test_seqlen_truncate_caps_the_counted_lengths_and_tags_the_step(tmp_path):
+    truncate = SeqlenTransformConfig(name="seqlen_truncate", **TRUNCATE)
+    stream = build(open_stream(write_shards(tmp_path, make_rows())), transform=truncate, max_tokens=64)
+    schedule = CurriculumScheduler(TRUNCATE)
+    out = micro_batches(stream)
+    assert out
+    for step, _, mb in out:
+        cap = schedule.get_difficulty(step)
+        assert {s[MAX_TOKENS_KEY] for s in mb} == {cap}
+        assert cost([min(len(s["input_ids"]), cap) for s in mb]) <= 64
+    assert any(cost([len(s["input_ids"]) for s in mb]) > 64 for _, _, mb in out)  # the cap made them fit
+
+
+def test_over_long_samples_are_refused_or_truncated_and_counted(tmp_path):
+    rows = make_rows()
+    files = write_shards(tmp_path, rows)
+    with pytest.raises(ValueError, match=r"longer than max_tokens=30 tokens.*truncate_long_samples"):
+        micro_batches(build(open_stream(files), max_tokens=30))
+    with pytest.raises(ValueError, match=r"max_tokens // min_batch_size = 60 // 2 = 30"):
+        micro_batches(build(open_stream(files), max_tokens=60, min_batch_size=2))
+    stream = build(open_stream(files), max_tokens=30, truncate_long_samples=True, streaming={"buffer_size": 4096})
+    out = micro_batches(stream)
+    assert stream.truncated_samples == sum(len(r["input_ids"]) > 30 for r in rows) > 0
+    for _, _, mb in out:
+        assert {s[MAX_TOKENS_KEY] for s in mb} == {30}
+        assert cost([min(len(s["input_ids"]), 30) for s in mb]) <= 30
+
+
+@pytest.mark.parametrize("cut", [1, 5, 9])
+def test_resume_from_a_json_state_continues_identically(tmp_path, cut):
+    files = write_shards(tmp_path, make_rows())
+    config = {
+        "curriculum": curriculum(buffer_size=48).to_dict(),
+        "dynamic_batching": {"max_tokens": 100, "max_batch_size": 8},
+    }
+
+    def engine():
+        e = DataEfficiencyEngine(config, batch_size=BATCH, gradient_accumulation_steps=2)
+        e.build_stream(open_stream(files))
+        return e
+
+    full = engine()
+    uninterrupted = micro_batches(full.sampler)
+    first = engine()
+    head = micro_batches(first.sampler, limit=cut * 2 + 1)  # the loader has already started the next step
+    state = json.loads(json.dumps(first.state_dict(cut)))
+    resumed = engine()
+    resumed.load_state_dict(state)
+    tail = micro_batches(resumed.sampler)
+    assert len(uninterrupted) > cut * 2 + 4 and full.sampler.counters.dropped > 0
+    assert head[: cut * 2] == uninterrupted[: cut * 2] and tail == uninterrupted[cut * 2 :]
+    assert resumed.sampler.counters == full.sampler.counters
+    positions = [mb[0][POSITION_KEY] for _, _, mb in uninterrupted]
+    assert positions == list(range(len(uninterrupted)))  # unique, deterministic collation keys
+    # a changed budget is refused
+    other = DataEfficiencyEngine(
+        {**config, "dynamic_batching": {"max_tokens": 90}}, batch_size=BATCH, gradient_accumulation_steps=2
+    )
+    other.build_stream(open_stream(files))
+    with pytest.raises(ValueError, match="dynamic_batching"):
+        other.load_state_dict(state)
+
+
+def test_refusals_name_the_field(tmp_path):
+    files = write_shards(tmp_path, make_rows())
+    engine = DataEfficiencyEngine({"dynamic_batching": {"max_tokens": 100}}, batch_size=BATCH)
+    with pytest.raises(ValueError, match="has no curriculum; add a curriculum"):
+        engine.check_dataset(open_stream(files))
+    with pytest.raises(
+        ValueError, match=r"sequence_picking_order='seqlen' cannot be used with a stream.*'dataloader'"
+    ):
+        build(open_stream(files), sequence_picking_order="seqlen")
+    reshape = SeqlenTransformConfig(name="seqlen_reshape", **TRUNCATE)
+    with pytest.raises(ValueError, match="seqlen_reshape curriculum"):
+        build(open_stream(files), transform=reshape)
+    loader = torch.utils.data.DataLoader(
+        build(open_stream(files)), batch_size=1, num_workers=1, collate_fn=MicroBatchCollator(collate)
+    )
+    with pytest.raises(ValueError, match="dataloader_num_workers=1.*allowed: 0"):
+        next(iter(loader))
+
+
+# ----- Trainer -------------------------------------------------------------------------------------------------------
+def stream_trainer(out, files, **overrides):
+    import datasets
+
+    kwargs = training_kwargs(
+        out,
+        save_strategy="steps",
+        save_steps=4,
+        dynamic_batching=True,
+        dynamic_batching_max_tokens=160,
+        dynamic_batching_lr_scaling_method="sqrt",
+        **overrides,
+    )
+    args = DataEfficiencyTrainingArguments(**kwargs, **CURRICULUM_FLAGS)
+    source = datasets.load_dataset("json", data_files=files, split="train", streaming=True)
+    return RecordingTrainer(model=tiny_model(), args=args, train_dataset=source, data_collator=collate)
+
+
+def test_trainer_over_json_shards_trains_within_budget_logs_and_resumes(tmp_path):
+    from tiny import sample_lengths
+
+    data = make_dataset()
+    files = []
+    for s in range(3):
+        files.append(str(tmp_path / f"part-{s}.json"))
+        data.shard(3, s, contiguous=True).to_json(files[-1])
+    trainer = stream_trainer(tmp_path / "out", files)
+    trainer.train()
+    lengths = sample_lengths()
+    sampling, truncate = CurriculumScheduler(SEQLEN_METRIC), CurriculumScheduler(TRUNCATE_METRIC)
+    logs = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+    assert sorted(logs) == list(range(1, 9))
+    for step, h in logs.items():
+        recs = [r for r in trainer.records if r["step"] == step]
+        assert len(recs) == 2  # GA micro-batches on the one process
+        cap = truncate.get_difficulty(step)
+        for r in recs:
+            assert r["indices"] and len(r["indices"]) * r["width"] <= 160  # what the model saw fits the budget
+            assert r["width"] == min(cap, max(lengths[i] for i in r["indices"]))
+            assert all(lengths[i] <= sampling.get_difficulty(step) for i in r["indices"])
+        samples = sum(len(r["indices"]) for r in recs)
+        real = sum(min(int(lengths[i]), cap) for r in recs for i in r["indices"])
+        computed = sum(len(r["indices"]) * r["width"] for r in recs)
+        assert h["dynamic_batching/samples"] == samples
+        assert h["dynamic_batching/real_tokens"] == real
+        assert h["dynamic_batching/padding_fraction"] == pytest.approx(1 - real / computed)
+        assert h["dynamic_batching/lr_factor"] == pytest.approx(np.sqrt(samples / 8))
+        assert h["curriculum/stream_admitted_early"] == 0
+    served = [i for r in trainer.records for i in r["indices"]]
+    assert len(set(served)) == len(served)
+    # resume from step 4: the same micro-batches and identical losses
+    resumed = stream_trainer(tmp_path / "out", files)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4"))
+    tail = [(r["step"], r["indices"], r["width"]) for r in trainer.records if r["step"] > 4]
+    assert [(r["step"], r["indices"], r["width"]) for r in resumed.records] == tail
+    full = {k: h["loss"] for k, h in logs.items() if k > 4}
+    again = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h and h["step"] > 4}
+    assert again == full and len(full) == 4
+
+
+def test_trainer_refuses_dataloader_workers_with_a_stream(tmp_path):
+    data = make_dataset()
+    files = [str(tmp_path / "part.json")]
+    data.to_json(files[0])
+    trainer = stream_trainer(tmp_path / "out", files, dataloader_num_workers=1)
+    with pytest.raises(ValueError, match="dataloader_num_workers=1.*allowed: 0"):
+        trainer.get_train_dataloader()
