@@ -366,3 +366,46 @@ def test_trainer_refuses_dataloader_workers_with_a_stream(tmp_path):
     trainer = stream_trainer(tmp_path / "out", files, dataloader_num_workers=1)
     with pytest.raises(ValueError, match="dataloader_num_workers=1.*allowed: 0"):
         trainer.get_train_dataloader()
+
+
+def test_two_processes_read_disjoint_shards_agree_on_the_end_and_sum_the_lr_factor(tmp_path):
+    """Shards of unequal size: one process runs dry first. Oracle: each process's shard run alone, in-process; the
+    logged samples and LR factor of a step recomputed from both processes' micro-batches."""
+    import os
+    import subprocess
+
+    from _helpers import torchrun
+    from datasets.distributed import split_dataset_by_node
+    from run_stream import stream_config
+    from run_stream_dynbatch import BUDGET
+    from test_streaming import ROOT
+
+    rows = make_rows()
+    files = []
+    for s, (lo, hi) in enumerate([(0, 100), (100, 150), (150, 180), (180, N)]):
+        files += write_shards(tmp_path / "data" / str(s), rows[lo:hi], shards=1)
+    script = ROOT / "tests" / "distributed" / "run_stream_dynbatch.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [*torchrun(), str(script), str(tmp_path / "out"), *files]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = [json.loads((tmp_path / "out" / f"rank{r}.json").read_text()) for r in range(2)]
+    alone = []
+    for rank in range(2):
+        shard = split_dataset_by_node(open_stream(files), rank=rank, world_size=2)
+        stream = StreamingTokenBudget(shard, stream_config(), BUDGET, batch_size=BATCH, gradient_accumulation_steps=2)
+        alone.append([[s["id"] for s in mb] for _, _, mb in micro_batches(stream)])
+    steps = min(len(b) for b in alone) // 2
+    assert len(alone[0]) != len(alone[1]) and steps > 3  # one process really runs dry first
+    served = [{i for mb in r["batches"] for i in mb} for r in results]
+    assert not served[0] & served[1]  # disjoint
+    for rank, r in enumerate(results):
+        assert r["steps"] == steps  # the same number of steps, agreed
+        assert r["batches"] == alone[rank][: 2 * steps]
+    for k in range(steps):
+        samples = sum(len(mb) for r in results for mb in r["batches"][2 * k : 2 * k + 2])
+        for r in results:
+            assert r["stats"][k]["samples"] == samples
+            assert r["stats"][k]["lr_factor"] == pytest.approx(math.sqrt(samples / (BATCH * 2 * 2)))
