@@ -17,6 +17,10 @@ With dynamic (token-budget) batching the loader takes ``batch_sampler=engine.bui
 each optimizer step runs inside ``engine.scaled_lr(optimizer, step)`` (the step's LR factor), and the loss of a step
 is the sum over its real label tokens divided by their count over every micro-batch and process.
 
+With ``--streaming`` the data is read as a ``datasets.IterableDataset`` (4 shards) through the streaming curriculum
+(``engine.build_stream``: each process reads its own shards, one pass); with dynamic batching too, the stream yields
+whole token-budget micro-batches (``DataLoader(stream, batch_size=1, collate_fn=MicroBatchCollator(collate))``).
+
 Examples::
 
     python scripts/train_no_trainer.py --config ds_config.json --output_dir out/no_trainer --save_steps 10
@@ -43,10 +47,12 @@ import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel, get_scheduler, set_seed
 
 from hf_data_efficiency import DataEfficiencyEngine, resolve_resume_checkpoint, save_checkpoint
+from hf_data_efficiency.curriculum.streaming_batches import MicroBatchCollator
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save_steps", type=int, default=0, help="save a checkpoint every N optimizer steps (0: never)")
     p.add_argument(
         "--resume_from_checkpoint", default=None, help="a checkpoint directory, or 'latest' (newest complete one)"
+    )
+    p.add_argument(
+        "--streaming", action="store_true", help="read the data as a stream through the streaming curriculum"
     )
     p.add_argument("--cpu", action="store_true", help="force CPU")
     return p.parse_args(argv)
@@ -128,7 +137,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     collate = engine.wrap_collator(make_collator(pad_id))
     shuffle = torch.Generator()
     dynamic = engine.config.dynamic_batching is not None
-    if dynamic:  # micro-batches of varying size; accelerate deals them out whole
+    if args.streaming:  # each process reads its own shards: the loader is not sharded again by accelerate
+        if engine.config.curriculum is None:
+            raise ValueError("--streaming needs a curriculum in --config (the streaming curriculum reads the stream).")
+        stream = engine.build_stream(
+            data.to_iterable_dataset(num_shards=4), rank=accelerator.process_index, device=accelerator.device
+        )
+        if dynamic:  # whole token-budget micro-batches, one per loader batch
+            loader = DataLoader(stream, batch_size=1, collate_fn=MicroBatchCollator(collate))
+        else:
+            loader = DataLoader(stream, batch_size=bs, collate_fn=collate)
+    elif dynamic:  # micro-batches of varying size; accelerate deals them out whole
         if engine.config.curriculum is not None:
             with accelerator.main_process_first():
                 data = engine.metric_dataset(data)
@@ -173,7 +192,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     scheduler = engine.layer_token_lr_scheduler(
         optimizer, args.max_steps, args.warmup_steps, "linear"
     ) or get_scheduler("linear", optimizer, args.warmup_steps, args.max_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if args.streaming:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    else:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     # ----- resume: the stream and counters through the engine; model/optimizer/scheduler/RNG through accelerate
     step = 0
@@ -198,15 +220,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f.writelines(r + "\n" for r in rows if json.loads(r)["step"] <= step)
     history: list[dict[str, Any]] = []
     micro, loss_sum, widths, longest, label_tokens = 0, 0.0, [], 0, 0
-    epoch, skip = engine.resume_position(step, len(loader))
+    # a resumed stream continues from its restored state: nothing to skip
+    epoch, skip = (0, 0) if args.streaming else engine.resume_position(step, len(loader))
     while step < args.max_steps:
         # the epoch positions the curriculum stream (or seeds the shuffling); a resumed epoch skips its consumed
         # micro-batches, as the Trainer does
         shuffle.manual_seed(args.seed + epoch)
-        loader.set_epoch(epoch)
+        if not args.streaming:
+            loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         skip = 0
         for batch in batches:
+            if args.streaming:
+                batch = send_to_device(batch, accelerator.device)
             if checkpoint is not None:
                 # after the loader's iterator exists (creating it draws from the torch RNG), as the Trainer does, so
                 # random-LTD's subsets and dropout continue exactly as in an uninterrupted run
@@ -266,6 +292,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 )
             if step >= args.max_steps:
                 break
+        if args.streaming:  # a stream is read once
+            break
         epoch += 1
 
     if accelerator.is_main_process:

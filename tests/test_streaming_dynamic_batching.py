@@ -409,3 +409,39 @@ def test_two_processes_read_disjoint_shards_agree_on_the_end_and_sum_the_lr_fact
         for r in results:
             assert r["stats"][k]["samples"] == samples
             assert r["stats"][k]["lr_factor"] == pytest.approx(math.sqrt(samples / (BATCH * 2 * 2)))
+
+
+def test_plain_accelerate_loop_streams_token_budget_batches_and_resumes(tmp_path):
+    """scripts/train_no_trainer.py --streaming with a curriculum and dynamic batching: the logged step sizes and LR
+    factors equal those of the same stream rebuilt in-process, and a resume from step 2 gives identical losses."""
+    import shutil
+
+    import datasets
+    from train_no_trainer import build_dataset, main, parse_args
+
+    config = tmp_path / "de.json"
+    dynamic = {"max_tokens": 96, "lr_scaling_method": "linear"}
+    config.write_text(json.dumps({"curriculum": curriculum().to_dict(), "dynamic_batching": dynamic}))
+    out = tmp_path / "out"
+    argv = ["--config", str(config), "--output_dir", str(out), "--max_steps", "4", "--save_steps", "2", "--cpu"]
+    argv += ["--gradient_accumulation_steps", "2", "--dropout", "0", "--num_samples", "128", "--max_length", "32"]
+    argv += ["--per_device_batch_size", "4", "--streaming"]
+    history = main(argv)
+    assert [row["step"] for row in history] == [1, 2, 3, 4]
+    data, _, _ = build_dataset(parse_args(argv))
+    engine = DataEfficiencyEngine(config.read_text(), batch_size=4, gradient_accumulation_steps=2)
+    stream = engine.build_stream(datasets.Dataset.to_iterable_dataset(data, num_shards=4))
+    steps = {}
+    for step, _, mb in micro_batches(stream, limit=8):
+        lengths = [len(s["input_ids"]) for s in mb]
+        assert cost(lengths) <= 96
+        steps[step] = steps.get(step, 0) + len(mb)
+    for row in history:
+        assert row["dynamic_batching/samples"] == steps[row["step"]]
+        assert row["dynamic_batching/lr_factor"] == pytest.approx(steps[row["step"]] / 8)
+    assert len(set(steps.values())) > 1
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(out, resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoint-4")
+    again = main([*argv[:3], str(resumed_dir), *argv[4:], "--resume_from_checkpoint", "latest"])
+    assert [(r["step"], r["loss"]) for r in again] == [(r["step"], r["loss"]) for r in history[2:]]
