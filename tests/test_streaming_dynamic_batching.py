@@ -67,64 +67,96 @@ def first_eligible_step(length, schedule):
     return step
 
 
-def oracle(lengths, schedule, max_tokens, ga, min_bs=1, max_bs=None):
-    """The micro-batches of every step when the whole stream fits the buffer, from scratch: the eligible samples in
-    stream order, packed greedily (each micro-batch leaving ``min_bs`` for those to come), else completed with the
-    samples closest to eligibility."""
-    buffer = list(range(len(lengths)))
-    steps, step = [], 1
+def pack(order, lengths, max_tokens, ga, min_bs, max_bs):
+    """Greedy consecutive packing into at most ``ga`` micro-batches, each leaving ``min_bs`` samples for those to
+    come; also whether all ``ga`` are closed by a sample that does not fit."""
+    batches, start = [], 0
+    while len(batches) < ga and start < len(order):
+        limit = len(order) - min_bs * (ga - len(batches) - 1)
+        end = start
+        while end < limit and (max_bs is None or end - start < max_bs):
+            if cost([lengths[i] for i in order[start : end + 1]]) > max_tokens:
+                break
+            end += 1
+        if end - start < min_bs:
+            break
+        batches.append(order[start:end])
+        start = end
+    return batches, len(batches) == ga and start < len(order)
+
+
+def oracle(lengths, schedule, max_tokens, ga, fixed, buffer_size, chunk_size, min_bs=1, max_bs=None):
+    """Every step's micro-batches and the drop count, from scratch: chunks of ``min(chunk_size, buffer_size - fixed +
+    1)`` samples are read while the eligible ones do not close ``ga`` micro-batches; a full buffer evicts the hardest
+    (latest first-eligible step, newest first) only while fewer than ``fixed`` are eligible; then the eligible samples
+    in stream order are packed, else completed with those closest to eligibility."""
+    chunk = min(chunk_size, buffer_size - fixed + 1)
+    hardness = {i: (first_eligible_step(n, schedule), i) for i, n in enumerate(lengths)}
+    buffer, read, exhausted, dropped, steps, step = [], 0, False, 0, [], 1
     while True:
         difficulty = schedule.get_difficulty(step)
-        eligible = [i for i in buffer if lengths[i] <= difficulty]
-        waiting = sorted(
-            (i for i in buffer if lengths[i] > difficulty),
-            key=lambda i: (first_eligible_step(lengths[i], schedule), i),
-        )
-        for order in (eligible, eligible + waiting):
-            batches, start = [], 0
-            while len(batches) < ga and start < len(order):
-                limit = len(order) - min_bs * (ga - len(batches) - 1)
-                end = start
-                while end < limit and (max_bs is None or end - start < max_bs):
-                    if cost([lengths[i] for i in order[start : end + 1]]) > max_tokens:
-                        break
-                    end += 1
-                if end - start < min_bs:
-                    break
-                batches.append(order[start:end])
-                start = end
-            if len(batches) == ga:
+        while not exhausted:
+            eligible = [i for i in buffer if lengths[i] <= difficulty]
+            if pack(eligible, lengths, max_tokens, ga, min_bs, max_bs)[1]:
                 break
+            room = buffer_size - len(buffer)
+            if room < chunk:
+                if len(eligible) >= fixed:
+                    break
+                waiting = sorted((i for i in buffer if lengths[i] > difficulty), key=hardness.get)
+                evicted = set(waiting[len(waiting) - (chunk - room) :])
+                buffer = [i for i in buffer if i not in evicted]
+                dropped += len(evicted)
+            new = list(range(read, min(read + chunk, len(lengths))))
+            buffer, read, exhausted = buffer + new, read + len(new), len(new) < chunk
+        eligible = [i for i in buffer if lengths[i] <= difficulty]
+        waiting = sorted((i for i in buffer if lengths[i] > difficulty), key=hardness.get)
+        batches, _ = pack(eligible, lengths, max_tokens, ga, min_bs, max_bs)
         if len(batches) < ga:
-            return steps
+            batches, _ = pack(eligible + waiting, lengths, max_tokens, ga, min_bs, max_bs)
+        if len(batches) < ga:
+            return steps, dropped + len(buffer)
         steps.append(batches)
         taken = {i for b in batches for i in b}
         buffer = [i for i in buffer if i not in taken]
         step += 1
 
 
-@pytest.mark.parametrize("max_tokens,min_bs,max_bs,ga", [(120, 1, None, 2), (96, 2, 5, 3), (60, 1, None, 1)])
-def test_with_the_whole_stream_buffered_the_micro_batches_equal_a_from_scratch_simulation(
-    tmp_path, max_tokens, min_bs, max_bs, ga
+@pytest.mark.parametrize(
+    "max_tokens,min_bs,max_bs,ga,buffer,chunk",
+    [
+        (120, 1, None, 2, 4096, 4096),  # the whole stream buffered at once
+        (96, 2, 5, 3, 4096, 4096),
+        (60, 1, None, 1, 4096, 4096),
+        (120, 1, None, 2, 64, 16),  # a small buffer: chunked reads and evictions
+        (100, 2, 6, 2, 40, 8),
+    ],
+)
+def test_micro_batches_and_drops_equal_a_from_scratch_simulation(
+    tmp_path, max_tokens, min_bs, max_bs, ga, buffer, chunk
 ):
     rows = make_rows()
     stream = build(
         open_stream(write_shards(tmp_path, rows)),
         ga=ga,
-        streaming={"buffer_size": 4096, "chunk_size": 4096},
+        streaming={"buffer_size": buffer, "chunk_size": chunk},
         max_tokens=max_tokens,
         min_batch_size=min_bs,
         max_batch_size=max_bs,
     )
     out = micro_batches(stream)
     in_order = [r for s in range(3) for r in rows[s::3]]  # the stream reads shard after shard
-    expected = oracle(
-        [len(r["input_ids"]) for r in in_order], CurriculumScheduler(SEQLEN), max_tokens, ga, min_bs, max_bs
+    lengths = [len(r["input_ids"]) for r in in_order]
+    expected, dropped = oracle(
+        lengths, CurriculumScheduler(SEQLEN), max_tokens, ga, BATCH * ga, buffer, chunk, min_bs, max_bs
     )
     expected = [[[in_order[i]["id"] for i in b] for b in step] for step in expected]
     got = [[[s["id"] for s in mb] for _, _, mb in out[k : k + ga]] for k in range(0, len(out), ga)]
     assert got == expected and len(expected) > 5
     assert [(step, j) for step, j, _ in out] == [(k + 1, j) for k in range(len(expected)) for j in range(ga)]
+    assert stream.counters.dropped == dropped
+    if buffer < N:
+        assert dropped > 0
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,13 @@ micro-batches (lists of samples) instead of single samples:
   lengths when ``packed``) stays within ``max_tokens`` and its size within ``max_batch_size``, and is **closed** by
   the first eligible sample that does not fit. Never empty, never over budget, at least ``min_batch_size``.
 * **Reading more.** While the eligible samples do not close all the step's micro-batches (the last one would be cut
-  short by running out of eligible samples), the buffer reads another chunk; a full buffer applies ``buffer_full``
-  to the samples not eligible (``drop`` evicts the hardest, ``error`` refuses, ``hold`` stops reading). When no chunk
-  can be read -- the stream ended, ``hold``, or a full buffer with too few ineligible samples to evict -- the step
-  packs what is buffered: the eligible samples, and when they cannot give every micro-batch ``min_batch_size``
-  samples, then the others closest to eligibility (counted as ``admitted_early``); when even the whole buffer
-  cannot, the stream ends (agreed by every process) and the rest is dropped and counted.
+  short by running out of eligible samples), the buffer reads another chunk. A full buffer reads on only while fewer
+  samples are eligible than a fixed step takes (``batch_size * GA``, as without dynamic batching), applying
+  ``buffer_full`` to the samples not eligible (``drop`` evicts the hardest, ``error`` refuses, ``hold`` stops
+  reading); it never evicts just to make bigger micro-batches. When no more is read -- the stream ended, a full
+  buffer -- the step packs what is buffered: the eligible samples, and when they cannot give every micro-batch
+  ``min_batch_size`` samples, then the others closest to eligibility (counted as ``admitted_early``); when even the
+  whole buffer cannot, the stream ends (agreed by every process) and the rest is dropped and counted.
 * **LR and logs.** One all-reduce (SUM, only with a process group of more than one process) per step carries the
   end-of-stream vote and the step's samples, real tokens and computed tokens, so :meth:`step_stats` gives the
   global values: the LR factor of the step is ``lr_factor(samples, reference_batch_size, lr_scaling_method)``.
@@ -231,16 +232,17 @@ class StreamingTokenBudget(StreamingCurriculum):
                 break
             room = size - self._ids.size
             if room < self._chunk:
-                waiting = self._ids.size - eligible.size
-                if policy == "hold" or waiting < self._chunk - room:
-                    break  # nothing (or not enough) to evict: the step packs the buffer as it is
+                # a full buffer makes room only while fewer samples are eligible than a fixed step takes, as
+                # without dynamic batching: it never evicts to make bigger micro-batches
+                if policy == "hold" or eligible.size >= self.local_batch_size:
+                    break
                 if policy == "error":
                     raise ValueError(
                         f"streaming curriculum, step {step}: the buffer (curriculum.streaming.buffer_size={size}) has "
-                        f"no room for a chunk of {self._chunk} and its {eligible.size} samples eligible at this step "
-                        f"do not fill {self.gradient_accumulation_steps} micro-batches of dynamic_batching.max_tokens="
-                        f"{self.budget.max_tokens}, and curriculum.streaming.buffer_full='error' refuses to drop; "
-                        "allowed: a larger buffer_size, or buffer_full 'drop' or 'hold'."
+                        f"no room for a chunk of {self._chunk} and holds {eligible.size} samples eligible at this "
+                        f"step, fewer than the {self.local_batch_size} of a step, and curriculum.streaming."
+                        "buffer_full='error' refuses to drop; allowed: a larger buffer_size, or buffer_full 'drop' or "
+                        "'hold'."
                     )
                 self._evict_hardest(level, self._chunk - room)
             self._read_chunk()
