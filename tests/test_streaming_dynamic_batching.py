@@ -301,6 +301,10 @@ def test_resume_from_a_json_state_continues_identically(tmp_path, cut):
     assert len(uninterrupted) > cut * 2 + 4 and full.sampler.counters.dropped > 0
     assert head[: cut * 2] == uninterrupted[: cut * 2] and tail == uninterrupted[cut * 2 :]
     assert resumed.sampler.counters == full.sampler.counters
+    # the checkpointed step's logs are known right after the resume, before any step is formed
+    again = engine()
+    again.load_state_dict(state)
+    assert again.step_logs(cut)["dynamic_batching/samples"] == sum(len(mb) for s, _, mb in uninterrupted if s == cut)
     positions = [mb[0][POSITION_KEY] for _, _, mb in uninterrupted]
     assert positions == list(range(len(uninterrupted)))  # unique, deterministic collation keys
     # a changed budget is refused

@@ -35,7 +35,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,7 @@ logger = logging.get_logger(__name__)
 
 STATE_VERSION = 1
 _STATS_KEPT = 64  # steps whose statistics are kept (the loader runs a few steps ahead of the LR and the logs)
-_STATE_KEYS = ("version", "kind", "position", "fingerprint")
+_STATE_KEYS = ("version", "kind", "position", "fingerprint", "step_stats")
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,6 @@ class StreamingTokenBudget(StreamingCurriculum):
         packed: bool = False,
         length_column: str = "seqlen",
         input_column: str = "input_ids",
-        schedule_fns: Mapping[str, Callable[[int], float]] | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(dynamic_batching, DynamicBatchingConfig):
@@ -122,9 +121,7 @@ class StreamingTokenBudget(StreamingCurriculum):
         self.packed = bool(packed)
         self.length_column = length_column
         self._transform_max = int(transform.max_difficulty) if transform is not None else None
-        super().__init__(
-            source, curriculum, batch_size=batch_size, input_column=input_column, schedule_fns=schedule_fns, **kwargs
-        )
+        super().__init__(source, curriculum, batch_size=batch_size, input_column=input_column, **kwargs)
         self.input_column = input_column
         self.reference_batch_size = check_int(
             self.global_batch_size if reference_batch_size is None else reference_batch_size,
@@ -363,9 +360,17 @@ class StreamBudgetSchedule:
         """A stream is read once: the epoch does not move it."""
 
     def state_dict(self, position: int | None = None) -> dict[str, Any]:
-        """``position``: optimizer steps done (default: the steps the stream has formed)."""
+        """``position``: optimizer steps done (default: the steps the stream has formed); with the totals of that
+        step, so its logs are known after a resume too."""
         steps = self.stream.position // self.stream.global_batch_size if position is None else int(position)
-        return {"version": STATE_VERSION, "kind": "stream", "position": steps, "fingerprint": self._fingerprint}
+        stats = self.stream._stats.get(steps)
+        return {
+            "version": STATE_VERSION,
+            "kind": "stream",
+            "position": steps,
+            "fingerprint": self._fingerprint,
+            "step_stats": asdict(stats) if stats is not None else None,
+        }
 
     def check_state(self, state: Any, path: str = "dynamic_batching") -> int:
         """Validate ``state`` against this stream's budget and geometry; returns its position (steps)."""
@@ -384,8 +389,15 @@ class StreamBudgetSchedule:
         return check_int(state["position"], f"{path}.position", minimum=0)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Check ``state`` (the stream itself is restored from the ``sampler`` section)."""
-        self.check_state(state)
+        """Check ``state`` and restore its step's totals (the stream itself is restored from the ``sampler``
+        section)."""
+        position = self.check_state(state)
+        if state["step_stats"] is not None:
+            stats = expect_mapping(state["step_stats"], "dynamic_batching.step_stats")
+            keys = tuple(StreamStepStats.__dataclass_fields__)
+            check_keys(stats, keys, "dynamic_batching.step_stats", required=keys)
+            values = {k: check_int(stats[k], f"dynamic_batching.step_stats.{k}", minimum=0) for k in keys}
+            self.stream._stats[position] = StreamStepStats(**values)
 
 
 class MicroBatchCollator:
