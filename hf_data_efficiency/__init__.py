@@ -28,6 +28,8 @@ _LAZY = {
     "CurriculumSampler": ".curriculum.sampler",
     "StreamingCurriculum": ".curriculum.streaming",
     "TokenBudgetBatchSampler": ".curriculum.dynamic_batching",
+    "StreamingTokenBudget": ".curriculum.streaming_batches",
+    "MicroBatchCollator": ".curriculum.streaming_batches",
     "SeqlenTransform": ".curriculum.transforms",
     "CurriculumDataset": ".curriculum.transforms",
     "seqlen_truncate": ".curriculum.transforms",

@@ -51,8 +51,7 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel, get_scheduler, set_seed
 
-from hf_data_efficiency import DataEfficiencyEngine, resolve_resume_checkpoint, save_checkpoint
-from hf_data_efficiency.curriculum.streaming_batches import MicroBatchCollator
+from hf_data_efficiency import DataEfficiencyEngine, MicroBatchCollator, resolve_resume_checkpoint, save_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
