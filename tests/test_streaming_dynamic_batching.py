@@ -29,6 +29,16 @@ TRUNCATE = {
 }
 
 
+class TorchRows(torch.utils.data.IterableDataset):
+    """A plain torch stream of rows."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __iter__(self):
+        return iter(self.rows)
+
+
 def build(source, ga=2, streaming=None, metric=None, transform=None, **budget):
     cfg = curriculum(metric, **(streaming or {}))
     if transform is not None:
@@ -132,12 +142,15 @@ def oracle(lengths, schedule, max_tokens, ga, fixed, buffer_size, chunk_size, mi
         (100, 2, 6, 2, 40, 8),
     ],
 )
+@pytest.mark.parametrize("kind", ["datasets", "torch"])
 def test_micro_batches_and_drops_equal_a_from_scratch_simulation(
-    tmp_path, max_tokens, min_bs, max_bs, ga, buffer, chunk
+    tmp_path, max_tokens, min_bs, max_bs, ga, buffer, chunk, kind
 ):
     rows = make_rows()
+    in_order = [r for s in range(3) for r in rows[s::3]]  # the datasets stream reads shard after shard
+    source = open_stream(write_shards(tmp_path, rows)) if kind == "datasets" else TorchRows(in_order)
     stream = build(
-        open_stream(write_shards(tmp_path, rows)),
+        source,
         ga=ga,
         streaming={"buffer_size": buffer, "chunk_size": chunk},
         max_tokens=max_tokens,
@@ -145,7 +158,6 @@ def test_micro_batches_and_drops_equal_a_from_scratch_simulation(
         max_batch_size=max_bs,
     )
     out = micro_batches(stream)
-    in_order = [r for s in range(3) for r in rows[s::3]]  # the stream reads shard after shard
     lengths = [len(r["input_ids"]) for r in in_order]
     expected, dropped = oracle(
         lengths, CurriculumScheduler(SEQLEN), max_tokens, ga, BATCH * ga, buffer, chunk, min_bs, max_bs
