@@ -515,35 +515,28 @@ def test_trainer_on_a_stream_resumes_exactly_after_sigkill(tmp_path):
     }
 
 
+def two_stream_trainers(tmp_path: Path, *flags: str) -> list[dict]:
+    """Run ``RUN_TRAINER --stream`` in two gloo processes under ``tmp_path/run``; each rank's record."""
+    out = tmp_path / "run"
+    launch(
+        [*torchrun(), RUN_TRAINER, "--stream", "--output_dir", str(out), "--record", str(out / "RANK.json"), *flags]
+    )
+    return [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
+
+
 def test_trainer_on_a_stream_with_two_processes_and_resume(tmp_path):
     """Two DDP processes (gloo) on a 4-shard stream: disjoint samples, the same steps, the curriculum obeyed; a resume
     of both from checkpoint 3 sees the batches the uninterrupted processes saw."""
     from tiny import SEQLEN_METRIC, sample_lengths
 
-    def two_processes(*flags):
-        out = tmp_path / "run"
-        launch(
-            [
-                *torchrun(),
-                RUN_TRAINER,
-                "--stream",
-                "--output_dir",
-                str(out),
-                "--record",
-                str(out / "RANK.json"),
-                *flags,
-            ]
-        )
-        return [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
-
     flags = ["--batch_size", "2", "--ga", "2", "--max_steps", "6", "--save_steps", "3", "--no_random_ltd"]
-    ranks = two_processes(*flags)
+    ranks = two_stream_trainers(tmp_path, *flags)
     seen = [{i for rec in r["records"] for i in rec["indices"]} for r in ranks]
     assert not seen[0] & seen[1]
     assert [sorted({rec["step"] for rec in r["records"]}) for r in ranks] == [list(range(1, 7))] * 2
     lengths, sampling = sample_lengths(), CurriculumScheduler(SEQLEN_METRIC)
     for r in ranks:
         assert all(lengths[i] <= sampling.get_difficulty(rec["step"]) for rec in r["records"] for i in rec["indices"])
-    resumed = two_processes(*flags, "--resume", str(tmp_path / "run" / "checkpoint-3"))
+    resumed = two_stream_trainers(tmp_path, *flags, "--resume", str(tmp_path / "run" / "checkpoint-3"))
     for before, after in zip(ranks, resumed):
         assert after["records"] == [rec for rec in before["records"] if rec["step"] > 3]

@@ -499,29 +499,12 @@ def test_trainer_with_two_processes_sums_the_step_and_resumes(tmp_path):
     """Two DDP processes (gloo) on a 4-shard stream with dynamic batching: disjoint samples, the same steps, every
     micro-batch within budget, the logged step size the sum over both processes, and a resume of both from
     checkpoint 3 sees the micro-batches the uninterrupted processes saw."""
-    from _helpers import torchrun
-    from test_streaming import RUN_TRAINER, launch
+    from test_streaming import two_stream_trainers
     from tiny import sample_lengths
-
-    def two_processes(*flags):
-        out = tmp_path / "run"
-        launch(
-            [
-                *torchrun(),
-                RUN_TRAINER,
-                "--stream",
-                "--output_dir",
-                str(out),
-                "--record",
-                str(out / "RANK.json"),
-                *flags,
-            ]
-        )
-        return [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
 
     flags = ["--batch_size", "2", "--ga", "2", "--max_steps", "6", "--save_steps", "3", "--no_random_ltd"]
     flags += ["--dynamic_max_tokens", "120"]
-    ranks = two_processes(*flags)
+    ranks = two_stream_trainers(tmp_path, *flags)
     seen = [[i for rec in r["records"] for i in rec["indices"]] for r in ranks]
     assert not set(seen[0]) & set(seen[1]) and all(len(set(s)) == len(s) for s in seen)
     lengths, sampling = sample_lengths(), CurriculumScheduler(SEQLEN_METRIC)
@@ -536,6 +519,6 @@ def test_trainer_with_two_processes_sums_the_step_and_resumes(tmp_path):
         samples = sum(len(rec["indices"]) for rec in recs[0] + recs[1])
         assert h["dynamic_batching/samples"] == samples
         assert h["dynamic_batching/lr_factor"] == pytest.approx(math.sqrt(samples / (2 * 2 * 2)))
-    resumed = two_processes(*flags, "--resume", str(tmp_path / "run" / "checkpoint-3"))
+    resumed = two_stream_trainers(tmp_path, *flags, "--resume", str(tmp_path / "run" / "checkpoint-3"))
     for before, after in zip(ranks, resumed):
         assert after["records"] == [rec for rec in before["records"] if rec["step"] > 3]

@@ -126,6 +126,14 @@ def lengths_from_metrics_path(metrics_path: str | os.PathLike, num_samples: int)
     return flat.astype(np.int64)
 
 
+def row_cap_text(cfg: DynamicBatchingConfig) -> str:
+    """How the longest sample the budget takes (``max_tokens // min_batch_size``) follows from ``cfg``, for errors."""
+    if cfg.min_batch_size == 1:
+        return f"max_tokens={cfg.max_tokens}"
+    cap = cfg.max_tokens // cfg.min_batch_size
+    return f"max_tokens // min_batch_size = {cfg.max_tokens} // {cfg.min_batch_size} = {cap}"
+
+
 def lr_factor(samples: int, reference_batch_size: int, method: str) -> float:
     """The LR factor of a step of ``samples`` samples relative to a batch of ``reference_batch_size``."""
     if method == "linear":
@@ -298,11 +306,7 @@ class TokenBudgetBatchSampler(Sampler):
         counted = np.minimum(arr, transform_max) if transform_max is not None else arr
         long = counted > self.row_cap
         if long.any():
-            bound = (
-                f"max_tokens={cfg.max_tokens}"
-                if cfg.min_batch_size == 1
-                else f"max_tokens // min_batch_size = {cfg.max_tokens} // {cfg.min_batch_size} = {self.row_cap}"
-            )
+            bound = row_cap_text(cfg)
             if not cfg.truncate_long_samples:
                 raise ValueError(
                     f"dynamic_batching: {int(long.sum())} of {len(arr)} samples are longer than {bound} tokens "

@@ -44,7 +44,7 @@ from transformers.utils import logging
 
 from .._validation import check_int, check_keys, expect_mapping
 from ..config import CurriculumConfig, DynamicBatchingConfig
-from .dynamic_batching import lr_factor, pack_micro_batches
+from .dynamic_batching import lr_factor, pack_micro_batches, row_cap_text
 from .streaming import StreamingCurriculum
 from .transforms import MAX_TOKENS_KEY, POSITION_KEY
 
@@ -162,11 +162,7 @@ class StreamingTokenBudget(StreamingCurriculum):
         long = counted > self.row_cap
         if long.any():
             cfg = self.budget
-            bound = (
-                f"max_tokens={cfg.max_tokens}"
-                if cfg.min_batch_size == 1
-                else f"max_tokens // min_batch_size = {cfg.max_tokens} // {cfg.min_batch_size} = {self.row_cap}"
-            )
+            bound = row_cap_text(cfg)
             if not cfg.truncate_long_samples:
                 raise ValueError(
                     f"dynamic_batching: a streamed sample (stream position {self.counters.read + int(np.argmax(long))}"
