@@ -8,6 +8,8 @@ random-LTD's saving is counted). The number of optimizer steps that fits a budge
 schedules (a shorter ``seqlen_truncate`` row or a shorter kept length leaves room for more steps), and
 every schedule is a fixed fraction of its run. The learning rate of a run with budget ``b`` is
 ``lr * b ** -lr_scaling`` for every arm, the baseline included (the paper raises the LR as data is cut).
+Arms ``both-<variant>`` change the curriculum of ``both`` (``CURRICULUM_VARIANTS``: ``seqlen_reshape``, a shorter
+curriculum, a raised LR, rarity from a higher percentile, sequence-length warmup alone).
 
 Reported per arm and budget: steps, LR, data tokens, effective tokens, training seconds (evaluation
 excluded), final validation perplexity/accuracy (mean and spread over seeds) and test numbers. Per arm:
@@ -45,7 +47,16 @@ from hf_data_efficiency.recipe import recipe_sections  # noqa: E402
 from hf_data_efficiency.routing.scheduler import RandomLTDScheduler  # noqa: E402
 from hf_data_efficiency.schedules import DifficultySchedule  # noqa: E402
 
-ARMS = ("baseline", "curriculum", "random_ltd", "both", "auto")
+#: curriculum variants of the ``both`` arm (curriculum + random-LTD), run as arm ``both-<variant>``: each changes the
+#: task's curriculum settings; ``lr_factor`` multiplies the run's learning rate.
+CURRICULUM_VARIANTS = {
+    "reshape": {"transform": "reshape"},  # seqlen_reshape: short rows, every token of the batch kept
+    "short": {"fraction": 0.15},  # the curriculum over half the task's fraction of the run
+    "rarity50": {"rarity_min": 50},  # the rarity percentile starts at 50 instead of the task's
+    "lr_up": {"lr_factor": 1.5},  # the LR raised by 1.5x for the curriculum's easier, shorter data
+    "seqlen_only": {"rarity": False},  # sequence-length warmup alone (Li et al. 2022), no rarity metric
+}
+ARMS = ("baseline", "curriculum", "random_ltd", "both", "auto", *(f"both-{v}" for v in CURRICULUM_VARIANTS))
 DOC_BEGIN, DOC_END = "<!-- data-efficiency:begin -->", "<!-- data-efficiency:end -->"
 
 # Per task: the script, its base flags, the batch geometry used to plan budgets, and the recipe knobs.
@@ -94,20 +105,30 @@ TASKS["gpt2_bbc"] = {**TASKS["gpt2"], "flags": {"dataset_name": "bbc", **TASKS["
 
 
 # ----- planning ------------------------------------------------------------------------------------
+def curriculum_settings(task: dict, arm: str) -> tuple[str, dict]:
+    """``arm``'s base arm and curriculum settings: the task's, changed by the variant of a ``both-<variant>`` arm."""
+    base, _, variant = arm.partition("-")
+    settings = {"transform": "truncate", "rarity": True, "lr_factor": 1.0, **(task.get("curriculum") or {})}
+    return base, {**settings, **CURRICULUM_VARIANTS.get(variant, {})}
+
+
 def arm_flags(task: dict, arm: str, steps: int) -> dict:
     """The data-efficiency flags of ``arm`` for a run of ``steps`` optimizer steps (``auto``: the recipe's)."""
     if arm == "auto":
         return {"data_efficiency_recipe": "auto"}
+    arm, c = curriculum_settings(task, arm)
     flags: dict = {}
     if arm in ("curriculum", "both"):
-        c = task["curriculum"]
         total = max(1, round(c["fraction"] * steps))
         flags.update(
-            seqlen_curriculum="truncate",
+            seqlen_curriculum=c["transform"],
             seqlen_curriculum_min_difficulty=c["seqlen_min"],
             seqlen_curriculum_max_difficulty=task["seq"],
             seqlen_curriculum_difficulty_step=c["seqlen_step"],
             seqlen_curriculum_total_curriculum_step=total,
+        )
+    if arm in ("curriculum", "both") and c["rarity"]:
+        flags.update(
             curriculum_metrics="vocab_rarity",
             curriculum_difficulty_type="percentile",
             curriculum_schedule_type="fixed_root",
@@ -132,7 +153,7 @@ def arm_flags(task: dict, arm: str, steps: int) -> dict:
 def planned_effective_tokens(task: dict, arm: str, steps: int) -> float:
     """Effective tokens (layer-tokens / layers) that ``steps`` steps of ``arm`` consume, from the schedules.
 
-    Step ``k`` (1-based) truncates rows to ``seqlen_schedule(k)`` and random-LTD keeps
+    Step ``k`` (1-based) truncates (or reshapes) rows to ``seqlen_schedule(k)`` and random-LTD keeps
     ``kept_length(k - 1)`` tokens (the kept length is updated at the beginning of a step from the
     number of finished steps). Random-LTD drops tokens in every layer but the first and the last.
     """
@@ -152,6 +173,8 @@ def planned_effective_tokens(task: dict, arm: str, steps: int) -> float:
             }
         )
         rows = np.array([min(sched(int(s)), task["seq"]) for s in k], dtype=float)
+    # seqlen_reshape cuts each row into ceil(seq / length) rows of that length (the last one padded)
+    row_count = np.ceil(task["seq"] / rows) if flags.get("seqlen_curriculum") == "reshape" else np.ones(steps)
     per_row = rows * task["layers"]
     if arm == "auto":
         recipe = recipe_sections("auto", num_layers=task["layers"], seq_len=task["seq"], steps=steps)
@@ -168,7 +191,7 @@ def planned_effective_tokens(task: dict, arm: str, steps: int) -> float:
         kept = np.minimum([sched.kept_length(int(s) - 1) for s in k], rows)
         dropping = task["layers"] - 2
         per_row = rows * 2 + kept * dropping
-    return float((per_row * task["batch"]).sum() / task["layers"])
+    return float((per_row * row_count * task["batch"]).sum() / task["layers"])
 
 
 def plan_steps(task: dict, arm: str, budget_tokens: float) -> int:
@@ -238,6 +261,7 @@ def run_one(task_name: str, task: dict, arm: str, budget: float, seed: int, args
     grid_lr = lr
     run_key = (task_name, arm, budget, seed, grid_lr)
     lr = lr if lr is not None else task["lr"] * budget ** (-args.lr_scaling)
+    lr *= curriculum_settings(task, arm)[1]["lr_factor"]
     out = run_dir(args.out_dir, task_name, arm, budget, seed, grid_lr)
     result_file = out / "results.json"
     if not args.overwrite:
@@ -461,6 +485,12 @@ def plot(task_name: str, task: dict, results: dict, path: Path) -> None:
         "random_ltd": "tab:orange",
         "both": "tab:green",
         "auto": "tab:red",
+        **dict(
+            zip(
+                (f"both-{v}" for v in CURRICULUM_VARIANTS),
+                ("tab:olive", "tab:cyan", "tab:purple", "tab:brown", "tab:pink"),
+            )
+        ),
     }
     styles = {1.0: "-", 0.75: "--", 0.5: ":"}
     for (arm, budget), runs in sorted(results.items(), key=lambda kv: (ARMS.index(kv[0][0]), -kv[0][1])):
@@ -561,7 +591,8 @@ def main(argv: list[str] | None = None) -> dict:
     task["steps"] = args.steps or task["steps"]
     task["lr"] = args.lr or task["lr"]
     arms = args.arms or list(task["arms"])
-    unsupported = [a for a in arms if a not in (*task["arms"], "auto")]  # a recipe fits every task
+    # a recipe fits every task; a curriculum variant, every task with its base arm
+    unsupported = [a for a in arms if curriculum_settings(task, a)[0] not in (*task["arms"], "auto")]
     if unsupported:
         raise ValueError(f"--arms {unsupported} are not set up for task {args.task}; allowed: {task['arms']}.")
     if "baseline" not in arms:

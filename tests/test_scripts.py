@@ -98,6 +98,28 @@ def test_train_gpt2_curriculum_and_random_ltd(tmp_path):
     assert result["final"]["validation"]["perplexity"] == pytest.approx(np.exp(result["final"]["validation"]["loss"]))
 
 
+def test_train_gpt2_reshape_tokens_match_the_benchmark_plan(tmp_path):
+    """seqlen_reshape with random-LTD (the benchmark's ``both-reshape`` variant): the layer-tokens measured by the
+    script's hooks equal the benchmark planner's, which counts ceil(block / length) padded rows per sample and a
+    kept length capped by the row length."""
+    steps, batch, block, trunc_total, ltd_total = 5, 2, 32, 4, 5
+    argv = _gpt2_flags(tmp_path / "gpt2", steps, batch, block, trunc_total, ltd_total)
+    argv[argv.index("truncate")] = "reshape"
+    rarity = argv.index("--curriculum_metrics")
+    del argv[rarity : argv.index("--random_ltd")]  # the seqlen_only part of the variant: no rarity metric
+    result = _script("train_gpt2").main(
+        [*argv, "--max_train_samples", "32", "--final_eval_splits", "validation", "--save_strategy", "no"]
+    )
+    bench = _script("bench_data_efficiency")
+    task = {"seq": block, "batch": batch, "layers": 3, "random_ltd": {"fraction": 1.0, "min_kept": 8, "step": 8}}
+    task["curriculum"] = {"fraction": trunc_total / steps, "seqlen_min": 8, "seqlen_step": 8, "rarity": False}
+    task["curriculum"]["transform"] = "reshape"
+    planned = bench.planned_effective_tokens(task, "both", steps)
+    # steps 1-4 reshape to lengths 8, 16, 24, 32: 4, 2, 2 (24 + 8 padded) and 1 rows per sample
+    assert result["layer_tokens"] == planned * 3 > steps * batch * block * 3 * 0.5
+    assert _logged(result, "curriculum/difficulty_seqlen_reshape")[1] == 8
+
+
 def test_train_gpt2_saved_model_is_vanilla(tmp_path):
     """Line mode (per-sentence samples, seqlen metric): the saved model is plain transformers, and evaluating it
     from scratch reproduces the validation loss the Trainer reported."""
