@@ -363,6 +363,14 @@ def test_bench_plan_fits_budget():
     curve = [{"eval_loss": 3.0, "x": 0.0}, {"eval_loss": 2.0, "x": 10.0}, {"eval_loss": 1.0, "x": 20.0}]
     assert bench.reach(curve, 1.5, "x") == pytest.approx(15.0)
     assert bench.reach(curve, 0.5, "x") is None
+    # the seed spread of the crossing: each run's own curve; a run that never reaches the target is only counted
+    runs = [
+        {"curve": [{"eval_loss": 3.0, "effective_tokens": 0, "train_seconds": 0}, {**p, "eval_loss": 1.0}]}
+        for p in ({"effective_tokens": 20, "train_seconds": 40}, {"effective_tokens": 40, "train_seconds": 40})
+    ]
+    runs.append({"curve": [{"eval_loss": 3.0, "effective_tokens": 0, "train_seconds": 0}]})
+    # crossings at loss 2.0: 10 and 20 tokens (0.25x and 0.5x of 40), 20 s both (0.5x of 40)
+    assert bench.per_seed_reach(runs, 2.0, 40, 40) == "0.38 ± 0.18x, 0.50 ± 0.00x (2/3 seeds)"
 
 
 def test_bench_retabulates_committed_records_and_picks_each_arms_best_lr(tmp_path):
