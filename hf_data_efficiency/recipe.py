@@ -9,7 +9,7 @@ DeepSpeed block) is kept whole. Every choice is logged, and the result is what
   of ``min(16, seq // 8)``, reaching the full length after 70% of the steps; no curriculum and no LR change. The
   evidence is in ``docs/benchmarks.md``: on PTB and on BBC News (3 seeds, 200 and 400 steps) random-LTD alone reached
   the baseline's final loss with under half its compute, and no curriculum variant added to it did better at equal
-  compute.
+  compute. An LR grid found the same best LR for random-LTD as for the baseline on both corpora, hence no LR change.
 * ``paper``: the composed GPT-3 1.3B setting of Li et al. (AAAI 2024, DeepSpeed's data-efficiency examples), scaled
   by sequence length and by the run's length (its 300B-token run has about 286k steps of 512 x 2048 tokens):
   random-LTD kept length from 128/2048 of the sequence, full after 200k/286k = 70% of the steps; ``seqlen_truncate``
