@@ -20,7 +20,8 @@ Samples (``--sample_mode``):
   number of real tokens per step then grows with the difficulty.
 
 With ``--compact_vocab`` (default) the model's vocabulary is the set of GPT-2 BPE ids that occur in
-the training split (9,608 ids on PTB instead of 50,257), plus one id for unseen tokens. For a tiny
+the training split (9,608 ids on PTB instead of 50,257), plus one id for unseen tokens (``--max_vocab N``
+keeps only the N most frequent of them). For a tiny
 model the 50k-way output layer would otherwise be ~75% of the compute and hide what random-LTD saves.
 On PTB every validation/test token occurs in training, so perplexities are those of the full
 vocabulary. The id map is saved as ``vocab_map.json`` next to the model.
@@ -80,6 +81,13 @@ class DataArguments:
     sample_mode: str = field(default="packed", metadata={"help": f"One of {SAMPLE_MODES}; see the module doc."})
     compact_vocab: bool = field(
         default=True, metadata={"help": "Restrict the vocabulary to the ids seen in training (see the module doc)."}
+    )
+    max_vocab: int | None = field(
+        default=None,
+        metadata={
+            "help": "With --compact_vocab: keep only the N most frequent training ids (EOS always kept, ties by id); "
+            "the rest map to the unknown id. Perplexities are then over that reduced vocabulary."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training samples."})
     streaming: bool = field(
@@ -196,9 +204,18 @@ def tokenize(raw: datasets.DatasetDict, tokenizer, args: DataArguments) -> datas
     return out
 
 
-def compact_vocabulary(ds: datasets.DatasetDict, eos: int) -> tuple[datasets.DatasetDict, np.ndarray]:
-    """Renumber token ids to ``0..K-1`` (ids seen in training, EOS included) and ``K`` for unseen ones."""
-    kept = np.unique(np.concatenate([np.concatenate(ds["train"]["input_ids"]), [eos]]))
+def compact_vocabulary(
+    ds: datasets.DatasetDict, eos: int, max_vocab: int | None = None
+) -> tuple[datasets.DatasetDict, np.ndarray]:
+    """Renumber token ids to ``0..K-1`` (ids seen in training, EOS included; with ``max_vocab``, only the
+    ``max_vocab`` most frequent of them) and ``K`` for every other id."""
+    ids, counts = np.unique(np.concatenate(ds["train"]["input_ids"]), return_counts=True)
+    if max_vocab is not None:
+        if max_vocab < 2:
+            raise ValueError(f"max_vocab must be at least 2 (EOS and one more id), got {max_vocab}.")
+        order = np.lexsort((ids, -counts, ids != eos))  # EOS first, then by falling count, ties by id
+        ids = ids[order[: max_vocab - (eos not in ids)]]
+    kept = np.unique(np.concatenate([ids, [eos]]))
     lookup = np.full(int(max(kept.max(), eos)) + 1, len(kept), dtype=np.int64)
     lookup[kept] = np.arange(len(kept))
 
@@ -262,6 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = _examples.parse_args(
         (ModelArguments, DataArguments, args_cls), argv, defaults=TINY_DEFAULTS
     )
+    if data_args.max_vocab is not None and (not data_args.compact_vocab or model_args.model_name_or_path):
+        raise ValueError("max_vocab works with --compact_vocab on a model trained from scratch: drop --max_vocab.")
     set_seed(training_args.seed)
     tokenizer = gpt2_tokenizer()
     with training_args.main_process_first(desc="dataset preprocessing"):
@@ -269,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         eos = tokenizer.eos_token_id
         kept = None
         if data_args.compact_vocab and not model_args.model_name_or_path:
-            lm, kept = compact_vocabulary(lm, eos)
+            lm, kept = compact_vocabulary(lm, eos, data_args.max_vocab)
             eos = int(np.searchsorted(kept, tokenizer.eos_token_id))
     vocab_size = len(kept) + 1 if kept is not None else len(tokenizer)
     train = lm["train"]

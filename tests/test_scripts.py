@@ -121,8 +121,11 @@ def test_train_gpt2_reshape_tokens_match_the_benchmark_plan(tmp_path):
 
 
 def test_train_gpt2_saved_model_is_vanilla(tmp_path):
-    """Line mode (per-sentence samples, seqlen metric): the saved model is plain transformers, and evaluating it
-    from scratch reproduces the validation loss the Trainer reported."""
+    """Line mode (per-sentence samples, seqlen metric), vocabulary capped by --max_vocab: the kept ids are the most
+    frequent training ids, the saved model is plain transformers, and evaluating it from scratch (rare ids mapped to
+    the unknown id) reproduces the validation loss the Trainer reported."""
+    from collections import Counter
+
     from transformers import GPT2LMHeadModel
 
     gpt2 = _script("train_gpt2")
@@ -134,7 +137,7 @@ def test_train_gpt2_saved_model_is_vanilla(tmp_path):
         *("--curriculum_metrics", "seqlen", "--curriculum_min_difficulty", "12", "--curriculum_max_difficulty", "48"),
         *("--curriculum_total_curriculum_step", "3", "--curriculum_difficulty_step", "4"),
         *("--random_ltd", "--random_ltd_min_value", "16", "--random_ltd_max_value", "48"),
-        *("--random_ltd_require_steps", "3", "--random_ltd_seq_per_step", "8"),
+        *("--random_ltd_require_steps", "3", "--random_ltd_seq_per_step", "8", "--max_vocab", "300"),
     ]
     result = gpt2.main(argv)
     model = GPT2LMHeadModel.from_pretrained(out).eval()
@@ -144,6 +147,12 @@ def test_train_gpt2_saved_model_is_vanilla(tmp_path):
     from offline_data import gpt2_tokenizer, load_ptb
 
     tok = gpt2_tokenizer()
+    counts = Counter()
+    for line in load_ptb("train")["text"]:
+        if line.strip():
+            counts.update((tok(" " + line.strip())["input_ids"] + [tok.eos_token_id])[:48])
+    most_frequent = sorted(counts, key=lambda t: (t != tok.eos_token_id, -counts[t], t))[:300]
+    assert vocab["gpt2_token_ids"] == sorted(most_frequent)
     lookup = {t: i for i, t in enumerate(vocab["gpt2_token_ids"])}
     eos = lookup[tok.eos_token_id]
     total, count = 0.0, 0
@@ -165,6 +174,12 @@ def test_train_gpt2_saved_model_is_vanilla(tmp_path):
         }
     )
     assert _logged(result, "curriculum/difficulty_seqlen") == {k: sched(k) for k in range(1, 5)}
+
+
+@pytest.mark.parametrize("flags", [("--no_compact_vocab",), ("--max_vocab", "1")])
+def test_train_gpt2_refuses_a_max_vocab_it_cannot_apply(tmp_path, flags):
+    with pytest.raises(ValueError, match="max_vocab"):
+        _script("train_gpt2").main(["--output_dir", str(tmp_path), "--max_vocab", "10", *flags])
 
 
 def test_train_bert_cls_minilm(tmp_path):
