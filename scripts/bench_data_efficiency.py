@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> dict:
     cmd = "python scripts/bench_data_efficiency.py " + " ".join(shown)
     t = task
     section = (
-        f"### {args.task}: {t['script']} {' '.join(to_cli(t['flags']))}\n\n"
+        f"### {args.task}: {t['script']} {' '.join(to_cli({**t['flags'], **args.extra}))}\n\n"
         f"Baseline: {t['steps']} steps x {t['batch']} x {t['seq']} tokens, LR {t['lr']:g} at 100% "
         f"(LR x budget^-{args.lr_scaling:g}); seeds {args.seeds}; "
         f"{len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} CPU cores; "
