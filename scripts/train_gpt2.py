@@ -20,9 +20,9 @@ Samples (``--sample_mode``):
   number of real tokens per step then grows with the difficulty.
 
 With ``--compact_vocab`` (default) the model's vocabulary is the set of GPT-2 BPE ids that occur in
-the training split (9,608 ids on PTB instead of 50,257), plus one id for unseen tokens (``--max_vocab N``
-keeps only the N most frequent of them). For a tiny
-model the 50k-way output layer would otherwise be ~75% of the compute and hide what random-LTD saves.
+the training split (9,608 ids on PTB instead of 50,257), plus one id for unseen tokens; ``--max_vocab N``
+keeps only the N most frequent of them. For a tiny model the 50k-way output layer would otherwise be ~75% of the
+compute and hide what random-LTD saves.
 On PTB every validation/test token occurs in training, so perplexities are those of the full
 vocabulary. The id map is saved as ``vocab_map.json`` next to the model.
 """
