@@ -1,6 +1,7 @@
 """Trainer callback that drives random-LTD's kept-length schedule.
 
-``DataEfficiencyTrainer`` installs it itself. It also works with a plain ``transformers.Trainer``:
+``DataEfficiencyTrainer`` installs it itself (over its engine's handle). It also works with a plain
+``transformers.Trainer``:
 
     handle = hfde.apply_random_ltd(model, cfg.random_ltd, global_batch_size=...)
     Trainer(model=model, args=args, ..., callbacks=[hfde.DataEfficiencyCallback(handle)])
@@ -11,9 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.utils import logging
-
-logger = logging.get_logger(__name__)
 
 
 class DataEfficiencyCallback(TrainerCallback):

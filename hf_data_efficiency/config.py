@@ -603,6 +603,17 @@ class RandomLTDConfig:
             layer_token_lr_schedule=lr,
         )
 
+    @classmethod
+    def load(cls, section: RandomLTDConfig | Mapping[str, Any]) -> RandomLTDConfig:
+        """The section from itself, DeepSpeed's ``random_ltd`` section or our flat :meth:`to_dict` layout."""
+        if isinstance(section, RandomLTDConfig):
+            return section
+        if isinstance(section, Mapping):
+            return cls.from_deepspeed(section) if "random_ltd_schedule" in section else cls.from_dict(section)
+        raise ValueError(
+            f"random_ltd config must be a RandomLTDConfig or a DeepSpeed 'random_ltd' dict, got {type(section).__name__}."
+        )
+
     def to_deepspeed(self) -> dict[str, Any]:
         sc: dict[str, Any] = {"require_steps": self.require_steps, "seq_per_step": self.seq_per_step}
         if self.root_degree is not None:
@@ -650,6 +661,60 @@ class DataEfficiencyConfig:
     @property
     def enabled(self) -> bool:
         return any(getattr(self, name) is not None for name in _PARTS)
+
+    # ----- the one loader ---------------------------------------------------------------
+    @classmethod
+    def load(cls, source: Any = None, *, deepspeed: dict[str, Any] | None = None) -> DataEfficiencyConfig:
+        """The config from any source; every integration loads its config here.
+
+        ``source``: ``None`` (everything off), a ``DataEfficiencyConfig``, a dict (our :meth:`to_dict` layout, or a
+        DeepSpeed one: a whole ds_config, its ``data_efficiency`` block or a legacy ``curriculum_learning`` block), a
+        JSON string, or a path (a JSON/YAML file in either layout, or a directory holding
+        ``data_efficiency_config.json``).
+
+        ``deepspeed``: the DeepSpeed config DeepSpeed itself will receive (accelerate's ``hf_ds_config.config``). Its
+        data-efficiency keys are **removed in place**, so DeepSpeed never sees them, and read; a top-level key that
+        looks like a misspelled one is warned about, as :meth:`from_deepspeed` does. Settings given in ``source``
+        and in an enabled block of ``deepspeed`` are an error. Trainer flags are merged on top of the result by
+        :class:`~hf_data_efficiency.DataEfficiencyTrainingArguments`."""
+        cfg = cls._from_source(source)
+        if deepspeed is None:
+            return cfg
+        _warn_near_misses(deepspeed)
+        block = {key: deepspeed.pop(key) for key in DEEPSPEED_KEYS if key in deepspeed}
+        if not block:
+            return cfg
+        logger.info(
+            f"Removed {sorted(block)} from the DeepSpeed config: hf-data-efficiency implements them, and DeepSpeed's "
+            "engine would otherwise ignore or misapply them under the HF Trainer."
+        )
+        ds_cfg = cls.from_deepspeed(block)
+        if source is not None and ds_cfg.enabled:
+            raise ValueError(
+                "data-efficiency settings are given twice: in the data-efficiency config and in the DeepSpeed "
+                "config's 'data_efficiency'/'curriculum_learning' block; keep only one of them."
+            )
+        return cfg if source is not None else ds_cfg
+
+    @classmethod
+    def _from_source(cls, source: Any) -> DataEfficiencyConfig:
+        if source is None:
+            return cls()
+        if isinstance(source, DataEfficiencyConfig):
+            return source
+        if isinstance(source, Mapping):
+            return cls.from_dict(copy.deepcopy(dict(source)))
+        if isinstance(source, str) and source.lstrip().startswith("{"):
+            try:
+                return cls.from_dict(json.loads(source))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"data efficiency config: not valid JSON: {e}.") from None
+        if isinstance(source, (str, os.PathLike)):
+            return cls.from_pretrained(source)
+        raise ValueError(
+            f"data efficiency config must be a DataEfficiencyConfig, a dict, a JSON string or a path, got "
+            f"{type(source).__name__}."
+        )
 
     # ----- our own JSON form -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -897,7 +962,12 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
         raise ValueError(f"{path} is {size} bytes; config files are limited to {MAX_CONFIG_BYTES} bytes.")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); config files must be UTF-8 JSON or YAML."
+        ) from None
     try:
         if path.suffix in (".yaml", ".yml"):
             data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass

@@ -3,10 +3,16 @@
 Every integration (``DataEfficiencyTrainer``, a plain accelerate loop, the CLI) goes through it, so each piece of
 logic exists once:
 
-* **config** -- :func:`resolve_config` reads our config, a DeepSpeed one or a ``data_efficiency`` block;
-* **data** -- :meth:`~DataEfficiencyEngine.metric_dataset` finds every sampling metric (a dataset column of its
-  name, DeepSpeed index files, or computed), :meth:`~DataEfficiencyEngine.build_sampler` builds the
-  :class:`~hf_data_efficiency.CurriculumSampler`, :meth:`~DataEfficiencyEngine.loader_dataset` and
+* **config** -- :meth:`DataEfficiencyConfig.load <hf_data_efficiency.DataEfficiencyConfig.load>` reads our config,
+  a DeepSpeed one or a ``data_efficiency`` block;
+* **data** -- :meth:`~DataEfficiencyEngine.train_loader` decides the training data path once (map-style data or a
+  stream, fixed batches or a token budget) and returns one :class:`TrainLoader` description that the Trainer and a
+  plain loop both build their DataLoader from. Its parts: :meth:`~DataEfficiencyEngine.metric_dataset` finds every
+  sampling metric (a dataset column of its name, DeepSpeed index files, or computed);
+  :meth:`~DataEfficiencyEngine.build_sampler` builds the :class:`~hf_data_efficiency.CurriculumSampler`,
+  :meth:`~DataEfficiencyEngine.build_batch_sampler` the token-budget
+  :class:`~hf_data_efficiency.batching.sampler.TokenBudgetBatchSampler`, :meth:`~DataEfficiencyEngine.build_stream`
+  the streaming curriculum; :meth:`~DataEfficiencyEngine.loader_dataset` and
   :meth:`~DataEfficiencyEngine.wrap_collator` carry each batch's ``seqlen_truncate``/``seqlen_reshape`` difficulty
   from the sampler to the collator;
 * **model** -- :meth:`~DataEfficiencyEngine.attach` patches random-LTD in place,
@@ -15,16 +21,14 @@ logic exists once:
   :meth:`~DataEfficiencyEngine.step_logs` (a collective call) per logged step;
 * **LR** -- :meth:`~DataEfficiencyEngine.layer_token_lr_scheduler`, and with dynamic batching the per-step factor
   :meth:`~DataEfficiencyEngine.scaled_lr` applies on top of any scheduler;
-* **dynamic batching** -- :meth:`~DataEfficiencyEngine.build_batch_sampler` builds the token-budget
-  :class:`~hf_data_efficiency.curriculum.dynamic_batching.TokenBudgetBatchSampler` (a DataLoader ``batch_sampler``);
 * **state** -- one versioned JSON :meth:`~DataEfficiencyEngine.state_dict`, written atomically into checkpoints.
 
 A plain loop::
 
     engine = DataEfficiencyEngine(cfg, batch_size=8, world_size=accelerator.num_processes)
-    data = engine.metric_dataset(data)
-    loader = DataLoader(engine.loader_dataset(data), batch_size=8, sampler=engine.build_sampler(data),
-                        collate_fn=engine.wrap_collator(collate))
+    plan = engine.train_loader(data, rank=accelerator.process_index, device=accelerator.device)
+    loader = plan.dataloader(engine.wrap_collator(collate))
+    loader = loader if plan.per_process else accelerator.prepare(loader)
     engine.attach(model)
     for step, batch in ...:  # engine.begin_step(step) before each optimizer step, engine.count_batch(batch)
         ...
@@ -36,9 +40,11 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from transformers.utils import logging
 
 from ._validation import check_int, check_keys, expect_mapping
@@ -59,26 +65,6 @@ LAYER_TOKEN_DECAYS = {
     "constant": "constant",
     "constant_with_warmup": "constant",
 }
-
-
-def resolve_config(
-    source: DataEfficiencyConfig | Mapping[str, Any] | str | os.PathLike | None,
-) -> DataEfficiencyConfig:
-    """A :class:`DataEfficiencyConfig` from itself, a dict (ours or DeepSpeed's), a JSON string, or a file/directory."""
-    if source is None:
-        return DataEfficiencyConfig()
-    if isinstance(source, DataEfficiencyConfig):
-        return source
-    if isinstance(source, Mapping):
-        return DataEfficiencyConfig.from_dict(dict(source))
-    if isinstance(source, str) and source.lstrip().startswith("{"):
-        return DataEfficiencyConfig.from_dict(json.loads(source))
-    if isinstance(source, (str, os.PathLike)):
-        return DataEfficiencyConfig.from_pretrained(source)
-    raise ValueError(
-        f"data efficiency config must be a DataEfficiencyConfig, a dict, a JSON string or a path, got "
-        f"{type(source).__name__}."
-    )
 
 
 def declare_causal_lm_loss(model: Any) -> bool:
@@ -166,6 +152,63 @@ def is_stream(dataset: Any) -> bool:
     return isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset))
 
 
+@dataclass
+class TrainLoader:
+    """The training DataLoader as :meth:`DataEfficiencyEngine.train_loader` decided it: what it reads and how it
+    batches. :meth:`dataloader` builds it; a loop prepares it with accelerate unless :attr:`per_process`."""
+
+    #: what the DataLoader reads: the tagged map-style dataset, or this process's stream
+    dataset: Any
+    #: samples per micro-batch (fixed batches; 1 for a stream of whole micro-batches; ``None`` with a batch sampler)
+    batch_size: int | None = None
+    #: the curriculum sampler of fixed batches over map-style data
+    sampler: Any = None
+    #: the token-budget batch sampler over map-style data (accelerate deals its micro-batches out whole)
+    batch_sampler: Any = None
+    #: a stream: every process reads its own shard and forms its share of each step, so the loader must not be
+    #: sharded or dispatched again
+    per_process: bool = False
+    #: each item is a whole micro-batch (a streamed token budget), collated by a ``MicroBatchCollator``
+    micro_batches: bool = False
+    #: the LR factor of a 1-based optimizer step (token budgets; ``None``: 1)
+    lr_factor: Callable[[int], float] | None = None
+
+    def collate_fn(self, collator: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
+        """``collator`` (already wrapped by :meth:`DataEfficiencyEngine.wrap_collator`) as this loader calls it."""
+        if not self.micro_batches:
+            return collator
+        from .batching.stream import MicroBatchCollator
+
+        return MicroBatchCollator(collator)
+
+    def dataloader(
+        self,
+        collator: Callable[[list[Any]], Any],
+        *,
+        num_workers: int = 0,
+        drop_last: bool = False,
+        worker_init_fn: Callable[[int], None] | None = None,
+        **kwargs: Any,
+    ) -> DataLoader:
+        """The DataLoader; ``kwargs`` are further DataLoader options (``pin_memory``, ``prefetch_factor``, ...).
+        ``drop_last`` applies to fixed batches over map-style data, ``worker_init_fn`` to map-style data."""
+        if self.per_process and num_workers:
+            raise ValueError(
+                f"dataloader_num_workers={num_workers}: a streaming curriculum reads its stream in the training "
+                "process, which checkpoints its state and agrees with the other processes on the end; allowed: 0."
+            )
+        params: dict[str, Any] = {"collate_fn": self.collate_fn(collator), "num_workers": num_workers, **kwargs}
+        if self.batch_sampler is not None:
+            params["batch_sampler"] = self.batch_sampler
+        else:
+            params["batch_size"] = self.batch_size
+        if self.sampler is not None:
+            params.update(sampler=self.sampler, drop_last=drop_last)
+        if not self.per_process and worker_init_fn is not None:
+            params["worker_init_fn"] = worker_init_fn
+        return DataLoader(self.dataset, **params)
+
+
 class ResumeError(ValueError):
     """A checkpoint's data-efficiency state cannot be resumed from exactly."""
 
@@ -174,7 +217,7 @@ class DataEfficiencyEngine:
     """Curriculum learning and random-LTD for one training run (see the module docstring).
 
     Args:
-        config: the data-efficiency config (anything :func:`resolve_config` takes).
+        config: the data-efficiency config (anything :meth:`DataEfficiencyConfig.load` takes).
         batch_size: per-device micro-batch size.
         world_size, gradient_accumulation_steps: the batch geometry; one optimizer step consumes
             ``batch_size * world_size * gradient_accumulation_steps`` samples.
@@ -196,7 +239,7 @@ class DataEfficiencyEngine:
         metrics_num_proc: int | None = None,
         seeded_collation: bool = True,
     ) -> None:
-        self.config = resolve_config(config)
+        self.config = DataEfficiencyConfig.load(config)
         self.batch_size = int(batch_size)
         self.world_size = max(1, int(world_size))
         self.gradient_accumulation_steps = int(gradient_accumulation_steps)
@@ -248,15 +291,15 @@ class DataEfficiencyEngine:
             )
 
     def metric_dataset(self, dataset: Any, *, main_process_first: Callable[..., Any] | None = None) -> Any:
-        """``dataset`` with a column for every sampling metric (see :func:`add_metric_columns`); ``main_process_first``
-        is a context-manager factory (``TrainingArguments.main_process_first``) so that one process computes and the
-        others read the ``datasets`` cache. The result is cached per input dataset."""
+        """``dataset`` with a column for every sampling metric (see :func:`add_metric_columns`). ``main_process_first``
+        is a context-manager factory (``TrainingArguments.main_process_first``, ``Accelerator.main_process_first``),
+        so that one process computes and the others read the ``datasets`` cache. Cached per input dataset."""
         if self._metric_cache is not None and self._metric_cache[0] is dataset:
             return self._metric_cache[1]
         self.check_dataset(dataset)
         if is_stream(dataset):  # a streaming curriculum measures each chunk as it reads it
             return dataset
-        context = main_process_first(desc="computing curriculum metrics") if main_process_first else None
+        context = main_process_first() if main_process_first else None
         with context or contextlib.nullcontext():
             result, added = add_metric_columns(
                 dataset,
@@ -291,7 +334,8 @@ class DataEfficiencyEngine:
 
         ``lengths`` default to a ``seqlen`` column, else DeepSpeed's seqlen files under ``metrics_path``, else the
         ``input_ids`` lengths. The LR reference batch is :attr:`global_batch_size`."""
-        from .curriculum.dynamic_batching import TokenBudgetBatchSampler, lengths_from_metrics_path, sample_lengths
+        from .batching.lengths import lengths_from_metrics_path, sample_lengths
+        from .batching.sampler import TokenBudgetBatchSampler
         from .curriculum.sampler import CurriculumSampler
 
         cfg = self.config.dynamic_batching
@@ -337,15 +381,22 @@ class DataEfficiencyEngine:
         tags for :meth:`wrap_collator` included). Each process reads its own shard (``rank``); ``device`` is where
         the processes agree on the end of the stream (the process group's device).
 
-        With dynamic batching it is a :class:`~hf_data_efficiency.curriculum.streaming_batches.StreamingTokenBudget`,
-        which yields whole micro-batches (lists of samples: a DataLoader with ``batch_size=1`` and a
-        ``MicroBatchCollator``), and :attr:`batch_sampler` gives the per-step LR factor and logs; the LR reference
-        batch is :attr:`global_batch_size`."""
+        With dynamic batching its steps are formed by a
+        :class:`~hf_data_efficiency.batching.stream.StreamTokenBudget` (also :attr:`batch_sampler`: the per-step LR
+        factor and logs), and it yields whole micro-batches; the LR reference batch is :attr:`global_batch_size`."""
         from .curriculum.streaming import StreamingCurriculum
-        from .curriculum.streaming_batches import StreamBudgetSchedule, StreamingTokenBudget
 
         self.check_dataset(dataset)
-        common = dict(
+        selection = None
+        if self.config.dynamic_batching is not None:
+            from .batching.stream import StreamTokenBudget
+
+            selection = StreamTokenBudget(
+                self.config.dynamic_batching, transform=self.config.curriculum.transform, packed=self.packed
+            )
+        self.sampler = StreamingCurriculum(
+            dataset,
+            self.config.curriculum,
             batch_size=self.batch_size,
             world_size=self.world_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
@@ -353,15 +404,85 @@ class DataEfficiencyEngine:
             pad_token_id=self.pad_token_id,
             device=device,
             tag_positions=self.seeded_collation,
+            selection=selection,
         )
-        if self.config.dynamic_batching is None:
-            self.sampler = StreamingCurriculum(dataset, self.config.curriculum, **common)
-            return self.sampler
-        self.sampler = StreamingTokenBudget(
-            dataset, self.config.curriculum, self.config.dynamic_batching, packed=self.packed, **common
-        )
-        self.batch_sampler = StreamBudgetSchedule(self.sampler)
+        self.batch_sampler = selection
         return self.sampler
+
+    def train_loader(
+        self,
+        dataset: Any,
+        *,
+        rank: int = 0,
+        device: Any = None,
+        main_process_first: Callable[..., Any] | None = None,
+        prune: Callable[[Any], Any] | None = None,
+    ) -> TrainLoader:
+        """The training data path, decided here once: map-style data or a stream (``IterableDataset``), fixed batches
+        or a token budget (``dynamic_batching``). Needs curriculum learning or dynamic batching on.
+
+        ``rank``/``device``: this process and its process-group device (a stream's shard and end agreement);
+        ``main_process_first``: see :meth:`metric_dataset`; ``prune``: applied to map-style data before it is wrapped
+        for the DataLoader (the Trainer's ``remove_unused_columns``; the metric columns are read before)."""
+        if self.config.curriculum is None and self.config.dynamic_batching is None:
+            raise ValueError(
+                "train_loader needs curriculum learning or dynamic batching on; without them, build a plain DataLoader."
+            )
+        self.check_dataset(dataset)
+        budget = self.config.dynamic_batching is not None
+        if is_stream(dataset):
+            stream = self.build_stream(dataset, rank=rank, device=device)
+            if budget:
+                self._log_lr_reference(None)
+            return TrainLoader(
+                stream,
+                batch_size=1 if budget else self.batch_size,
+                per_process=True,
+                micro_batches=budget,
+                lr_factor=self.batch_sampler.lr_factor if budget else None,
+            )
+        measured = dataset
+        if self.config.curriculum is not None:  # the builders below read the metric columns from this cache
+            measured = self.metric_dataset(dataset, main_process_first=main_process_first)
+        data = self.loader_dataset(prune(measured) if prune is not None else measured)
+        if budget:
+            batch_sampler = self.build_batch_sampler(dataset)
+            self._log_lr_reference(batch_sampler)
+            return TrainLoader(data, batch_sampler=batch_sampler, lr_factor=batch_sampler.lr_factor)
+        return TrainLoader(data, batch_size=self.batch_size, sampler=self.build_sampler(dataset))
+
+    def _log_lr_reference(self, batch_sampler: Any) -> None:
+        """Log what the dynamic-batching LR factors are relative to, and their range over the first steps (a map-style
+        ``batch_sampler``; a stream forms its steps as it reads); warn when they are far from 1 on average."""
+        cfg = self.config.dynamic_batching
+        packed = " (packed rows: the budget counts real tokens)" if self.packed else ""
+        reference = (
+            f"{self.global_batch_size} samples per step (per-device batch {self.batch_size} x {self.world_size} "
+            f"process(es) x {self.gradient_accumulation_steps} accumulation step(s))"
+        )
+        if cfg.lr_scaling_method == "none":
+            logger.info(
+                f"dynamic batching{packed}: lr_scaling_method='none', every step trains at the scheduler's LR."
+            )
+            return
+        text = (
+            f"dynamic batching{packed}: lr_scaling_method={cfg.lr_scaling_method!r} scales each step's LR by its "
+            f"samples relative to the reference batch, {reference}"
+        )
+        if batch_sampler is None:
+            logger.info(f"{text}; each step's factor is logged as dynamic_batching/lr_factor.")
+            return
+        steps = min(batch_sampler.steps_per_epoch, 32)
+        factors = [batch_sampler.lr_factor(k) for k in range(1, steps + 1)]
+        logger.info(f"{text}; LR factors over steps 1-{steps}: {min(factors):.3g} to {max(factors):.3g}.")
+        mean = sum(factors) / len(factors)
+        if not 0.75 <= mean <= 4 / 3:
+            logger.warning(
+                f"dynamic batching: the LR of steps 1-{steps} is scaled by {mean:.3g} on average "
+                f"(lr_scaling_method={cfg.lr_scaling_method!r}, reference {reference}). The reference is the batch "
+                "of per_device_train_batch_size: set it to the batch size your LR was tuned with, or use "
+                "lr_scaling_method='none'."
+            )
 
     def loader_dataset(self, dataset: Any) -> Any:
         """What the DataLoader indexes: ``dataset`` without the metric columns added here, wrapped so that each
@@ -482,8 +603,8 @@ class DataEfficiencyEngine:
         if handle is not None and handle.num_layers:
             out["data_efficiency/layer_tokens"] = self._totals["layer_tokens"]
             out["data_efficiency/effective_tokens"] = self._totals["layer_tokens"] / handle.total_layers
-        elif self._totals["tokens"]:
-            out["data_efficiency/effective_tokens"] = self._totals["tokens"]
+        elif self._totals["tokens"]:  # a float on both paths: layer-tokens per layer, or tokens
+            out["data_efficiency/effective_tokens"] = float(self._totals["tokens"])
         return out
 
     def _stream_logs(

@@ -30,15 +30,17 @@ from functools import partial
 from typing import Any
 
 import torch
+from accelerate.data_loader import IterableDatasetShard
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
 from transformers.utils import logging
 
+from .callbacks import DataEfficiencyCallback
 from .checkpoints import TRAINER_STATE_NAME, checkpoint_problems, incomplete_message, resolve_resume_checkpoint
 from .config import DataEfficiencyConfig
 from .engine import STATE_NAME, DataEfficiencyEngine, ResumeError, declare_causal_lm_loss, is_stream
-from .training_args import DataEfficiencyTrainingArguments, config_from_deepspeed_keys, split_deepspeed_config
+from .training_args import DataEfficiencyTrainingArguments, deepspeed_config_of
 
 logger = logging.get_logger(__name__)
 
@@ -55,39 +57,39 @@ def resolve_trainer_config(args: Any) -> DataEfficiencyConfig:
     """The config of a Trainer run: the training arguments' own, or a ``data_efficiency`` block still present in the
     DeepSpeed config (plain ``TrainingArguments``, or ``accelerate launch`` with a DeepSpeed config file), which is
     removed there before DeepSpeed sees it."""
-    cfg = (
-        args.get_data_efficiency_config()
-        if isinstance(args, DataEfficiencyTrainingArguments)
-        else DataEfficiencyConfig()
+    own = args.get_data_efficiency_config() if isinstance(args, DataEfficiencyTrainingArguments) else None
+    cfg = DataEfficiencyConfig.load(
+        own if own is not None and own.enabled else None, deepspeed=deepspeed_config_of(args)
     )
-    plugin = getattr(args, "deepspeed_plugin", None)
-    ds_dict = getattr(getattr(plugin, "hf_ds_config", None), "config", None)
-    if isinstance(ds_dict, dict):
-        removed = split_deepspeed_config(ds_dict)
-        if removed is not None:
-            ds_cfg = config_from_deepspeed_keys(removed)
-            if cfg.enabled and ds_cfg.enabled:
-                raise ValueError(
-                    "data-efficiency settings are given twice: in the training arguments and in the DeepSpeed "
-                    "config's 'data_efficiency' block; keep only one of them."
-                )
-            if ds_cfg.enabled:
-                cfg = ds_cfg
-    return cfg
+    return cfg if cfg.enabled or own is None else own
 
 
-class _EngineHooks(TrainerCallback):
-    """Drives the engine from the Trainer's events: resumed state at train begin, kept length at step begin."""
+def _warn_if_launch_ignored(num_processes: int) -> None:
+    """``torchrun``/``accelerate launch`` started several processes, but each trains alone (on a machine without a
+    GPU, TrainingArguments need ``use_cpu=True`` to join them): every process then trains on the whole data."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and num_processes == 1:
+        logger.warning(
+            f"WORLD_SIZE={launched}: {launched} processes were launched, but this Trainer runs as a single process, "
+            f"so each of the {launched} trains alone on the whole data. Without a GPU, pass --use_cpu "
+            "(TrainingArguments(use_cpu=True)) so that they train together (DDP over gloo)."
+        )
+
+
+class _EngineHooks(DataEfficiencyCallback):
+    """Drives the engine from the Trainer's events: resumed state at train begin, the kept length at step begin (the
+    :class:`~hf_data_efficiency.DataEfficiencyCallback` hook, over the engine's handle), and the dynamic-batching LR
+    factor around each optimizer step."""
 
     def __init__(self, trainer: DataEfficiencyTrainer) -> None:
         self._trainer = trainer
 
+    @property
+    def random_ltd_handle(self) -> Any:
+        return self._trainer.engine.random_ltd_handle
+
     def on_train_begin(self, args, state, control, **kwargs) -> None:
         self._trainer._restore_data_efficiency_state()
-
-    def on_step_begin(self, args, state, control, **kwargs) -> None:
-        # runs before the forward passes of step global_step + 1; on resume global_step is the checkpoint's step
-        self._trainer.engine.begin_step(state.global_step)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
         # the dynamic-batching LR factor of this step, on top of the scheduler's LR, for optimizer.step() only
@@ -133,6 +135,7 @@ class DataEfficiencyTrainer(Trainer):
         if cfg.enabled and model is not None:
             declare_causal_lm_loss(model)
         super().__init__(*args, **kwargs)
+        _warn_if_launch_ignored(self.accelerator.num_processes)
         if not cfg.enabled:
             return
         self.engine.pad_token_id = getattr(self.processing_class, "pad_token_id", None)
@@ -213,37 +216,6 @@ class DataEfficiencyTrainer(Trainer):
                 "engine steps the optimizer inside backward; allowed with DeepSpeed: 'none'."
             )
         self.engine.packed = isinstance(self.data_collator, DataCollatorWithFlattening)
-        logger.info(
-            "dynamic batching: micro-batch sizes follow dynamic_batching.max_tokens; per_device_train_batch_size="
-            f"{args.per_device_train_batch_size} only sets the LR reference batch ({self.engine.global_batch_size} "
-            f"samples per step){' (packed rows: the budget counts real tokens)' if self.engine.packed else ''}."
-        )
-
-    def _dynamic_batching_dataloader(self) -> DataLoader:
-        """The train DataLoader over the token-budget batch sampler; accelerate's ``BatchSamplerShard`` deals its
-        micro-batches round-robin and keeps them whole (the batch sampler has no ``batch_size``)."""
-        import datasets
-        from transformers.trainer_utils import seed_worker
-
-        self.engine.batch_size = self._train_batch_size
-        batch_sampler = self.engine.build_batch_sampler(self.train_dataset)
-        dataset = self.train_dataset
-        if isinstance(dataset, datasets.Dataset):
-            dataset = self._remove_unused_columns(dataset, description="Training")  # wraps it in loader_dataset
-        else:
-            dataset = self.engine.loader_dataset(dataset)
-        workers = self.args.dataloader_num_workers
-        loader = DataLoader(
-            dataset,
-            batch_sampler=batch_sampler,
-            collate_fn=self.data_collator,
-            num_workers=workers,
-            pin_memory=self.args.dataloader_pin_memory,
-            persistent_workers=self.args.dataloader_persistent_workers if workers else False,
-            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
-            worker_init_fn=partial(seed_worker, num_workers=workers, rank=self.args.process_index),
-        )
-        return self.accelerator.prepare(loader)
 
     def _begin_scaled_lr(self) -> None:
         if self.engine.batch_sampler is not None:
@@ -257,46 +229,42 @@ class DataEfficiencyTrainer(Trainer):
 
     # ----- data --------------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
-        if self.engine.config.dynamic_batching is not None:
-            if self.train_dataset is None:
-                raise ValueError("Trainer: training requires a train_dataset.")
-            if is_stream(self.train_dataset):
-                self.engine.batch_size = self._train_batch_size
-                return self._stream_dataloader()
-            return self._dynamic_batching_dataloader()
-        if self.engine.config.curriculum is None:
+        cfg = self.engine.config
+        if cfg.curriculum is None and cfg.dynamic_batching is None:
             return super().get_train_dataloader()
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
+        args = self.args
         self.engine.batch_size = self._train_batch_size
-        if is_stream(self.train_dataset):
-            return self._stream_dataloader()
-        # the metric columns are read from the full dataset, before remove_unused_columns prunes them
-        dataset = self.engine.metric_dataset(self.train_dataset, main_process_first=self.args.main_process_first)
-        sampler = self.engine.build_sampler(self.train_dataset)
-        return self._get_dataloader(
-            dataset=dataset,
-            description="Training",
-            batch_size=self._train_batch_size,
-            sampler_fn=lambda _: sampler,
-            is_training=True,
+        plan = self.engine.train_loader(
+            self.train_dataset,
+            rank=args.process_index,
+            device=args.device,
+            main_process_first=args.main_process_first,
+            prune=self._prune_training_columns,
         )
-
-    def _stream_dataloader(self) -> DataLoader:
-        """The DataLoader over the streaming curriculum. Every process reads its own shard and forms its share of each
-        global batch, so accelerate neither dispatches the batches from one process nor re-shards them."""
-        from accelerate.data_loader import IterableDatasetShard
-
-        stream = self.engine.build_stream(self.train_dataset, rank=self.args.process_index, device=self.args.device)
+        collator = self.data_collator
+        if plan.per_process:  # a stream's samples keep their fields: the collator prunes them
+            collator = self._get_collator_with_removed_columns(collator, description="Training")
+        loader = plan.dataloader(
+            collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            in_order=args.dataloader_in_order,
+            drop_last=args.dataloader_drop_last,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        )
+        if not plan.per_process:
+            return self.accelerator.prepare(loader)
+        # every process reads its own shard and forms its share of each global batch, so accelerate neither
+        # dispatches the batches from one process nor re-shards them
         config = self.accelerator.dataloader_config
         dispatch, config.dispatch_batches = config.dispatch_batches, False
         try:
-            if self.engine.batch_sampler is not None:
-                loader = self._stream_micro_batch_dataloader(stream)
-            else:
-                loader = self._get_dataloader(
-                    dataset=stream, description="Training", batch_size=self._train_batch_size, is_training=True
-                )
+            loader = self.accelerator.prepare(loader)
         finally:
             config.dispatch_batches = dispatch
         shard = getattr(loader, "dataset", None)
@@ -304,21 +272,13 @@ class DataEfficiencyTrainer(Trainer):
             shard.num_processes, shard.process_index = 1, 0
         return loader
 
-    def _stream_micro_batch_dataloader(self, stream: Any) -> DataLoader:
-        """With dynamic batching the stream yields whole micro-batches: one per DataLoader batch, collated whole."""
-        from .curriculum.streaming_batches import MicroBatchCollator
+    def _prune_training_columns(self, dataset: Any) -> Any:
+        """``remove_unused_columns`` of a ``datasets.Dataset`` (the Trainer's own; the engine wraps the result)."""
+        import datasets
 
-        if self.args.dataloader_num_workers:
-            raise ValueError(
-                f"dataloader_num_workers={self.args.dataloader_num_workers}: a streaming curriculum reads its stream in "
-                "the training process, which checkpoints its state and agrees with the other processes on the end; "
-                "allowed: 0."
-            )
-        collator = self._get_collator_with_removed_columns(self.data_collator, description="Training")
-        loader = DataLoader(
-            stream, batch_size=1, collate_fn=MicroBatchCollator(collator), pin_memory=self.args.dataloader_pin_memory
-        )
-        return self.accelerator.prepare(loader)
+        if not isinstance(dataset, datasets.Dataset):
+            return dataset
+        return super()._remove_unused_columns(dataset, description="Training")
 
     def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
         collator = super()._get_collator_with_removed_columns(data_collator, description=description)
@@ -342,11 +302,22 @@ class DataEfficiencyTrainer(Trainer):
         if "epoch" in kwargs:
             self.engine.set_epoch(int(kwargs["epoch"]))
         if hasattr(self.engine.sampler, "stream_logs") and self.engine.sampler.position > 0:
-            # a resumed stream continues from its restored state: nothing to skip; the RNG state is restored after the
-            # first batches are fetched, as the Trainer does after skipping (the DataLoader's iterator draws a seed)
-            kwargs["steps_trained_in_current_epoch"] = 0
+            # a resumed stream continues from its restored state (see _init_training_state); the RNG state is restored
+            # after the first batches are fetched, as the Trainer does after skipping (the DataLoader's iterator draws
+            # a seed)
             self._de_rng_checkpoint = kwargs.get("resume_from_checkpoint")
         return super()._run_epoch(*args, **kwargs)
+
+    def _init_training_state(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        epochs_trained, skipped = super()._init_training_state(*args, **kwargs)
+        sampler_state = (self._de_pending_state or {}).get("sampler")
+        if skipped and isinstance(sampler_state, dict) and sampler_state.get("kind") == "stream":
+            logger.info(
+                f"The streaming curriculum resumes at the stream position saved after step "
+                f"{self._de_pending_state['global_step']}: no batch is skipped or read again."
+            )
+            skipped = 0
+        return epochs_trained, skipped
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         if self._de_rng_checkpoint is None:

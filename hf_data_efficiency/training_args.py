@@ -31,7 +31,6 @@ import copy
 import dataclasses
 import importlib.util
 import json
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -188,19 +187,12 @@ def _with_generated_flags(cls: type) -> type:
     return cls
 
 
-def split_deepspeed_config(ds_config: dict[str, Any]) -> dict[str, Any] | None:
-    """Remove the data-efficiency keys from ``ds_config`` **in place**; return them (``None`` if there were none).
-
-    The removed part is what :meth:`DataEfficiencyConfig.from_deepspeed` reads; the rest is what DeepSpeed gets.
-    """
-    removed = {key: ds_config.pop(key) for key in DEEPSPEED_KEYS if key in ds_config}
-    return removed or None
-
-
-def config_from_deepspeed_keys(removed: dict[str, Any]) -> DataEfficiencyConfig:
-    """Parse what :func:`split_deepspeed_config` removed (a ``data_efficiency`` block and/or a legacy
-    top-level ``curriculum_learning`` block)."""
-    return DataEfficiencyConfig.from_deepspeed(removed)
+def deepspeed_config_of(args: TrainingArguments) -> dict[str, Any] | None:
+    """The DeepSpeed config accelerate will hand to DeepSpeed for ``args`` (``--deepspeed``, or ``accelerate launch``'s
+    DeepSpeed config file), or ``None``: where :meth:`DataEfficiencyConfig.load` removes our block from."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    config = getattr(getattr(plugin, "hf_ds_config", None), "config", None)
+    return config if isinstance(config, dict) else None
 
 
 @dataclass
@@ -280,7 +272,6 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
                 "extra: pip install 'hf-data-efficiency[deepspeed]'."
             )
         super().__post_init__()
-        self._deepspeed_data_efficiency = self._strip_deepspeed_block()
         self._de_config = self._resolve()
         self._recipe_applied = False
 
@@ -356,43 +347,15 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
                 )
             self.data_efficiency_config = cfg.to_dict()
 
-    def _strip_deepspeed_block(self) -> dict[str, Any] | None:
-        """Remove the data-efficiency keys from the DeepSpeed config that accelerate will hand to DeepSpeed."""
-        plugin = getattr(self, "deepspeed_plugin", None)
-        hf_ds_config = getattr(plugin, "hf_ds_config", None) if plugin is not None else None
-        if hf_ds_config is None or not isinstance(getattr(hf_ds_config, "config", None), dict):
-            return None
-        removed = split_deepspeed_config(hf_ds_config.config)
-        if removed is not None:
-            logger.info(
-                f"Removed {sorted(removed)} from the DeepSpeed config: hf-data-efficiency implements them, and "
-                "DeepSpeed's engine would otherwise ignore or misapply them under the HF Trainer."
-            )
-        return removed
-
-    def _load_file_config(self) -> DataEfficiencyConfig | None:
-        src = self.data_efficiency_config
-        if src is None:
-            return None
-        if isinstance(src, Mapping):
-            return DataEfficiencyConfig.from_dict(copy.deepcopy(dict(src)))
-        if isinstance(src, (str, os.PathLike)):
-            return DataEfficiencyConfig.from_pretrained(src)
-        raise ValueError(f"data_efficiency_config must be a path, a dict or a JSON string, got {type(src).__name__}.")
-
     def _resolve(self) -> DataEfficiencyConfig:
-        base = self._load_file_config()
-        if self._deepspeed_data_efficiency is not None:
-            ds_cfg = config_from_deepspeed_keys(self._deepspeed_data_efficiency)
-            if base is not None and ds_cfg.enabled:
-                raise ValueError(
-                    "data-efficiency settings are given twice: in --data_efficiency_config and in the "
-                    "'data_efficiency'/'curriculum_learning' block of --deepspeed; keep only one of them."
-                )
-            base = base or ds_cfg
-        source = "the config file" if base is not None else None
+        ds_config = deepspeed_config_of(self)
+        given = self.data_efficiency_config is not None or (
+            ds_config is not None and any(key in ds_config for key in DEEPSPEED_KEYS)
+        )
         seed = self.data_seed if self.data_seed is not None else self.seed
-        if base is None:
+        base = DataEfficiencyConfig.load(self.data_efficiency_config, deepspeed=ds_config)
+        source = "the config file" if given else None
+        if not given:
             base = DataEfficiencyConfig(seed=seed)
         return DataEfficiencyConfig(
             curriculum=self._resolve_curriculum(base.curriculum, seed, source),

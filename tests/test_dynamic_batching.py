@@ -22,8 +22,9 @@ from tiny import (
 )
 
 from hf_data_efficiency import DataEfficiencyConfig, DataEfficiencyTrainingArguments
+from hf_data_efficiency.batching.budget import pack_micro_batches
+from hf_data_efficiency.batching.sampler import TokenBudgetBatchSampler
 from hf_data_efficiency.config import DynamicBatchingConfig
-from hf_data_efficiency.curriculum.dynamic_batching import TokenBudgetBatchSampler, pack_micro_batches
 from hf_data_efficiency.engine import DataEfficiencyEngine, ResumeError
 
 LENGTHS = np.random.default_rng(7).integers(3, 60, size=400)

@@ -15,8 +15,8 @@ from test_streaming import SEQLEN, curriculum, make_rows, open_stream, write_sha
 from tiny import CURRICULUM_FLAGS, SEQLEN_METRIC, TRUNCATE_METRIC, RecordingTrainer, collate, make_dataset, tiny_model
 
 from hf_data_efficiency import DataEfficiencyTrainingArguments
+from hf_data_efficiency.batching.stream import MicroBatchCollator, StreamingTokenBudget
 from hf_data_efficiency.config import CurriculumConfig, DynamicBatchingConfig, SeqlenTransformConfig
-from hf_data_efficiency.curriculum.streaming_batches import MicroBatchCollator, StreamingTokenBudget
 from hf_data_efficiency.curriculum.transforms import MAX_TOKENS_KEY, POSITION_KEY
 from hf_data_efficiency.engine import DataEfficiencyEngine
 
@@ -39,7 +39,7 @@ class TorchRows(torch.utils.data.IterableDataset):
         return iter(self.rows)
 
 
-def build(source, ga=2, streaming=None, metric=None, transform=None, **budget):
+def build(source, ga=2, streaming=None, metric=None, transform=None, packed=False, **budget):
     cfg = curriculum(metric, **(streaming or {}))
     if transform is not None:
         cfg = CurriculumConfig(sampling_metrics=cfg.sampling_metrics, streaming=cfg.streaming, transform=transform)
@@ -49,6 +49,7 @@ def build(source, ga=2, streaming=None, metric=None, transform=None, **budget):
         DynamicBatchingConfig(**{"max_tokens": 120, **budget}),
         batch_size=BATCH,
         gradient_accumulation_steps=ga,
+        packed=packed,
     )
 
 
@@ -186,9 +187,9 @@ def test_every_micro_batch_fits_and_every_sample_is_eligible_or_counted_early(
     stream = build(
         open_stream(write_shards(tmp_path, rows)),
         streaming={"buffer_size": buffer, "buffer_full": policy},
+        packed=packed,
         **budget,
     )
-    stream.packed = packed
     sizes, reading = [], set()
 
     def check(stream, step):
@@ -283,7 +284,7 @@ def test_over_long_samples_are_refused_or_truncated_and_counted(tmp_path):
         micro_batches(build(open_stream(files), max_tokens=60, min_batch_size=2))
     stream = build(open_stream(files), max_tokens=30, truncate_long_samples=True, streaming={"buffer_size": 4096})
     out = micro_batches(stream)
-    assert stream.truncated_samples == sum(len(r["input_ids"]) > 30 for r in rows) > 0
+    assert stream.selection.truncated_samples == sum(len(r["input_ids"]) > 30 for r in rows) > 0
     for _, _, mb in out:
         assert {s[MAX_TOKENS_KEY] for s in mb} == {30}
         assert cost([min(len(s["input_ids"]), 30) for s in mb]) <= 30

@@ -212,12 +212,24 @@ def test_legacy_curriculum_block_in_deepspeed_config(tmp_path):
     assert "curriculum_learning" not in args.deepspeed_plugin.deepspeed_config
 
 
-def test_split_deepspeed_config_removes_only_our_keys():
+def test_loading_from_a_deepspeed_config_removes_only_our_keys():
+    from transformers.testing_utils import CaptureLogger
+
+    from hf_data_efficiency import config as config_module
+
     cfg = {"train_batch_size": 8, "data_efficiency": {"enabled": False}, "curriculum_learning": {"enabled": False}}
-    removed = ta.split_deepspeed_config(cfg)
+    level = config_module.logger.level
+    config_module.logger.setLevel("INFO")
+    try:
+        with CaptureLogger(config_module.logger) as cl:
+            assert not DataEfficiencyConfig.load(None, deepspeed=cfg).enabled
+    finally:
+        config_module.logger.setLevel(level)
     assert cfg == {"train_batch_size": 8}
-    assert set(removed) == {"data_efficiency", "curriculum_learning"}
-    assert ta.split_deepspeed_config(cfg) is None
+    assert "Removed ['curriculum_learning', 'data_efficiency']" in cl.out
+    with CaptureLogger(config_module.logger) as cl:
+        assert DataEfficiencyConfig.load(None, deepspeed=cfg) == DataEfficiencyConfig()
+    assert cfg == {"train_batch_size": 8} and "Removed" not in cl.out
 
 
 def test_accelerate_launch_deepspeed_config_file(tmp_path, monkeypatch):

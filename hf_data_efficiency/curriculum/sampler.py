@@ -50,7 +50,7 @@ _DRAWS_PER_BLOCK = 8192  # a block holds max(1, _DRAWS_PER_BLOCK // G) steps; pa
 _RNG_DRAW, _RNG_WALK, _RNG_SHUFFLE = 0, 1, 2
 
 
-def _dataset_column(dataset: Any, name: str) -> np.ndarray:
+def dataset_column(dataset: Any, name: str) -> np.ndarray:
     """A numeric column of a ``datasets.Dataset`` as numpy, honouring an indices mapping (select/shuffle)."""
     column = dataset.data.column(name).to_numpy()
     indices = getattr(dataset, "_indices", None)
@@ -217,7 +217,7 @@ class CurriculumSampler(Sampler[int]):
                     f"metric_values has no column/array for curriculum metric {m.name!r}; available: {available}. "
                     "Compute it with hf_data_efficiency.compute_metrics or pass it in metric_values."
                 )
-            raw = _dataset_column(metric_values, m.name) if is_dataset else metric_values[m.name]
+            raw = dataset_column(metric_values, m.name) if is_dataset else metric_values[m.name]
             arr = metric_array(raw, f"metric_values[{m.name!r}]")
             if arr.dtype.kind == "b":
                 arr = arr.astype(np.uint8)

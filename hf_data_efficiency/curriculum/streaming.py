@@ -41,7 +41,7 @@ import itertools
 import json
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import datasets
@@ -133,15 +133,123 @@ def _not_resumable(source: Any, reader: Any) -> str | None:
     return None
 
 
-def _all_processes_agree(ok: bool, device: Any = None) -> bool:
-    """``ok`` on every process (all-reduce MIN); ``ok`` itself without an initialised process group."""
+def sum_over_processes(values: list[int], device: Any = None) -> list[int]:
+    """``values`` summed over the processes (one all-reduce); ``values`` itself without a process group of >1."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return ok
-    flag = torch.tensor([int(ok)], dtype=torch.int64, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+        return values
+    tensor = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return [int(v) for v in tensor.tolist()]
+
+
+@dataclass(frozen=True)
+class StreamGeometry:
+    """Where one process's stream sits in training: its micro-batch size, the processes, gradient accumulation, its
+    rank, and whether samples carry their position tags (for the seeded collation)."""
+
+    batch_size: int
+    world_size: int
+    gradient_accumulation_steps: int
+    rank: int
+    tag_positions: bool = True
+
+    @property
+    def local_batch_size(self) -> int:
+        """Samples of one fixed step on this process."""
+        return self.batch_size * self.gradient_accumulation_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.local_batch_size * self.world_size
+
+
+@dataclass
+class Picked:
+    """What a selection hook chose for one step on this process: groups of buffer positions (each yielded as one
+    item or one group) and its totals, summed over the processes before the step is served."""
+
+    groups: list[np.ndarray]
+    totals: list[int] = field(default_factory=list)
+
+
+class StepCandidates:
+    """What the stream offers its selection hook for one step: the buffered samples, eligible first, what each
+    counts (:meth:`StepSelection.measure`), and more reading while the hook asks for it."""
+
+    def __init__(self, stream: StreamingCurriculum, step: int, level: int) -> None:
+        self._stream, self._level = stream, level
+        self.step = step
+        #: the sequence-length transform's max tokens per row at this step (``None`` without one)
+        self.max_tokens = stream.max_tokens_at(step)
+
+    def eligible(self) -> np.ndarray:
+        """Buffer positions of the samples eligible at the step, oldest first."""
+        return np.flatnonzero(self._stream._levels <= self._level)
+
+    def fallback(self) -> np.ndarray:
+        """The eligible samples, then the others closest to eligibility (lowest level, then oldest): what a step
+        takes when no more is read (``buffer_full='hold'``, a full buffer, the end of the stream)."""
+        levels, ids = self._stream._levels, self._stream._ids
+        waiting = np.flatnonzero(levels > self._level)
+        waiting = waiting[np.lexsort((ids[waiting], levels[waiting]))]
+        return np.concatenate([self.eligible(), waiting])
+
+    def sizes(self, positions: np.ndarray) -> np.ndarray:
+        """What the samples at buffer ``positions`` count for the hook (:meth:`StepSelection.measure`)."""
+        return self._stream._sizes[positions]
+
+    def read_more(self) -> bool:
+        """Read another chunk into the buffer; ``False`` when nothing more is read for this step: the stream ended,
+        or the buffer is full and ``buffer_full='hold'``, or it is full while a fixed step's worth of samples is
+        eligible (a full buffer never evicts just to make bigger batches). ``'drop'`` evicts the hardest samples to
+        make room; ``'error'`` refuses."""
+        return self._stream._read_for(self.step, self._level)
+
+
+class StepSelection:
+    """How a stream forms each step from its buffer: the hook a batcher plugs into. This default takes the
+    ``batch_size * gradient_accumulation_steps`` oldest eligible samples of each step and yields them one by one;
+    :class:`~hf_data_efficiency.batching.stream.StreamTokenBudget` forms token-budget micro-batches instead."""
+
+    def bind(self, geometry: StreamGeometry) -> None:
+        """Called once by the stream with its geometry."""
+        self.geometry = geometry
+
+    def measure(self, rows: list[Mapping[str, Any]], first: int | None) -> np.ndarray:
+        """What each sample counts for the selection, checked as it is read (``first``: the stream position of
+        ``rows[0]`` on this process, for messages; ``None`` for a restored buffer). Fixed batches count nothing."""
+        return np.zeros(len(rows), dtype=np.int64)
+
+    def select(self, candidates: StepCandidates) -> Picked | None:
+        """This process's part of ``candidates.step`` (``None``: the buffer cannot fill a step any more)."""
+        need = self.geometry.local_batch_size
+        while candidates.eligible().size < need and candidates.read_more():
+            pass
+        for order in (candidates.eligible(), candidates.fallback()):
+            if order.size >= need:
+                return Picked([np.sort(order[:need])])
+        return None
+
+    #: what :attr:`Picked.totals` hold (summed over the processes, then handed to :meth:`record`)
+    total_names: tuple[str, ...] = ()
+
+    def record(self, step: int, totals: list[int]) -> None:
+        """The step's totals over every process, once every process has its part."""
+
+    def items(self, step: int, groups: list[list[dict[str, Any]]], max_tokens: int | None) -> Iterator[Any]:
+        """What the stream yields for ``step``: each sample, tagged with its step's max tokens and its global
+        stream position."""
+        g = self.geometry
+        tags: dict[str, Any] = {MAX_TOKENS_KEY: max_tokens} if max_tokens is not None else {}
+        base = (step - 1) * g.global_batch_size + g.rank * g.local_batch_size
+        for j, sample in enumerate(groups[0]):
+            yield {**sample, **tags, **({POSITION_KEY: base + j} if g.tag_positions else {})}
+
+    def identity(self) -> dict[str, Any]:
+        """What of the selection a resumed stream must share (checked against the checkpoint)."""
+        return {}
 
 
 class _ChunkMetrics:
@@ -257,6 +365,8 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         device: device of the agreement all-reduce (the process group's: CUDA under NCCL).
         tag_positions: tag every sample with its global stream position (``POSITION_KEY``), the key of the seeded
             collation; off, the collator sees no position key.
+        selection: how each step is formed from the buffer (:class:`StepSelection`; default: fixed batches of
+            ``batch_size * gradient_accumulation_steps`` samples).
     """
 
     def __init__(
@@ -274,6 +384,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         schedule_fns: Mapping[str, Callable[[int], float]] | None = None,
         device: Any = None,
         tag_positions: bool = True,
+        selection: StepSelection | None = None,
     ) -> None:
         from .sampler import CurriculumSampler
 
@@ -285,6 +396,11 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         self.global_batch_size = self.local_batch_size * self.world_size
         self.device = device
         self.tag_positions = tag_positions
+        self.geometry = StreamGeometry(
+            self.batch_size, self.world_size, self.gradient_accumulation_steps, self.rank, bool(tag_positions)
+        )
+        self.selection = selection if selection is not None else StepSelection()
+        self.selection.bind(self.geometry)
         if self.streaming.buffer_size < self.global_batch_size:
             raise ValueError(
                 f"curriculum.streaming.buffer_size={self.streaming.buffer_size} is smaller than the global batch "
@@ -332,6 +448,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         self._ids = np.zeros(0, dtype=np.int64)  # buffer, in arrival order
         self._levels = np.zeros(0, dtype=np.int64)
         self._values: dict[str, np.ndarray] = {m.name: np.zeros(0) for m in self._metrics}
+        self._sizes = np.zeros(0, dtype=np.int64)  # what each buffered sample counts for the selection
         self.counters = StreamCounters()
         self._step = 0  # steps emitted
         self._iterator: Iterator[Any] | None = None
@@ -414,6 +531,10 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
     def buffered(self) -> int:
         return int(self._ids.size)
 
+    def max_tokens_at(self, step: int) -> int | None:
+        """The sequence-length transform's max tokens per row at 1-based ``step`` (``None`` without one)."""
+        return int(self._transform_schedule(step)) if self._transform_schedule is not None else None
+
     def difficulty_at(self, step: int) -> dict[str, float]:
         """``{metric: difficulty}`` of the batch of 1-based optimizer ``step`` (as ``CurriculumSampler``)."""
         level = int(self._pacing.levels_at([step])[0])
@@ -471,6 +592,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
 
     def _admit(self, rows: list[Any], values: Mapping[str, np.ndarray]) -> None:
         n = len(rows)
+        sizes = self.selection.measure(rows, self.counters.read)
         ids = np.arange(self.counters.read, self.counters.read + n, dtype=np.int64)
         self.counters.read += n
         level = self._level_of(values, n)
@@ -488,6 +610,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             self._samples[int(ids[i])] = rows[i]
         self._ids = np.concatenate([self._ids, ids[keep]])
         self._levels = np.concatenate([self._levels, level[keep]])
+        self._sizes = np.concatenate([self._sizes, sizes[keep]])
         for name in self._values:
             self._values[name] = np.concatenate([self._values[name], np.asarray(values[name])[keep]])
 
@@ -522,7 +645,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
 
     def _remove(self, mask: np.ndarray) -> None:
         keep = ~mask
-        self._ids, self._levels = self._ids[keep], self._levels[keep]
+        self._ids, self._levels, self._sizes = self._ids[keep], self._levels[keep], self._sizes[keep]
         for name in self._values:
             self._values[name] = self._values[name][keep]
 
@@ -552,33 +675,32 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             self._levels = self._level_of(self._values, self._ids.size) if self._ids.size else self._levels
         return level
 
-    def _select(self, step: int) -> np.ndarray | None:
-        """Buffer positions of this process's samples of ``step`` (``None``: no full batch is left)."""
+    def _read_for(self, step: int, level: int) -> bool:
+        """Read a chunk while forming ``step`` (see :meth:`StepCandidates.read_more`); whether one was read."""
+        if self._exhausted:
+            return False
+        size, policy = self.streaming.buffer_size, self.streaming.buffer_full
+        room = size - self._ids.size
+        if room < self._chunk:
+            eligible = int((self._levels <= level).sum())
+            if policy == "hold" or eligible >= self.local_batch_size:
+                return False
+            if policy == "error":
+                raise ValueError(
+                    f"streaming curriculum, step {step}: the buffer (curriculum.streaming.buffer_size={size}) has "
+                    f"no room for a chunk of {self._chunk} and holds {eligible} samples eligible at this step, fewer "
+                    f"than the {self.local_batch_size} of a step, and curriculum.streaming.buffer_full='error' refuses "
+                    "to drop; allowed: a larger buffer_size, or buffer_full 'drop' or 'hold'."
+                )
+            self._evict_hardest(level, self._chunk - room)
+        self._read_chunk()
+        return True
+
+    def _select(self, step: int) -> Picked | None:
+        """This process's part of ``step``, chosen by the selection hook (``None``: no full step is left)."""
         if not self._warmed_up:
             self._warm_up()
-        level, need = self._level_at(step), self.local_batch_size
-        size, policy = self.streaming.buffer_size, self.streaming.buffer_full
-        while not self._exhausted and int((self._levels <= level).sum()) < need:
-            room = size - self._ids.size
-            if room < self._chunk:
-                if policy == "hold":
-                    break
-                if policy == "error":
-                    raise ValueError(
-                        f"streaming curriculum, step {step}: the buffer (curriculum.streaming.buffer_size={size}) has "
-                        f"no room for a chunk of {self._chunk} and holds {int((self._levels <= level).sum())} samples eligible at this step, fewer than "
-                        f"the {need} needed, and curriculum.streaming.buffer_full='error' refuses to drop; allowed: a "
-                        "larger buffer_size, or buffer_full 'drop' or 'hold'."
-                    )
-                self._evict_hardest(level, self._chunk - room)
-            self._read_chunk()
-        eligible = np.flatnonzero(self._levels <= level)
-        if eligible.size >= need:
-            return eligible[:need]
-        if self._ids.size < need:
-            return None
-        # hold policy or end of stream: complete the step with the samples closest to eligibility
-        return np.sort(np.lexsort((self._ids, self._levels))[:need])
+        return self.selection.select(StepCandidates(self, step, self._level_at(step)))
 
     def _snapshot(self) -> _Snapshot:
         state = self._reader.state_dict() if self.checkpointable and self._iterator is not None else None
@@ -609,16 +731,18 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         while True:
             step = self._step + 1
             picked = self._select(step)
-            if not _all_processes_agree(picked is not None, self.device):
+            local = picked.totals if picked is not None else [0] * len(self.selection.total_names)
+            ended, *totals = sum_over_processes([int(picked is None), *local], self.device)
+            if ended:  # some process cannot fill the step: every process ends here
                 self._end()
                 return
-            ids = self._take(step, picked)
-            tags: dict[str, Any] = {}
-            if self._transform_schedule is not None:
-                tags[MAX_TOKENS_KEY] = int(self._transform_schedule(step))
-            base = (step - 1) * self.global_batch_size + self.rank * self.local_batch_size
-            for j, i in enumerate(ids):
-                yield {**self._samples[i], **tags, **({POSITION_KEY: base + j} if self.tag_positions else {})}
+            self.selection.record(step, totals)
+            ids = self._take(step, np.concatenate(picked.groups))
+            groups, start = [], 0
+            for group in picked.groups:
+                groups.append([self._samples[i] for i in ids[start : start + len(group)]])
+                start += len(group)
+            yield from self.selection.items(step, groups, self.max_tokens_at(step))
 
     def _take(self, step: int, picked: np.ndarray) -> list[int]:
         """Serve the buffer positions ``picked`` as ``step``: remove them, count them, record the step's state;
@@ -652,6 +776,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             "world_size": self.world_size,
             "rank": self.rank,
             "source": _source_description(self.source),
+            **self.selection.identity(),
         }
 
     def state_dict(self, position: int | None = None) -> dict[str, Any]:
@@ -739,6 +864,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         rows = [e["sample"] for e in entries]
         values = self._measure(rows) if rows else {m.name: np.zeros(0) for m in self._metrics}
         self._values = {m.name: np.asarray(values[m.name]) for m in self._metrics}
+        self._sizes = self.selection.measure(rows, None) if rows else np.zeros(0, dtype=np.int64)
         self._level_at(max(1, position // self.global_batch_size))
         self._levels = self._level_of(self._values, len(rows)) if rows else np.zeros(0, dtype=np.int64)
         self._step = position // self.global_batch_size

@@ -48,7 +48,7 @@ class RandomLTDScheduler:
         global_batch_size: int | None = None,
     ) -> None:
         # the config holds every rule (types, ranges, min_value >= seq_per_step), with its error messages
-        RandomLTDConfig(
+        config = RandomLTDConfig(
             min_value=min_value,
             max_value=max_value,
             require_steps=require_steps,
@@ -56,12 +56,21 @@ class RandomLTDScheduler:
             schedule_type=schedule_type,
             root_degree=root_degree,
         )
-        self.min_value = int(min_value)
-        self.max_value = int(max_value)
-        self.require_steps = require_steps
-        self.seq_per_step = int(seq_per_step)
-        self.schedule_type = schedule_type
-        self.root_degree = root_degree
+        self._setup(config, total_layer_num, random_ltd_layer_num, global_batch_size)
+
+    def _setup(
+        self,
+        cfg: RandomLTDConfig,
+        total_layer_num: int | None,
+        random_ltd_layer_num: int | None,
+        global_batch_size: int | None,
+    ) -> None:
+        self.min_value = int(cfg.min_value)
+        self.max_value = int(cfg.max_value)
+        self.require_steps = cfg.require_steps
+        self.seq_per_step = int(cfg.seq_per_step)
+        self.schedule_type = cfg.schedule_type
+        self.root_degree = cfg.root_degree
         self.total_layer_num = total_layer_num
         self.random_ltd_layer_num = random_ltd_layer_num
         self.global_batch_size = global_batch_size
@@ -73,33 +82,24 @@ class RandomLTDScheduler:
     # ----- construction ------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: RandomLTDConfig, **overrides: Any) -> RandomLTDScheduler:
-        """Build from a :class:`~hf_data_efficiency.RandomLTDConfig`; ``overrides`` replace counter fields."""
-        kwargs: dict[str, Any] = {
+        """Build from a :class:`~hf_data_efficiency.RandomLTDConfig` (already checked); ``overrides`` replace counter
+        fields (``total_layer_num``, ``random_ltd_layer_num``, ``global_batch_size``)."""
+        counters: dict[str, Any] = {
             "total_layer_num": cfg.total_layer_num,
             "random_ltd_layer_num": cfg.random_ltd_layer_num
             if cfg.random_ltd_layer_num is not None
             else (len(cfg.random_ltd_layer_id) if cfg.random_ltd_layer_id is not None else None),
             "global_batch_size": cfg.global_batch_size,
         }
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(
-            cfg.min_value,
-            cfg.max_value,
-            cfg.require_steps,
-            cfg.seq_per_step,
-            cfg.schedule_type,
-            cfg.root_degree,
-            **kwargs,
-        )
+        counters.update({k: v for k, v in overrides.items() if v is not None})
+        scheduler = cls.__new__(cls)
+        scheduler._setup(cfg, **counters)
+        return scheduler
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any] | RandomLTDConfig) -> RandomLTDScheduler:
         """Build from DeepSpeed's ``random_ltd`` section (or our flat ``RandomLTDConfig`` dict/object)."""
-        if isinstance(section, RandomLTDConfig):
-            return cls.from_config(section)
-        if "random_ltd_schedule" in section:
-            return cls.from_config(RandomLTDConfig.from_deepspeed(section))
-        return cls.from_config(RandomLTDConfig.from_dict(section))
+        return cls.from_config(RandomLTDConfig.load(section))
 
     # ----- pure schedule -----------------------------------------------------------------
     def kept_length(self, step: int) -> int:

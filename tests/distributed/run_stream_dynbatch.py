@@ -10,8 +10,8 @@ import datasets
 import torch.distributed as dist
 from run_stream import stream_config
 
+from hf_data_efficiency.batching.stream import StreamingTokenBudget
 from hf_data_efficiency.config import DynamicBatchingConfig
-from hf_data_efficiency.curriculum.streaming_batches import StreamingTokenBudget
 
 BUDGET = DynamicBatchingConfig(max_tokens=100, lr_scaling_method="sqrt")
 
@@ -28,7 +28,7 @@ def main() -> None:
     for mb in stream:
         batches.append([sample["id"] for sample in mb])
         if len(batches) % 2 == 1:  # the first micro-batch of a step: the step is formed, its stats known
-            stats.append(stream.step_stats(len(batches) // 2 + 1))
+            stats.append(stream.selection.step_stats(len(batches) // 2 + 1))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"batches": batches, "steps": len(stats), "stats": stats}, f)

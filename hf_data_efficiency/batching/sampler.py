@@ -1,4 +1,4 @@
-"""Token-budget (dynamic) batching that follows the curriculum.
+"""Token-budget (dynamic) batching over map-style data, following the curriculum.
 
 :class:`TokenBudgetBatchSampler` is a batch sampler: it yields micro-batches (lists of dataset keys) of varying size
 whose token count fits ``max_tokens``, exactly ``world_size * gradient_accumulation_steps`` of them per optimizer
@@ -15,18 +15,14 @@ step, in the order accelerate's ``BatchSamplerShard`` deals them out (micro-batc
 * With a curriculum, the :class:`~hf_data_efficiency.CurriculumSampler` draws ``draw_size`` samples for every step,
   all eligible at that step (its global batch); the picking order is applied to that draw (``'random'``: shuffled by
   ``default_rng([seed, 4, step])``), and the step packs a prefix of it (``'seqlen'``: the prefix packed in draw
-  order, sorted by length and packed again into as many micro-batches, so the curriculum's distribution is kept). The curriculum draws with replacement, so
-  a sample drawn twice for one step is kept once (unless fewer distinct samples than ``world_size x
-  gradient_accumulation_steps x min_batch_size`` were drawn, which warns); the unused tail of a draw is discarded. An epoch is ``num_samples // reference_batch_size`` steps.
+  order, sorted by length and packed again into as many micro-batches, so the curriculum's distribution is kept).
+  The curriculum draws with replacement, so a sample drawn twice for one step is kept once (unless fewer distinct
+  samples than ``world_size x gradient_accumulation_steps x min_batch_size`` were drawn, which warns); the unused tail
+  of a draw is discarded. An epoch is ``num_samples // reference_batch_size`` steps.
 
-**Packing.** Micro-batches take consecutive samples of that order while the cost stays within ``max_tokens`` and the
-size within ``max_batch_size`` (DeepSpeed's ``batch_by_seqlens`` rule). The cost is the padded token count
-``len(batch) * longest`` (``packed=True``: the sum of the lengths, for collators that pack rows). Lengths are the
-step's truncated lengths under ``seqlen_truncate``. Every sample fits ``max_tokens // min_batch_size`` (checked at
-construction, or truncated to it with ``truncate_long_samples``), so ``min_batch_size`` is always reachable.
-
-**LR.** Step ``k`` holding ``n`` samples has the factor ``n / reference_batch_size`` (``linear``),
-``sqrt(n / reference_batch_size)`` (``sqrt``) or 1 (``none``), applied on top of the user's scheduler.
+**Packing, lengths and LR** follow the :class:`~hf_data_efficiency.batching.budget.TokenBudget`: greedy packing
+within ``max_tokens``, every sample checked against the row cap at construction, and the step's LR factor from its
+number of samples, applied on top of the user's scheduler.
 
 Everything is a pure function of the seed, the lengths and the step, so every rank computes the same stream without
 communication, and the state is a position (steps done) plus what checks that the stream is the same.
@@ -36,8 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,8 +42,9 @@ from torch.utils.data import Sampler
 from transformers.utils import logging
 
 from .._validation import check_int, check_keys, expect_mapping
-from ..config import LR_SCALING_METHODS, DynamicBatchingConfig
-from .transforms import MAX_TOKENS_KEY, POSITION_KEY
+from ..config import DynamicBatchingConfig
+from ..curriculum.transforms import MAX_TOKENS_KEY, POSITION_KEY
+from .budget import TokenBudget
 
 logger = logging.get_logger(__name__)
 
@@ -69,113 +64,6 @@ _STATE_KEYS = (
 )
 
 
-def sample_lengths(dataset: Any, *, column: str = "seqlen", input_column: str = "input_ids") -> np.ndarray:
-    """Token length of every sample: the ``column`` column when the dataset has one, else the length of each
-    ``input_column`` row (a ``datasets.Dataset`` column, or the items of any sized, indexable dataset of mappings)."""
-    from .sampler import _dataset_column
-
-    names = getattr(dataset, "column_names", None)
-    if names is not None and hasattr(dataset, "data"):
-        if column in names:
-            return np.asarray(_dataset_column(dataset, column), dtype=np.int64)
-        if input_column in names:
-            import pyarrow.compute as pc
-
-            lengths = pc.list_value_length(dataset.data.column(input_column)).to_numpy(zero_copy_only=False)
-            indices = getattr(dataset, "_indices", None)
-            if indices is not None:
-                lengths = lengths[indices.column(0).to_numpy()]
-            return np.asarray(lengths, dtype=np.int64)
-        raise ValueError(
-            f"dynamic_batching needs the length of every sample: the dataset has neither a {column!r} nor an "
-            f"{input_column!r} column (columns: {names}). Tokenize it, or add a {column!r} column."
-        )
-    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        raise ValueError(
-            f"dynamic_batching needs a sized, indexable dataset to read sample lengths from, got "
-            f"{type(dataset).__name__}; pass lengths= explicitly."
-        )
-    lengths = []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        if not isinstance(item, Mapping) or input_column not in item:
-            raise ValueError(
-                f"dynamic_batching needs the length of every sample: sample {i} is not a mapping with an "
-                f"{input_column!r} entry; add a {column!r} column or pass lengths= explicitly."
-            )
-        lengths.append(len(item[input_column]))
-    return np.asarray(lengths, dtype=np.int64)
-
-
-def lengths_from_metrics_path(metrics_path: str | os.PathLike, num_samples: int) -> np.ndarray | None:
-    """Sample lengths from DeepSpeed's ``metrics_path/seqlen/seqlen_sample_to_metric`` index files (what its
-    ``DataAnalyzer`` writes for dynamic batching), or ``None`` when they are absent."""
-    from .index import read_mmap_indexed
-
-    prefix = os.path.join(os.fspath(metrics_path), "seqlen", "seqlen_sample_to_metric")
-    if not (os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")):
-        return None
-    flat, offsets = read_mmap_indexed(prefix)
-    rows = np.diff(offsets)
-    if len(rows) != num_samples or (rows != 1).any():
-        raise ValueError(
-            f"dynamic_batching.metrics_path: {prefix} holds {len(rows)} rows (sizes {sorted(set(rows.tolist()))}) but "
-            f"the dataset has {num_samples} samples; it needs one length per sample. Delete the files if the dataset "
-            "changed."
-        )
-    return flat.astype(np.int64)
-
-
-def row_cap_text(cfg: DynamicBatchingConfig) -> str:
-    """How the longest sample the budget takes (``max_tokens // min_batch_size``) follows from ``cfg``, for errors."""
-    if cfg.min_batch_size == 1:
-        return f"max_tokens={cfg.max_tokens}"
-    cap = cfg.max_tokens // cfg.min_batch_size
-    return f"max_tokens // min_batch_size = {cfg.max_tokens} // {cfg.min_batch_size} = {cap}"
-
-
-def lr_factor(samples: int, reference_batch_size: int, method: str) -> float:
-    """The LR factor of a step of ``samples`` samples relative to a batch of ``reference_batch_size``."""
-    if method == "linear":
-        return samples / reference_batch_size
-    if method == "sqrt":
-        return math.sqrt(samples / reference_batch_size)
-    if method == "none":
-        return 1.0
-    raise ValueError(f"dynamic_batching.lr_scaling_method={method!r} is not allowed; allowed: {LR_SCALING_METHODS}.")
-
-
-def pack_micro_batches(
-    lengths: Sequence[int] | np.ndarray,
-    max_tokens: int,
-    *,
-    min_batch_size: int = 1,
-    max_batch_size: int | None = None,
-    packed: bool = False,
-    count: int | None = None,
-) -> list[tuple[int, int]]:
-    """Greedy packing of consecutive samples into micro-batches; returns their ``(start, end)`` slices.
-
-    A micro-batch grows while its cost (``size * longest``, or the sum of lengths when ``packed``) fits ``max_tokens``
-    and its size ``max_batch_size``. A final micro-batch below ``min_batch_size`` is left out. With ``count``, at most
-    ``count`` micro-batches are made, each leaving ``min_batch_size`` samples for every one still to come."""
-    lengths = [int(v) for v in lengths]
-    n, out, start = len(lengths), [], 0
-    while start < n and (count is None or len(out) < count):
-        limit = n - (min_batch_size * (count - len(out) - 1) if count is not None else 0)
-        end, longest, total = start, 0, 0
-        while end < limit and (max_batch_size is None or end - start < max_batch_size):
-            new_longest, new_total = max(longest, lengths[end]), total + lengths[end]
-            if (new_total if packed else (end - start + 1) * new_longest) > max_tokens:
-                break
-            longest, total, end = new_longest, new_total, end + 1
-        if end - start < min_batch_size:
-            break
-        out.append((start, end))
-        start = end
-    return out
-
-
 @dataclass(frozen=True)
 class StepPlan:
     """The micro-batches of one optimizer step: micro-batch ``j`` runs on rank ``j % world_size`` as accumulation
@@ -190,16 +78,6 @@ class StepPlan:
     @property
     def samples(self) -> int:
         return sum(len(mb) for mb in self.micro_batches)
-
-    @property
-    def real_tokens(self) -> int:
-        return sum(sum(ls) for ls in self.lengths)
-
-    def computed_tokens(self, packed: bool = False) -> int:
-        """Tokens the model computes: padded to the longest of each micro-batch (the sum of lengths when packed)."""
-        if packed:
-            return self.real_tokens
-        return sum(len(ls) * max(ls) for ls in self.lengths)
 
 
 class TokenBudgetBatchSampler(Sampler):
@@ -233,26 +111,22 @@ class TokenBudgetBatchSampler(Sampler):
         packed: bool = False,
         tag_positions: bool = True,
     ) -> None:
-        if not isinstance(config, DynamicBatchingConfig):
-            raise ValueError(f"config must be a DynamicBatchingConfig, got {type(config).__name__}.")
+        transform = curriculum_sampler.config.transform if curriculum_sampler is not None else None
+        self.budget = TokenBudget(
+            config, reference_batch_size=reference_batch_size, packed=packed, transform=transform
+        )
         self.config = config
         self.world_size = check_int(world_size, "world_size", minimum=1)
         self.gradient_accumulation_steps = check_int(
             gradient_accumulation_steps, "gradient_accumulation_steps", minimum=1
         )
-        self.reference_batch_size = check_int(reference_batch_size, "reference_batch_size", minimum=1)
+        self.reference_batch_size = self.budget.reference_batch_size
         self.seed = check_int(seed, "seed", minimum=0)
-        self.packed = bool(packed)
+        self.packed = self.budget.packed
         self.tag_positions = bool(tag_positions)
         self.micro_batches_per_step = self.world_size * self.gradient_accumulation_steps
         self.curriculum_sampler = curriculum_sampler
-        transform = curriculum_sampler.config.transform if curriculum_sampler is not None else None
-        if transform is not None and transform.name != "seqlen_truncate":
-            raise ValueError(
-                f"dynamic_batching cannot be combined with the {transform.name} curriculum (it turns one row into "
-                "several, so the rows of a micro-batch are not known when it is packed); use seqlen_truncate."
-            )
-        self._lengths = self._check_lengths(lengths, transform.max_difficulty if transform is not None else None)
+        self._lengths = self._check_lengths(lengths)
         self.num_samples = len(self._lengths)
         if curriculum_sampler is not None:
             if curriculum_sampler.num_samples != self.num_samples:
@@ -287,37 +161,22 @@ class TokenBudgetBatchSampler(Sampler):
 
     # ----- construction ---------------------------------------------------------------------------------------
     @property
-    def row_cap(self) -> int:
-        """Most tokens one sample may count: ``max_tokens // min_batch_size``, so ``min_batch_size`` always fits."""
-        return self.config.max_tokens // self.config.min_batch_size
+    def truncated_samples(self) -> int:
+        """Samples longer than the row cap, cut to it (``truncate_long_samples``)."""
+        return self.budget.truncated_samples
 
-    def _check_lengths(self, lengths: Any, transform_max: int | None) -> np.ndarray:
+    def _check_lengths(self, lengths: Any) -> np.ndarray:
         arr = np.asarray(lengths)
         if arr.ndim != 1 or len(arr) == 0 or arr.dtype.kind not in "iu" or (arr < 1).any():
             raise ValueError("lengths must be a non-empty 1-D array of integers >= 1 (tokens of every sample).")
         arr = arr.astype(np.int64)
-        cfg = self.config
         shortest = int(arr.min())
-        if cfg.max_tokens < shortest:
+        if self.config.max_tokens < shortest:
             raise ValueError(
-                f"dynamic_batching.max_tokens={cfg.max_tokens} is below the shortest sample ({shortest} tokens); "
-                f"allowed: max_tokens >= {shortest}."
+                f"dynamic_batching.max_tokens={self.config.max_tokens} is below the shortest sample ({shortest} "
+                f"tokens); allowed: max_tokens >= {shortest}."
             )
-        counted = np.minimum(arr, transform_max) if transform_max is not None else arr
-        long = counted > self.row_cap
-        if long.any():
-            bound = row_cap_text(cfg)
-            if not cfg.truncate_long_samples:
-                raise ValueError(
-                    f"dynamic_batching: {int(long.sum())} of {len(arr)} samples are longer than {bound} tokens "
-                    f"(longest: {int(counted.max())}); raise dynamic_batching.max_tokens, or set "
-                    "dynamic_batching.truncate_long_samples=true to cut them to that length."
-                )
-            logger.warning(
-                f"dynamic_batching: {int(long.sum())} of {len(arr)} samples are longer than {bound} tokens (longest: "
-                f"{int(counted.max())}); they are truncated to {self.row_cap} tokens (truncate_long_samples=true)."
-            )
-        self.truncated_samples = int(long.sum())
+        self.budget.admit(arr, "samples")
         return arr
 
     def _compute_fingerprint(self) -> str:
@@ -354,22 +213,11 @@ class TokenBudgetBatchSampler(Sampler):
 
     def _plan(self, step: int, candidates: np.ndarray, lengths: np.ndarray, base: int, count: int | None) -> list:
         """Pack ``candidates`` (stream positions ``base ...``) into micro-batches and group them into plans."""
-        truncate_to = None
-        if self.curriculum_sampler is not None:
-            truncate_to = self.curriculum_sampler.max_tokens_at(step)
-        if self.config.truncate_long_samples and self.truncated_samples:
-            truncate_to = self.row_cap if truncate_to is None else min(truncate_to, self.row_cap)
+        transform = self.curriculum_sampler.max_tokens_at(step) if self.curriculum_sampler is not None else None
+        truncate_to = self.budget.truncate_to(transform)
         if truncate_to is not None:
             lengths = np.minimum(lengths, truncate_to)
-        cfg = self.config
-        slices = pack_micro_batches(
-            lengths,
-            cfg.max_tokens,
-            min_batch_size=cfg.min_batch_size,
-            max_batch_size=cfg.max_batch_size,
-            packed=self.packed,
-            count=count,
-        )
+        slices = self.budget.pack(lengths, count)
         m = self.micro_batches_per_step
         plans = []
         for first in range(0, len(slices) - m + 1, m):
@@ -389,25 +237,19 @@ class TokenBudgetBatchSampler(Sampler):
         """``seqlen`` order with a curriculum: the step's samples are chosen in draw order (so the curriculum's
         distribution is kept), then sorted by length and packed again into the same number of micro-batches (the
         fullest split in halves where the sorted packing needs fewer); the draw-order plan when they do not fit."""
-        m, cfg = self.micro_batches_per_step, self.config
+        m = self.micro_batches_per_step
         (plan,) = self._plan(step, draw, self._lengths[draw], base, m)
         chosen = np.asarray([i for mb in plan.micro_batches for i in mb])
         counted = np.asarray([n for ls in plan.lengths for n in ls])  # truncated where a truncation applies
         order = np.argsort(counted, kind="stable")
         chosen, counted = chosen[order], counted[order]
-        slices = pack_micro_batches(
-            counted,
-            cfg.max_tokens,
-            min_batch_size=cfg.min_batch_size,
-            max_batch_size=cfg.max_batch_size,
-            packed=self.packed,
-        )
+        slices = self.budget.pack(counted)
         if len(slices) > m or sum(b - a for a, b in slices) != len(chosen):
             return plan
         while len(slices) < m:  # a part of a micro-batch that fits also fits
             j = max(range(len(slices)), key=lambda i: slices[i][1] - slices[i][0])
             a, b = slices[j]
-            if b - a < 2 * cfg.min_batch_size:
+            if b - a < 2 * self.config.min_batch_size:
                 return plan
             slices[j : j + 1] = [(a, a + (b - a) // 2), (a + (b - a) // 2, b)]
         return StepPlan(
@@ -481,19 +323,13 @@ class TokenBudgetBatchSampler(Sampler):
         return plan
 
     def lr_factor(self, step: int) -> float:
-        """The LR factor of 1-based ``step``, from its number of samples (see :func:`lr_factor`)."""
-        return lr_factor(self.plan(step).samples, self.reference_batch_size, self.config.lr_scaling_method)
+        """The LR factor of 1-based ``step``, from its number of samples."""
+        return self.budget.lr_factor(self.plan(step).samples)
 
     def step_stats(self, step: int) -> dict[str, float]:
         """Samples, real tokens, padding fraction and LR factor of 1-based ``step`` (as planned)."""
         plan = self.plan(step)
-        computed = plan.computed_tokens(self.packed)
-        return {
-            "samples": plan.samples,
-            "real_tokens": plan.real_tokens,
-            "padding_fraction": 1.0 - plan.real_tokens / computed,
-            "lr_factor": lr_factor(plan.samples, self.reference_batch_size, self.config.lr_scaling_method),
-        }
+        return self.budget.step_stats(self.budget.totals(plan.lengths))
 
     # ----- sampler protocol -------------------------------------------------------------------------------------
     def __len__(self) -> int:
