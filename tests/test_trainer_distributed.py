@@ -21,6 +21,7 @@ from hf_data_efficiency import CurriculumSampler, DataEfficiencyConfig
 HERE = Path(__file__).resolve().parent
 RUN = str(HERE / "distributed" / "run_trainer.py")
 ROOT = HERE.parent
+NO_TRAINER = str(ROOT / "scripts" / "examples" / "train_no_trainer.py")
 TIMEOUT = 420  # a fresh machine builds DeepSpeed's CPU communication op on first use
 
 
@@ -228,7 +229,7 @@ def test_plain_accelerate_loop_script(tmp_path):
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(ds_config))
     out = tmp_path / "nt"
-    script = str(ROOT / "scripts" / "train_no_trainer.py")
+    script = NO_TRAINER
     run(
         [sys.executable, script, "--config", str(path), "--output_dir", str(out), "--max_steps", "6"]
         + ["--gradient_accumulation_steps", "2", "--per_device_batch_size", "4", "--cpu"]
@@ -255,7 +256,7 @@ def test_plain_accelerate_loop_resumes_after_sigkill(tmp_path):
 
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(NO_TRAINER_CONFIG))
-    script = str(ROOT / "scripts" / "train_no_trainer.py")
+    script = NO_TRAINER
     base = [sys.executable, script, "--config", str(path), "--max_steps", "8", "--cpu"]
     base += ["--gradient_accumulation_steps", "2", "--per_device_batch_size", "4"]
     run([*base, "--output_dir", str(tmp_path / "full")])
@@ -327,7 +328,7 @@ def test_accelerate_launch_with_the_cpu_recipe(tmp_path):
 
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(NO_TRAINER_CONFIG))
-    args = [str(ROOT / "scripts" / "train_no_trainer.py"), "--config", str(path), "--max_steps", "3", "--cpu"]
+    args = [NO_TRAINER, "--config", str(path), "--max_steps", "3", "--cpu"]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
     run([*launcher, str(ROOT / "recipes" / "accelerate" / "cpu.yaml"), *args, "--output_dir", str(tmp_path / "a")])
     run([sys.executable, *args, "--output_dir", str(tmp_path / "b")])

@@ -133,7 +133,7 @@ def quality(seeds: list[int], steps: int, records_dir: Path, out_dir: Path) -> d
     same steps each; their final validation losses."""
     import statistics
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_data_efficiency as bench
 
     task = {**bench.TASKS["gpt2"], "steps": steps}

@@ -33,8 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -44,6 +46,8 @@ from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_data_efficiency import DataEfficiencyConfig, DataEfficiencyEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # offline_data
 
 ARMS = ("fixed_pad_longest", "fixed_pad_batch", "token_budget", "token_budget_curriculum")
 PAD = 0

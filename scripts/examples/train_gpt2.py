@@ -41,7 +41,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, set_seed
 from transformers.utils import logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import _examples  # noqa: E402
 from offline_data import gpt2_tokenizer, load_bbc_news, load_ptb  # noqa: E402
 

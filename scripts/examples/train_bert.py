@@ -39,7 +39,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import _examples  # noqa: E402
 from offline_data import BBC_NEWS_LABELS, load_bbc_news, minilm_path  # noqa: E402
 

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SCRIPTS = Path(__file__).resolve().parent
 GLOBAL_BATCH = 32
 MIN_D, MAX_D, TOTAL_STEPS, D_STEP = 64, 1024, 2500, 8
 
@@ -291,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     analysis = scale = None
     sampler: list[dict[str, Any]] = []
     if "analysis" in parts:
-        sys.path.insert(0, str(SCRIPTS))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
         try:
             from bench_analysis import run_analysis_benchmark
         except ImportError as e:

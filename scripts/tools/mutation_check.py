@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "testing.md"
 DOC_BEGIN, DOC_END = "<!-- mutation-check:begin -->", "<!-- mutation-check:end -->"
 PKG = "hf_data_efficiency"

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from hf_data_efficiency.fileio import atomic_write_text  # noqa: E402
@@ -63,7 +63,7 @@ DOC_BEGIN, DOC_END = "<!-- data-efficiency:begin -->", "<!-- data-efficiency:end
 # fractions are of each run's own number of steps; tuned on validation splits only.
 TASKS = {
     "gpt2": {
-        "script": "scripts/train_gpt2.py",
+        "script": "scripts/examples/train_gpt2.py",
         "flags": {"n_layer": 6, "n_embd": 256, "n_head": 4, "block_size": 128, "per_device_train_batch_size": 16},
         "lr": 2e-3,
         "steps": 200,
@@ -76,7 +76,7 @@ TASKS = {
         "arms": ("baseline", "curriculum", "random_ltd", "both"),
     },
     "vit": {
-        "script": "scripts/train_vit.py",
+        "script": "scripts/examples/train_vit.py",
         "flags": {"dataset": "mnist", "patch_size": 4, "num_hidden_layers": 6, "hidden_size": 128},
         "lr": 1e-3,
         "steps": 300,
@@ -88,7 +88,7 @@ TASKS = {
         "arms": ("baseline", "random_ltd"),
     },
     "bert": {
-        "script": "scripts/train_bert.py",
+        "script": "scripts/examples/train_bert.py",
         "flags": {"task": "cls", "max_seq_length": 128},
         "lr": 1e-4,
         "steps": 40,

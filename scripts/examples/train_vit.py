@@ -27,7 +27,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification, set_seed
 from transformers.utils import logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import _examples  # noqa: E402
 from offline_data import load_digits, load_mnist  # noqa: E402
 
