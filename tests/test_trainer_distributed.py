@@ -1,6 +1,7 @@
 """DataEfficiencyTrainer across processes: DDP with torchrun (gloo, CPU), DeepSpeed ZeRO-2 on CPU, exact resume in a
 new process, resume after SIGKILL, and the plain-accelerate script. Each run is a subprocess of
-tests/distributed/run_trainer.py (or scripts/train_no_trainer.py), so no distributed state leaks into pytest."""
+tests/distributed/run_trainer.py (or scripts/examples/train_no_trainer.py), so no distributed state leaks into
+pytest."""
 
 import json
 import os

@@ -14,7 +14,7 @@ Both sides analyse the same tokenized data on the same cores, end to end:
 Tokenization is done once, before timing. The two results are cross-checked (seqlen from DeepSpeed's
 index files equals ours; its vocabulary counts equal our first pass).
 
-Run: ``python scripts/bench_analysis.py --scale 4`` (Penn Treebank train x4, ~168k samples).
+Run: ``python scripts/benchmarks/bench_analysis.py --scale 4`` (Penn Treebank train x4, ~168k samples).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Curriculum benchmarks: (a) metric analysis, (b) sampler vs DeepSpeed, (c) our sampler at 100M samples.
 
-(a) runs ``scripts/bench_analysis.py`` (compute_metrics vs DeepSpeed's DataAnalyzer).
+(a) runs ``scripts/benchmarks/bench_analysis.py`` (compute_metrics vs DeepSpeed's DataAnalyzer).
 
 (b) global batches/s and peak RSS of ``CurriculumSampler`` against deepspeed's ``DeepSpeedDataSampler`` on
 the same curriculum: one value-based seqlen-like metric (random ints in [1, 1024]), ``fixed_linear`` from
@@ -13,7 +13,7 @@ curriculum. Ours is consumed through ``__iter__`` (one int at a time, as a DataL
 (c) ours alone on ``--scale-n`` synthetic uint16 seqlens: seconds from construction to the first batch,
 and peak RSS.
 
-Run: ``python scripts/bench_curriculum.py`` (all parts, about 3-4 minutes on 2 cores);
+Run: ``python scripts/benchmarks/bench_curriculum.py`` (all parts, about 3-4 minutes on 2 cores);
 ``--only sampler`` / ``--only scale`` / ``--only analysis`` for one part.
 """
 
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from bench_analysis import run_analysis_benchmark
         except ImportError as e:
-            print(f"(a) skipped: scripts/bench_analysis.py is not available ({e}).")
+            print(f"(a) skipped: scripts/benchmarks/bench_analysis.py is not available ({e}).")
         else:
             analysis = run_analysis_benchmark(scale=args.analysis_scale)
     if "sampler" in parts:

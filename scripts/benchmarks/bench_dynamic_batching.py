@@ -24,7 +24,7 @@ fraction (1 - real / computed tokens), the largest micro-batch in computed token
 of the tensors autograd saves for backward in the largest step, on any device; a tensor saved twice counts twice),
 and the validation loss (mean over the real tokens of the held-out set) at the end.
 
-Run: ``python scripts/bench_dynamic_batching.py`` (small defaults, a few minutes on 2 CPU cores);
+Run: ``python scripts/benchmarks/bench_dynamic_batching.py`` (small defaults, a few minutes on 2 CPU cores);
 ``--data bbc`` or ``--data ptb`` for one data set, ``--seeds 0 1 2`` for the seed spread.
 """
 

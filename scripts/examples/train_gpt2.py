@@ -3,9 +3,9 @@
 
 Defaults: a tiny GPT-2 on Penn Treebank with the GPT-2 BPE, CPU-sized. Examples::
 
-    python scripts/train_gpt2.py --output_dir outputs/gpt2                       # plain baseline
-    python scripts/train_gpt2.py recipes/gpt2/ptb_cl_ltd.yaml --output_dir outputs/cl_ltd
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/train_gpt2.py \\
+    python scripts/examples/train_gpt2.py --output_dir outputs/gpt2              # plain baseline
+    python scripts/examples/train_gpt2.py recipes/gpt2/ptb_cl_ltd.yaml --output_dir outputs/cl_ltd
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/examples/train_gpt2.py \\
         recipes/gpt2/ptb_cl_ltd.yaml --output_dir outputs/cl_ltd
 
 Samples (``--sample_mode``):
