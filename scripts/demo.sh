@@ -25,7 +25,7 @@ BUDGET=${DEMO_BUDGET:-1.0}
 OUT=${DEMO_OUT:-outputs/demo}
 echo "== [2/2] training: baseline ($STEPS steps) vs the auto recipe (${BUDGET} of its effective tokens)"
 echo "   logs: $OUT/gpt2/*.log"
-python scripts/bench_data_efficiency.py --task gpt2 --arms auto --baseline_budgets 1.0 --budgets "$BUDGET" \
+python scripts/benchmarks/bench_data_efficiency.py --task gpt2 --arms auto --baseline_budgets 1.0 --budgets "$BUDGET" \
   --steps "$STEPS" --evals_per_run 6 --out_dir "$OUT" --no_docs --demo --overwrite
 
 echo

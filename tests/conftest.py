@@ -1,6 +1,6 @@
 """Shared pytest set-up: one torch thread per test process (tiny models on a shared 2-core machine run up to 50x
-slower with oversubscribed threads). Import paths (``scripts/``, ``tests/distributed``) come from the ``pythonpath``
-setting in pyproject.toml."""
+slower with oversubscribed threads). Import paths (``scripts/examples``, ``scripts/benchmarks``, ``tests/distributed``)
+come from the ``pythonpath`` setting in pyproject.toml."""
 
 import os
 

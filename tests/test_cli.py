@@ -29,7 +29,8 @@ def _assert_png(path):
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
-    """The offline GPT-2 BPE (from scripts/offline_data.py) saved as a tokenizer folder, as a user passes it."""
+    """The offline GPT-2 BPE (from scripts/examples/offline_data.py) saved as a tokenizer folder, as a user passes
+    it."""
     from offline_data import gpt2_tokenizer
 
     path = tmp_path_factory.mktemp("gpt2_bpe")

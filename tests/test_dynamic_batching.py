@@ -427,9 +427,9 @@ def test_lengths_from_deepspeed_metrics_path(tmp_path):
 
 
 def test_plain_accelerate_loop_normalises_and_scales_like_one_big_batch(tmp_path):
-    """scripts/train_no_trainer.py with dynamic batching (GA 2, unequal micro-batches, no dropout): the logged loss
-    of step 1 is the mean token loss of one big batch of its samples, and step 2's is the same after one AdamW step
-    on that big batch with the LR times step 1's factor (recomputed as sqrt(samples / 16))."""
+    """scripts/examples/train_no_trainer.py with dynamic batching (GA 2, unequal micro-batches, no dropout): the logged
+    loss of step 1 is the mean token loss of one big batch of its samples, and step 2's is the same after one AdamW
+    step on that big batch with the LR times step 1's factor (recomputed as sqrt(samples / 16))."""
     from train_no_trainer import build_dataset, main, make_collator, parse_args
     from transformers import GPT2Config, GPT2LMHeadModel, set_seed
 

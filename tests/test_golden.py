@@ -108,7 +108,7 @@ def test_accelerate_loop_equals_recorded_main(tmp_path):
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(NO_TRAINER_CONFIG))
     out = tmp_path / "nt"
-    script = Path(__file__).parents[1] / "scripts" / "train_no_trainer.py"
+    script = Path(__file__).parents[1] / "scripts" / "examples" / "train_no_trainer.py"
     cmd = [sys.executable, str(script), "--config", str(path), "--output_dir", str(out), "--max_steps", "8"]
     cmd += ["--gradient_accumulation_steps", "2", "--per_device_batch_size", "4", "--cpu"]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)

@@ -156,7 +156,7 @@ def test_accelerate_loop_data_paths_equal_recorded_main(case, tmp_path):
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(_loop_config(budget)))
     out = tmp_path / "nt"
-    script = Path(__file__).parents[1] / "scripts" / "train_no_trainer.py"
+    script = Path(__file__).parents[1] / "scripts" / "examples" / "train_no_trainer.py"
     cmd = [sys.executable, str(script), "--config", str(path), "--output_dir", str(out), "--max_steps", "6"]
     cmd += ["--gradient_accumulation_steps", "2", "--per_device_batch_size", "4", "--max_length", "40", "--cpu"]
     subprocess.run(

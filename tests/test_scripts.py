@@ -23,7 +23,7 @@ import hf_data_efficiency as hfde
 from hf_data_efficiency.config import DataEfficiencyConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ROOT / "scripts"
+EXAMPLES = ROOT / "scripts" / "examples"
 
 
 def _script(name: str):
@@ -281,7 +281,7 @@ def test_train_gpt2_two_processes_torchrun(tmp_path):
     out = tmp_path / "ddp"
     cmd = [
         *torchrun(),
-        str(SCRIPTS / "train_gpt2.py"),
+        str(EXAMPLES / "train_gpt2.py"),
         *("--dataset_name", "none", "--train_file", str(data / "train.txt")),
         *("--validation_file", str(data / "valid.txt"), "--final_eval_splits", "validation"),
         *_gpt2_flags(out, steps, batch, block, 3, 3),

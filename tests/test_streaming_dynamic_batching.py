@@ -461,8 +461,9 @@ def test_two_processes_read_disjoint_shards_agree_on_the_end_and_sum_the_lr_fact
 
 
 def test_plain_accelerate_loop_streams_token_budget_batches_and_resumes(tmp_path):
-    """scripts/train_no_trainer.py --streaming with a curriculum and dynamic batching: the logged step sizes and LR
-    factors equal those of the same stream rebuilt in-process, and a resume from step 2 gives identical losses."""
+    """scripts/examples/train_no_trainer.py --streaming with a curriculum and dynamic batching: the logged step sizes
+    and LR factors equal those of the same stream rebuilt in-process, and a resume from step 2 gives identical
+    losses."""
     import shutil
 
     import datasets

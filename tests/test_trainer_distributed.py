@@ -1,6 +1,7 @@
 """DataEfficiencyTrainer across processes: DDP with torchrun (gloo, CPU), DeepSpeed ZeRO-2 on CPU, exact resume in a
 new process, resume after SIGKILL, and the plain-accelerate script. Each run is a subprocess of
-tests/distributed/run_trainer.py (or scripts/train_no_trainer.py), so no distributed state leaks into pytest."""
+tests/distributed/run_trainer.py (or scripts/examples/train_no_trainer.py), so no distributed state leaks into
+pytest."""
 
 import json
 import os
@@ -21,6 +22,7 @@ from hf_data_efficiency import CurriculumSampler, DataEfficiencyConfig
 HERE = Path(__file__).resolve().parent
 RUN = str(HERE / "distributed" / "run_trainer.py")
 ROOT = HERE.parent
+NO_TRAINER = str(ROOT / "scripts" / "examples" / "train_no_trainer.py")
 TIMEOUT = 420  # a fresh machine builds DeepSpeed's CPU communication op on first use
 
 
@@ -228,7 +230,7 @@ def test_plain_accelerate_loop_script(tmp_path):
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(ds_config))
     out = tmp_path / "nt"
-    script = str(ROOT / "scripts" / "train_no_trainer.py")
+    script = NO_TRAINER
     run(
         [sys.executable, script, "--config", str(path), "--output_dir", str(out), "--max_steps", "6"]
         + ["--gradient_accumulation_steps", "2", "--per_device_batch_size", "4", "--cpu"]
@@ -255,7 +257,7 @@ def test_plain_accelerate_loop_resumes_after_sigkill(tmp_path):
 
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(NO_TRAINER_CONFIG))
-    script = str(ROOT / "scripts" / "train_no_trainer.py")
+    script = NO_TRAINER
     base = [sys.executable, script, "--config", str(path), "--max_steps", "8", "--cpu"]
     base += ["--gradient_accumulation_steps", "2", "--per_device_batch_size", "4"]
     run([*base, "--output_dir", str(tmp_path / "full")])
@@ -327,7 +329,7 @@ def test_accelerate_launch_with_the_cpu_recipe(tmp_path):
 
     path = tmp_path / "ds_config.json"
     path.write_text(json.dumps(NO_TRAINER_CONFIG))
-    args = [str(ROOT / "scripts" / "train_no_trainer.py"), "--config", str(path), "--max_steps", "3", "--cpu"]
+    args = [NO_TRAINER, "--config", str(path), "--max_steps", "3", "--cpu"]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
     run([*launcher, str(ROOT / "recipes" / "accelerate" / "cpu.yaml"), *args, "--output_dir", str(tmp_path / "a")])
     run([sys.executable, *args, "--output_dir", str(tmp_path / "b")])

@@ -15,10 +15,10 @@ copy, and restores the file. A mutation is
 The exit status is 0 only when every selected mutation is caught. Not part of CI: the full list takes about
 15-25 minutes on two (shared) cores. Run from the repository root::
 
-    python scripts/mutation_check.py                   # every mutation, summary table
-    python scripts/mutation_check.py --list            # names, files and tests (and stale snippets)
-    python scripts/mutation_check.py --only sampler-load-position-off-by-one-micro-batch
-    python scripts/mutation_check.py --write-doc       # also record the table in docs/testing.md
+    python scripts/tools/mutation_check.py                   # every mutation, summary table
+    python scripts/tools/mutation_check.py --list            # names, files and tests (and stale snippets)
+    python scripts/tools/mutation_check.py --only sampler-load-position-off-by-one-micro-batch
+    python scripts/tools/mutation_check.py --write-doc       # also record the table in docs/testing.md
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "testing.md"
 DOC_BEGIN, DOC_END = "<!-- mutation-check:begin -->", "<!-- mutation-check:end -->"
 PKG = "hf_data_efficiency"
@@ -772,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if r.status != "caught":
             print(f"  {r.status.upper()}: {r.mutation.name} ({r.mutation.path}): {r.detail}")
     if args.write_doc:
-        command = "python scripts/mutation_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python scripts/tools/mutation_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
         write_doc(results, command.strip(), started, seconds)
     return 0 if counts["caught"] == len(results) else 1
 

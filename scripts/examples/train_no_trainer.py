@@ -23,9 +23,9 @@ whole token-budget micro-batches (``DataLoader(stream, batch_size=1, collate_fn=
 
 Examples::
 
-    python scripts/train_no_trainer.py --config ds_config.json --output_dir out/no_trainer --save_steps 10
-    python scripts/train_no_trainer.py --config ds_config.json --output_dir out/no_trainer --resume_from_checkpoint latest
-    accelerate launch --num_processes 2 scripts/train_no_trainer.py --config ds_config.json --dataset ptb
+    python scripts/examples/train_no_trainer.py --config ds_config.json --output_dir out/no_trainer --save_steps 10
+    python scripts/examples/train_no_trainer.py --config ds_config.json --output_dir out/no_trainer --resume_from_checkpoint latest
+    accelerate launch --num_processes 2 scripts/examples/train_no_trainer.py --config ds_config.json --dataset ptb
 
 ``--config`` is a data-efficiency config: our JSON/YAML layout, a DeepSpeed ds_config (its ``data_efficiency``
 block is read) or a directory holding ``data_efficiency_config.json``. ``--dataset synthetic`` (default) trains

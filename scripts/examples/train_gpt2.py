@@ -3,9 +3,9 @@
 
 Defaults: a tiny GPT-2 on Penn Treebank with the GPT-2 BPE, CPU-sized. Examples::
 
-    python scripts/train_gpt2.py --output_dir outputs/gpt2                       # plain baseline
-    python scripts/train_gpt2.py recipes/gpt2/ptb_cl_ltd.yaml --output_dir outputs/cl_ltd
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/train_gpt2.py \\
+    python scripts/examples/train_gpt2.py --output_dir outputs/gpt2              # plain baseline
+    python scripts/examples/train_gpt2.py recipes/gpt2/ptb_cl_ltd.yaml --output_dir outputs/cl_ltd
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/examples/train_gpt2.py \\
         recipes/gpt2/ptb_cl_ltd.yaml --output_dir outputs/cl_ltd
 
 Samples (``--sample_mode``):
@@ -41,7 +41,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, set_seed
 from transformers.utils import logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import _examples  # noqa: E402
 from offline_data import gpt2_tokenizer, load_bbc_news, load_ptb  # noqa: E402
 

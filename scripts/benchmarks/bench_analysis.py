@@ -14,7 +14,7 @@ Both sides analyse the same tokenized data on the same cores, end to end:
 Tokenization is done once, before timing. The two results are cross-checked (seqlen from DeepSpeed's
 index files equals ours; its vocabulary counts equal our first pass).
 
-Run: ``python scripts/bench_analysis.py --scale 4`` (Penn Treebank train x4, ~168k samples).
+Run: ``python scripts/benchmarks/bench_analysis.py --scale 4`` (Penn Treebank train x4, ~168k samples).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # offline_data
 
 
 def tokenized_ptb(scale: int) -> tuple[Any, int]:
@@ -237,5 +238,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main())

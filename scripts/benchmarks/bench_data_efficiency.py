@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Data-efficiency benchmark: baseline vs curriculum vs random-LTD vs both, at equal budgets.
 
-Each arm is trained by the real training script (``scripts/train_<task>.py``, one subprocess per run)
+Each arm is trained by the real training script (``scripts/examples/train_<task>.py``, one subprocess per run)
 at budgets of 100/75/50% of the baseline's **effective tokens** (layer-tokens / number of layers: the
 data tokens for the baseline and for a curriculum, less per data token with random-LTD, which is how
 random-LTD's saving is counted). The number of optimizer steps that fits a budget is planned from the
@@ -19,10 +19,10 @@ Trainer's ``data_efficiency/effective_tokens`` log.
 
 Examples::
 
-    python scripts/bench_data_efficiency.py --task gpt2 --seeds 1 2          # writes docs/benchmarks.md
-    python scripts/bench_data_efficiency.py --task vit --budgets 1.0 0.75
-    python scripts/bench_data_efficiency.py --task gpt2 --arms baseline both --baseline_budgets 1.0 \\
-        --budgets 0.7 --out_dir demo_out --no_docs                           # what scripts/demo.sh runs
+    python scripts/benchmarks/bench_data_efficiency.py --task gpt2 --seeds 1 2          # writes docs/benchmarks.md
+    python scripts/benchmarks/bench_data_efficiency.py --task vit --budgets 1.0 0.75
+    python scripts/benchmarks/bench_data_efficiency.py --task gpt2 --arms baseline both --baseline_budgets 1.0 \\
+        --budgets 0.7 --out_dir demo_out --no_docs                                      # what scripts/demo.sh runs
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from hf_data_efficiency.fileio import atomic_write_text  # noqa: E402
@@ -63,7 +63,7 @@ DOC_BEGIN, DOC_END = "<!-- data-efficiency:begin -->", "<!-- data-efficiency:end
 # fractions are of each run's own number of steps; tuned on validation splits only.
 TASKS = {
     "gpt2": {
-        "script": "scripts/train_gpt2.py",
+        "script": "scripts/examples/train_gpt2.py",
         "flags": {"n_layer": 6, "n_embd": 256, "n_head": 4, "block_size": 128, "per_device_train_batch_size": 16},
         "lr": 2e-3,
         "steps": 200,
@@ -76,7 +76,7 @@ TASKS = {
         "arms": ("baseline", "curriculum", "random_ltd", "both"),
     },
     "vit": {
-        "script": "scripts/train_vit.py",
+        "script": "scripts/examples/train_vit.py",
         "flags": {"dataset": "mnist", "patch_size": 4, "num_hidden_layers": 6, "hidden_size": 128},
         "lr": 1e-3,
         "steps": 300,
@@ -88,7 +88,7 @@ TASKS = {
         "arms": ("baseline", "random_ltd"),
     },
     "bert": {
-        "script": "scripts/train_bert.py",
+        "script": "scripts/examples/train_bert.py",
         "flags": {"task": "cls", "max_seq_length": 128},
         "lr": 1e-4,
         "steps": 40,
@@ -540,7 +540,7 @@ def plot(task_name: str, task: dict, results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-INTRO = """How these are measured (`scripts/bench_data_efficiency.py`): every arm is trained by the real training
+INTRO = """How these are measured (`scripts/benchmarks/bench_data_efficiency.py`): every arm is trained by the real training
 script at a budget of 100%, 75% or 50% of the baseline's *effective tokens* (layer-tokens / number of layers; equal
 to the data tokens without random-LTD). The steps that fit a budget are planned from the schedules, every schedule
 is a fixed fraction of its own run, and the learning rate of budget `b` is `lr * b ** -lr_scaling` for every arm,
@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> dict:
     shown = list(argv if argv is not None else sys.argv[1:])
     if "--notes" in shown:
         del shown[shown.index("--notes") : shown.index("--notes") + 2]
-    cmd = "python scripts/bench_data_efficiency.py " + " ".join(shown)
+    cmd = "python scripts/benchmarks/bench_data_efficiency.py " + " ".join(shown)
     t = task
     section = (
         f"### {args.task}: {t['script']} {' '.join(to_cli({**t['flags'], **args.extra}))}\n\n"

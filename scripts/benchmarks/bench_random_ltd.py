@@ -18,7 +18,7 @@ vanilla model (the patch is removed and re-applied around it, which costs micros
 * Time is the process CPU time with one intra-op thread by default: on a shared machine wall-clock is
   dominated by other processes (``--wall --threads N`` measures wall-clock instead).
 
-Run: ``python scripts/bench_random_ltd.py`` (about 5 minutes on 2 cores) or ``--quick``.
+Run: ``python scripts/benchmarks/bench_random_ltd.py`` (about 5 minutes on 2 cores) or ``--quick``.
 """
 
 from __future__ import annotations

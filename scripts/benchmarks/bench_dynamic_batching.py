@@ -24,7 +24,7 @@ fraction (1 - real / computed tokens), the largest micro-batch in computed token
 of the tensors autograd saves for backward in the largest step, on any device; a tensor saved twice counts twice),
 and the validation loss (mean over the real tokens of the held-out set) at the end.
 
-Run: ``python scripts/bench_dynamic_batching.py`` (small defaults, a few minutes on 2 CPU cores);
+Run: ``python scripts/benchmarks/bench_dynamic_batching.py`` (small defaults, a few minutes on 2 CPU cores);
 ``--data bbc`` or ``--data ptb`` for one data set, ``--seeds 0 1 2`` for the seed spread.
 """
 
@@ -33,8 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -44,6 +46,8 @@ from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_data_efficiency import DataEfficiencyConfig, DataEfficiencyEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # offline_data
 
 ARMS = ("fixed_pad_longest", "fixed_pad_batch", "token_budget", "token_budget_curriculum")
 PAD = 0

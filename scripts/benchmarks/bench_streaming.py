@@ -12,12 +12,13 @@ from 24 to 64 over the first half of the run, batch 32, GA 1, one process, ``buf
   its peak RSS (``VmHWM``) and the baseline after imports, so the figure is the stream's own.
 
 * **Quality** (``--quality_seeds 1 2 3``; nothing else runs then): the ``curriculum`` arm of
-  ``scripts/bench_data_efficiency.py`` (tiny GPT-2 on PTB 128-token blocks, ``seqlen_truncate`` plus ``vocab_rarity``
-  percentile) trained map-style and streamed (``train_gpt2.py --streaming``: 16 shuffled shards, default streaming
-  settings, counts estimated from the warm-up prefix), the same steps and seeds; final validation loss, mean and
-  spread over the seeds. Run records go to ``docs/bench_records/streaming_quality`` (reused when present).
+  ``scripts/benchmarks/bench_data_efficiency.py`` (tiny GPT-2 on PTB 128-token blocks, ``seqlen_truncate`` plus
+  ``vocab_rarity`` percentile) trained map-style and streamed (``train_gpt2.py --streaming``: 16 shuffled shards,
+  default streaming settings, counts estimated from the warm-up prefix), the same steps and seeds; final validation
+  loss, mean and spread over the seeds. Run records go to ``docs/bench_records/streaming_quality`` (reused when
+  present).
 
-Run: ``python scripts/bench_streaming.py`` (small defaults, about a minute on 2 cores); the issue's scale is
+Run: ``python scripts/benchmarks/bench_streaming.py`` (small defaults, about a minute on 2 cores); the issue's scale is
 ``--samples 5000000 --lengths 1000000 5000000``.
 """
 
@@ -133,7 +134,7 @@ def quality(seeds: list[int], steps: int, records_dir: Path, out_dir: Path) -> d
     same steps each; their final validation losses."""
     import statistics
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import bench_data_efficiency as bench
 
     task = {**bench.TASKS["gpt2"], "steps": steps}

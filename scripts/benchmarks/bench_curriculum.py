@@ -1,6 +1,6 @@
 """Curriculum benchmarks: (a) metric analysis, (b) sampler vs DeepSpeed, (c) our sampler at 100M samples.
 
-(a) runs ``scripts/bench_analysis.py`` (compute_metrics vs DeepSpeed's DataAnalyzer).
+(a) runs ``scripts/benchmarks/bench_analysis.py`` (compute_metrics vs DeepSpeed's DataAnalyzer).
 
 (b) global batches/s and peak RSS of ``CurriculumSampler`` against deepspeed's ``DeepSpeedDataSampler`` on
 the same curriculum: one value-based seqlen-like metric (random ints in [1, 1024]), ``fixed_linear`` from
@@ -13,7 +13,7 @@ curriculum. Ours is consumed through ``__iter__`` (one int at a time, as a DataL
 (c) ours alone on ``--scale-n`` synthetic uint16 seqlens: seconds from construction to the first batch,
 and peak RSS.
 
-Run: ``python scripts/bench_curriculum.py`` (all parts, about 3-4 minutes on 2 cores);
+Run: ``python scripts/benchmarks/bench_curriculum.py`` (all parts, about 3-4 minutes on 2 cores);
 ``--only sampler`` / ``--only scale`` / ``--only analysis`` for one part.
 """
 
@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SCRIPTS = Path(__file__).resolve().parent
 GLOBAL_BATCH = 32
 MIN_D, MAX_D, TOTAL_STEPS, D_STEP = 64, 1024, 2500, 8
 
@@ -291,11 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     analysis = scale = None
     sampler: list[dict[str, Any]] = []
     if "analysis" in parts:
-        sys.path.insert(0, str(SCRIPTS))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
         try:
             from bench_analysis import run_analysis_benchmark
         except ImportError as e:
-            print(f"(a) skipped: scripts/bench_analysis.py is not available ({e}).")
+            print(f"(a) skipped: scripts/benchmarks/bench_analysis.py is not available ({e}).")
         else:
             analysis = run_analysis_benchmark(scale=args.analysis_scale)
     if "sampler" in parts:
