@@ -1,14 +1,24 @@
 """Bad inputs found by the second hardening probe: each gives a clear error (or skips a bad checkpoint with a warning)
 that names the file, field or column and what is allowed, instead of an error from deep inside a dependency."""
 
+import json
+
 import datasets
 import numpy as np
 import pytest
+import torch
 from _helpers import training_kwargs
+from safetensors.torch import save_file
 from tiny import CURRICULUM_FLAGS, collate, tiny_model
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.testing_utils import CaptureLogger
 
 import hf_data_efficiency as hfde
+from hf_data_efficiency import checkpoints
+from hf_data_efficiency.checkpoints import TRAINER_STATE_NAME, checkpoint_problems, resolve_resume_checkpoint
+from hf_data_efficiency.curriculum.index import load_metric_summary, save_metric
 from hf_data_efficiency.curriculum.metrics import count_tokens
+from hf_data_efficiency.engine import STATE_NAME
 
 # ---------------------------------------------------------------------------------------------
 # 1. token ids of the wrong type
@@ -65,3 +75,102 @@ def test_trainer_computing_missing_metric_columns_refuses_float_token_ids(tmp_pa
     trainer = hfde.DataEfficiencyTrainer(model=tiny_model(), args=args, train_dataset=data, data_collator=collate)
     with pytest.raises(ValueError, match=r"'input_ids'.*float.*integer token ids"):
         trainer.get_train_dataloader()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. a checkpoint state file nested too deeply (and other unreadable JSON state)
+# ---------------------------------------------------------------------------------------------
+def make_checkpoint(out, step, *, weights=True):
+    folder = out / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / STATE_NAME).write_text(json.dumps({"global_step": step}))
+    (folder / TRAINER_STATE_NAME).write_text(json.dumps({"global_step": step}))
+    if weights:
+        save_file({"w": torch.arange(64, dtype=torch.float32)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def skipped_warnings(out):
+    with CaptureLogger(checkpoints.logger) as cl:
+        found = resolve_resume_checkpoint(True, out)
+    return found, cl.out
+
+
+def test_deeply_nested_state_file_is_an_incomplete_checkpoint(tmp_path):
+    make_checkpoint(tmp_path, 2)
+    bad = make_checkpoint(tmp_path, 4)
+    (bad / STATE_NAME).write_text("[" * 200_000 + "]" * 200_000)
+    found, logs = skipped_warnings(tmp_path)
+    assert found == str(tmp_path / "checkpoint-2")
+    assert str(bad) in logs and STATE_NAME in logs and "nested" in logs
+    assert checkpoint_problems(bad)[STATE_NAME].startswith("corrupt")
+    with pytest.raises(ValueError, match=rf"{STATE_NAME} corrupt.*nested.*checkpoint-2"):
+        resolve_resume_checkpoint(str(bad), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b'{"global_step": 4, "x": "\xff\xfe"}', "UTF-8"),
+        ('{"global_step": 4, "x": ' + "[" * 80 + "]" * 80 + "}", "nested"),  # parses, but deeper than allowed
+    ],
+)
+def test_unreadable_state_json_is_named(tmp_path, content, why):
+    make_checkpoint(tmp_path, 2)
+    bad = make_checkpoint(tmp_path, 4)
+    (bad / STATE_NAME).write_bytes(content if isinstance(content, bytes) else content.encode())
+    found, logs = skipped_warnings(tmp_path)
+    assert found == str(tmp_path / "checkpoint-2")
+    assert STATE_NAME in logs and why in logs
+
+
+def test_deeply_nested_trainer_state_and_metric_summary_are_named(tmp_path):
+    make_checkpoint(tmp_path, 2)
+    bad = make_checkpoint(tmp_path, 4)
+    (bad / TRAINER_STATE_NAME).write_text("[" * 200_000 + "]" * 200_000)
+    found, logs = skipped_warnings(tmp_path)
+    assert found == str(tmp_path / "checkpoint-2") and TRAINER_STATE_NAME in logs and "nested" in logs
+
+    save_metric(tmp_path / "metrics", "seqlen", np.arange(4))
+    summary = next((tmp_path / "metrics").rglob("*.json"))
+    summary.write_text("{" + '"a":{' * 100_000 + "}" * 100_001)
+    with pytest.raises(ValueError, match=rf"{summary.name}.*nested"):
+        load_metric_summary(tmp_path / "metrics", "seqlen")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. an unreadable weights file
+# ---------------------------------------------------------------------------------------------
+def test_truncated_model_safetensors_is_an_incomplete_checkpoint(tmp_path):
+    make_checkpoint(tmp_path, 2)
+    bad = make_checkpoint(tmp_path, 4)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # data cut short
+    found, logs = skipped_warnings(tmp_path)
+    assert found == str(tmp_path / "checkpoint-2")
+    assert str(bad) in logs and "model.safetensors" in logs
+    with pytest.raises(ValueError, match=r"model\.safetensors.*checkpoint-2"):
+        resolve_resume_checkpoint(str(bad), tmp_path)
+    weights.write_bytes(b"\x10\x00")  # header cut short
+    assert "model.safetensors" in checkpoint_problems(bad)
+    assert "model.safetensors" in checkpoint_problems(bad, trainer=False)  # a plain loop's checkpoint too
+
+
+def test_sharded_weights_need_every_listed_shard_readable(tmp_path):
+    model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=64))
+    make_checkpoint(tmp_path, 2, weights=False)
+    bad = make_checkpoint(tmp_path, 4, weights=False)
+    for folder in (tmp_path / "checkpoint-2", bad):
+        model.save_pretrained(folder, max_shard_size="50KB")  # what the Trainer writes: shards and their index
+    shards = sorted(bad.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (bad / "model.safetensors.index.json").is_file()
+    assert checkpoint_problems(bad) == {}
+
+    shards[1].write_bytes(shards[1].read_bytes()[:100])
+    found, logs = skipped_warnings(tmp_path)
+    assert found == str(tmp_path / "checkpoint-2") and shards[1].name in logs
+
+    shards[1].unlink()
+    problems = checkpoint_problems(bad)
+    assert shards[1].name in problems and "missing" in problems[shards[1].name]
+    assert "model.safetensors.index.json" in problems[shards[1].name]
