@@ -10,7 +10,7 @@ import torch
 from _helpers import training_kwargs
 from safetensors.torch import save_file
 from tiny import CURRICULUM_FLAGS, collate, tiny_model
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.testing_utils import CaptureLogger
 
 import hf_data_efficiency as hfde
@@ -174,3 +174,49 @@ def test_sharded_weights_need_every_listed_shard_readable(tmp_path):
     problems = checkpoint_problems(bad)
     assert shards[1].name in problems and "missing" in problems[shards[1].name]
     assert "model.safetensors.index.json" in problems[shards[1].name]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. a filled KV cache in train mode under random-LTD
+# ---------------------------------------------------------------------------------------------
+TINY_DECODERS = {
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=64)),
+    "llama": lambda: LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=64,
+            max_position_embeddings=64,
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("layers", [None, [1, 2]], ids=["middle-layer", "last-layers"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+@pytest.mark.parametrize("arch", TINY_DECODERS)
+def test_filled_cache_in_train_mode_gets_the_documented_error(arch, padded, layers):
+    torch.manual_seed(0)
+    model = TINY_DECODERS[arch]()
+    ltd = hfde.RandomLTDConfig(min_value=2, max_value=8, require_steps=10, seq_per_step=1, random_ltd_layer_id=layers)
+    handle = hfde.apply_random_ltd(model, ltd)
+    handle.kept_length = 2
+    model.train()
+    mask = {"attention_mask": torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6])} if padded else {}
+    cache = model(torch.randint(0, 64, (2, 6)), past_key_values=DynamicCache(config=model.config), **mask)
+    past = cache.past_key_values
+    assert past.get_seq_length() == 6  # filled by the layer(s) random-LTD does not patch
+    mask = {"attention_mask": torch.ones(2, 10, dtype=torch.long)} if padded else {}
+    with pytest.raises(ValueError, match=r"random-LTD drops tokens only without past key values.*6 past tokens"):
+        model(torch.randint(0, 64, (2, 4)), past_key_values=past, **mask)
+    # an eval-mode cache is refused the same way in train mode, and eval mode is untouched
+    model.eval()
+    with torch.no_grad():
+        past = model(torch.randint(0, 64, (2, 6)), use_cache=True).past_key_values
+        model(torch.randint(0, 64, (2, 1)), past_key_values=past)
+    model.train()
+    with pytest.raises(ValueError, match="past key values"):
+        model(torch.randint(0, 64, (2, 4)), past_key_values=past)
