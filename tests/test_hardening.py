@@ -220,3 +220,46 @@ def test_filled_cache_in_train_mode_gets_the_documented_error(arch, padded, laye
     model.train()
     with pytest.raises(ValueError, match="past key values"):
         model(torch.randint(0, 64, (2, 4)), past_key_values=past)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. a custom schedule with leftover schedule_config keys
+# ---------------------------------------------------------------------------------------------
+CUSTOM = {
+    "min_difficulty": 8,
+    "max_difficulty": 64,
+    "schedule_type": "custom",
+    "schedule_config": {"total_curriculum_step": 10, "difficulty_step": 8},
+}
+
+
+def deepspeed_config(metric):
+    curriculum = {"enabled": True, "curriculum_metrics": {"seqlen": metric}}
+    return {
+        "data_efficiency": {"enabled": True, "data_sampling": {"enabled": True, "curriculum_learning": curriculum}}
+    }
+
+
+def test_custom_schedule_with_leftover_keys_says_it_takes_none(tmp_path):
+    path = tmp_path / "ds_config.json"
+    path.write_text(json.dumps(deepspeed_config(CUSTOM)))
+    for source in (deepspeed_config(CUSTOM), str(path)):
+        with pytest.raises(ValueError) as e:
+            hfde.DataEfficiencyConfig.from_deepspeed(source)
+        message = str(e.value)
+        assert "curriculum_metrics.seqlen.schedule_config" in message
+        assert "custom schedule takes no schedule_config keys" in message
+        assert "'total_curriculum_step'" in message and "allowed keys: ." not in message
+        assert "schedule_fns" in message
+
+    with pytest.raises(ValueError) as e:
+        hfde.DifficultySchedule.from_dict(CUSTOM)
+    message = str(e.value)
+    assert "custom schedule takes no schedule_config keys" in message and "'total_curriculum_step'" in message
+    assert "schedule_fn=" in message  # no callable given: say what is needed
+    with pytest.raises(ValueError, match="custom schedule takes no schedule_config keys") as e:
+        hfde.DifficultySchedule.from_dict(CUSTOM, schedule_fn=lambda step: 8)
+    # the callable is there, so the message does not ask for it
+    assert "schedule_fn=" not in str(e.value)
+    schedule = hfde.DifficultySchedule.from_dict({**CUSTOM, "schedule_config": {}}, schedule_fn=lambda step: 8)
+    assert schedule(3) == 8
