@@ -7,18 +7,28 @@ integers, NaN and infinity are not numbers, and unknown keys come with a close-m
 
 A dataclass field declares its rule once with :func:`setting`; :func:`check_fields` applies the rules in
 ``__post_init__``, and the Trainer flags are generated from the same rules (type, choices and help text).
+
+JSON state files (checkpoint state, metric summaries) are read through :func:`read_json`, with bounded size and
+nesting, so a damaged or hostile file gives an error naming the file instead of a ``RecursionError`` or a crash.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 #: Value kinds a :class:`Rule` can check.
 KINDS = ("int", "number", "bool", "str", "int_list", "mapping")
+#: Largest JSON state file :func:`read_json` reads by default, in bytes (a streaming curriculum's checkpoint state
+#: holds its sample buffer, so this is generous).
+MAX_JSON_BYTES = 4 * 2**30
+#: Deepest nesting :func:`read_json` accepts by default (our state files nest fewer than 16 levels).
+MAX_JSON_DEPTH = 64
 
 
 def did_you_mean(name: Any, allowed: Iterable[str], cutoff: float = 0.6) -> str:
@@ -189,3 +199,62 @@ def from_mapping(cls: type, data: Any, path: str, **extra: Any) -> Any:
     ]
     check_keys(data, names, path, required)
     return cls(**data, **extra)
+
+
+class UnreadableFileError(ValueError):
+    """A file that cannot be read as what it should hold: the message is ``"<path>: <reason>"``, and ``reason``
+    alone says why (for callers that name the file themselves)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+_JSON_CONTAINERS = frozenset((dict, list))
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether the JSON object or array ``value`` (level 1) holds containers deeper than level ``limit``; walked
+    without recursion, visiting each value once."""
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if not _JSON_CONTAINERS.intersection(map(type, children)):  # leaves only (C speed: long token lists)
+            continue
+        if level >= limit:
+            return True
+        stack.extend((c, level + 1) for c in children if type(c) in _JSON_CONTAINERS)
+    return False
+
+
+def read_json(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value stored in ``path`` (UTF-8 text of at most ``max_bytes`` bytes, nested at most ``max_depth``
+    levels). Anything else, or a file that cannot be opened, raises :class:`UnreadableFileError` naming the file and
+    the reason (too large, the offending byte, the JSON error and its line, the nesting limit)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise UnreadableFileError(
+                    path, f"{size} bytes; allowed: at most {max_bytes} bytes for a JSON state file"
+                )
+            raw = f.read()
+    except OSError as e:
+        raise UnreadableFileError(path, f"cannot be read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UnreadableFileError(
+            path, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); JSON files must be UTF-8"
+        ) from None
+    too_deep = f"nested more than {max_depth} levels deep; allowed: at most {max_depth} levels"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UnreadableFileError(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except RecursionError:  # the parser gives up far deeper than max_depth
+        raise UnreadableFileError(path, too_deep) from None
+    if isinstance(data, (dict, list)) and _deeper_than(data, max_depth):
+        raise UnreadableFileError(path, too_deep)
+    return data

@@ -1,7 +1,10 @@
 """Preemption-safe checkpoints: which checkpoints are complete, which one to resume from, and atomic saving.
 
-A checkpoint is **complete** when its ``data_efficiency_state.json`` is present and readable, and (for a Trainer
-checkpoint) ``trainer_state.json`` is too, at the same step. Both integrations write the state file *last*:
+A checkpoint is **complete** when its ``data_efficiency_state.json`` is present and readable, so is
+``trainer_state.json`` (for a Trainer checkpoint) at the same step, and its safetensors weights are whole: every
+``*.safetensors`` file's header parses and accounts for the file's exact size (a truncated copy does not), and every
+shard a ``*.safetensors.index.json`` lists is there. JSON is read with bounded size and nesting
+(:func:`~hf_data_efficiency._validation.read_json`). Both integrations write the state file *last*:
 
 * ``DataEfficiencyTrainer`` writes it after the Trainer's own files, once every process has finished saving, and
   only then rotates old checkpoints (``save_total_limit``), so a kill at any instant leaves the previous complete
@@ -16,15 +19,16 @@ an error naming the missing files and the newest complete checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
 from transformers.utils import logging
 
+from ._validation import UnreadableFileError, read_json
 from .engine import STATE_NAME
 
 logger = logging.get_logger(__name__)
@@ -38,13 +42,34 @@ def _read_json(path: Path) -> tuple[dict | None, str | None]:
     if not path.is_file():
         return None, "missing"
     try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        return None, f"corrupt ({e})"
+        data = read_json(path)
+    except UnreadableFileError as e:
+        return None, f"corrupt ({e.reason})"
     if not isinstance(data, dict):
         return None, "not a JSON object"
     return data, None
+
+
+def _weights_problems(folder: Path) -> dict[str, str]:
+    """Unreadable safetensors weights in ``folder`` as ``{file name: problem}``: a listed shard that is missing, or a
+    file whose header does not parse or does not cover the file exactly. ``safe_open`` reads only the header."""
+    problems = {}
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        data, problem = _read_json(index)
+        weight_map = data.get("weight_map") if data is not None else None
+        if problem or not isinstance(weight_map, dict):
+            problems[index.name] = problem or "has no weight_map object"
+            continue
+        for shard in sorted({str(name) for name in weight_map.values()}):
+            if not (folder / shard).is_file():
+                problems[shard] = f"missing (listed in {index.name})"
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            problems[path.name] = f"unreadable ({e}; a truncated or damaged safetensors file)"
+    return problems
 
 
 def checkpoint_problems(folder: str | os.PathLike, *, trainer: bool = True) -> dict[str, str]:
@@ -65,6 +90,7 @@ def checkpoint_problems(folder: str | os.PathLike, *, trainer: bool = True) -> d
                 f"for step {state.get('global_step')} while {TRAINER_STATE_NAME} is for step "
                 f"{trainer_state.get('global_step')}"
             )
+    problems.update(_weights_problems(folder))
     return problems
 
 
@@ -119,8 +145,8 @@ def incomplete_message(checkpoint: str | os.PathLike, problems: dict[str, str], 
         else "There is no complete checkpoint beside it."
     )
     return (
-        f"resume_from_checkpoint={str(checkpoint)!r} is an incomplete checkpoint (its save was interrupted, or it was "
-        f"not written with data efficiency on): {_describe(problems)}. {hint}"
+        f"resume_from_checkpoint={str(checkpoint)!r} is an incomplete checkpoint (its save was interrupted, a file "
+        f"was damaged, or it was not written with data efficiency on): {_describe(problems)}. {hint}"
     )
 
 

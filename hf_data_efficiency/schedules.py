@@ -139,6 +139,24 @@ def schedule_keys(schedule_type: str) -> tuple[str, ...]:
     return ()
 
 
+def _custom_with_keys_message(schedule_config: Mapping[str, Any], path: str, has_fn: bool) -> str:
+    """Why a ``custom`` schedule refuses ``schedule_config`` keys (left over from another type), and where its
+    difficulty comes from instead."""
+    given = sorted(map(str, schedule_config))
+    readers = [t for t in SCHEDULE_TYPES if set(given) & set(schedule_keys(t))]
+    read_by = f" (keys of {' and '.join(readers)} schedules)" if readers else ""
+    source = (
+        "comes only from its Python callable (schedule_fn, or schedule_fns={<metric name>: fn} given to the sampler)"
+        if has_fn
+        else "comes from a Python callable step -> difficulty, and none is given: pass schedule_fn=... (or "
+        "schedule_fns={<metric name>: fn} to the sampler)"
+    )
+    return (
+        f"{path}: a custom schedule takes no schedule_config keys, got {', '.join(map(repr, given))}{read_by}. "
+        f"Remove schedule_config or set it to {{}}; a custom schedule's difficulty {source}."
+    )
+
+
 def validate_schedule(
     schedule_type: str,
     schedule_config: Mapping[str, Any],
@@ -164,6 +182,8 @@ def validate_schedule(
         )
     path = f"{where}.schedule_config"
     sc = dict(expect_mapping(schedule_config, path))
+    if schedule_type == "custom" and sc:
+        raise ValueError(_custom_with_keys_message(sc, path, has_fn))
     keys = schedule_keys(schedule_type)
     check_keys(sc, keys, f"{path} (of a {schedule_type} schedule)", required=keys)
     if schedule_type in ROOT_SCHEDULE_TYPES:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from transformers.utils import logging
 
+from .._validation import read_json
 from ..fileio import atomic_save_npy, atomic_write_text
 from .eligibility import check_finite, metric_array, numeric_array
 
@@ -151,11 +152,15 @@ def load_metric_index(output_dir: str | os.PathLike, name: str, *, mmap: bool = 
 
 
 def load_metric_summary(output_dir: str | os.PathLike, name: str) -> dict[str, Any]:
-    """The summary saved by :func:`save_metric`."""
+    """The summary saved by :func:`save_metric` (read with bounded size and nesting; a damaged file is a
+    ``ValueError`` naming it)."""
     path = metric_paths(output_dir, name)["summary"]
     if not path.is_file():
         raise ValueError(f"summary of metric {name!r} not found: {path}.")
-    return json.loads(path.read_text())
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise ValueError(f"summary of metric {name!r} ({path}) must be a JSON object, got {type(summary).__name__}.")
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------

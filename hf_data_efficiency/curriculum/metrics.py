@@ -61,20 +61,61 @@ MetricSpec = str | Callable[[dict[str, list]], Any]
 # ---------------------------------------------------------------------------------------------
 # Arrow helpers
 # ---------------------------------------------------------------------------------------------
+def _is_list_type(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+    )
+
+
+def _check_token_type(arrow_type: pa.DataType, column: str) -> None:
+    """Refuse a token column whose Arrow type is not a list of integer token ids per row.
+
+    This reads the type only, so it runs up front (before any pass over the data) and on every piece of a stream.
+    Float token ids are refused even when integral (``3.0``): the message says how to cast them.
+    """
+    value_type = arrow_type.value_type if _is_list_type(arrow_type) else None
+    if value_type is not None and (pa.types.is_integer(value_type) or pa.types.is_null(value_type)):
+        return  # a list<null> column has only empty rows (null entries are refused with the values)
+    feature = datasets.Features.from_arrow_schema(pa.schema([(column, arrow_type)]))[column]
+    hint = "Tokenize the text first, or pass input_column=<the token id column>."
+    if value_type is None:
+        found = "one value per row, not a list"
+    elif _is_list_type(value_type):
+        found = "lists of lists"
+    elif pa.types.is_floating(value_type):
+        found = "float token ids"
+        hint = (
+            "Float ids are refused even when integral (3.0): cast them with dataset.cast_column("
+            f"{column!r}, datasets.List(datasets.Value('int64'))), which refuses fractional ones, or tokenize again."
+        )
+    elif pa.types.is_string(value_type) or pa.types.is_large_string(value_type):
+        found = "strings, not token ids"
+    else:
+        found = f"{value_type} values, not token ids"
+    raise ValueError(
+        f"column {column!r} has type {feature!r} ({found}); allowed: a list of integer token ids per row, such as "
+        f"List(Value('int64')). {hint}"
+    )
+
+
 def _list_column(arr: pa.Array, column: str) -> tuple[np.ndarray, np.ndarray]:
     """Flat values and row offsets (starting at 0) of one list-typed Arrow array."""
     if arr.null_count:
         raise ValueError(f"column {column!r} has {arr.null_count} null rows; metrics need a token list in every row.")
-    if pa.types.is_fixed_size_list(arr.type):
-        width = arr.type.list_size
-        values = arr.flatten().to_numpy(zero_copy_only=False)
-        return values, np.arange(len(arr) + 1, dtype=np.int64) * width
-    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+    if not _is_list_type(arr.type):
         raise ValueError(f"column {column!r} has type {arr.type}; metrics need a list of token ids per row.")
-    offsets = arr.offsets.to_numpy().astype(np.int64, copy=False)
-    start, stop = int(offsets[0]), int(offsets[-1])
-    values = arr.values.slice(start, stop - start).to_numpy(zero_copy_only=False)
-    return values, offsets - start
+    if pa.types.is_fixed_size_list(arr.type):
+        flat, offsets = arr.flatten(), np.arange(len(arr) + 1, dtype=np.int64) * arr.type.list_size
+    else:
+        offsets = arr.offsets.to_numpy().astype(np.int64, copy=False)
+        flat = arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+        offsets = offsets - offsets[0]
+    if flat.null_count:
+        raise ValueError(
+            f"column {column!r} has {flat.null_count} null value(s) inside its rows; allowed: a number at every "
+            "position (an integer token id, or a mask value)."
+        )
+    return flat.to_numpy(zero_copy_only=False), offsets
 
 
 def _pieces(table: pa.Table) -> Iterator[pa.RecordBatch]:
@@ -101,6 +142,7 @@ def _tokens_and_mask(
     piece: pa.RecordBatch, input_column: str, mask_column: str | None, pad_token_id: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Flat token ids, row offsets and a flat "real token" mask (None when every token is real)."""
+    _check_token_type(piece.column(input_column).type, input_column)
     values, offsets = _list_column(piece.column(input_column), input_column)
     if mask_column is not None:
         mask_values, mask_offsets = _list_column(piece.column(mask_column), mask_column)
@@ -363,6 +405,8 @@ def _check_dataset(dataset: Any, input_column: str, need_tokens: bool) -> None:
             f"input_column={input_column!r} is not a column of the dataset; its columns are "
             f"{dataset.column_names}. Tokenize first or pass input_column=<the token id column>."
         )
+    if need_tokens:
+        _check_token_type(dataset.data.schema.field(input_column).type, input_column)
 
 
 def _resolve_metrics(metrics: MetricSpec | Iterable[MetricSpec] | Mapping[str, Callable]) -> list[CurriculumMetric]:

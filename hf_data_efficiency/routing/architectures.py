@@ -54,10 +54,17 @@ def padded_position_max_positions(config: Any) -> int | None:
 
 
 def cache_past_length(cache: Any, layer_idx: int | None) -> int:
-    """Default ``LayerSpec.past_length``: tokens a transformers ``Cache`` holds for the layer ``layer_idx``
-    (0 when the layer has no ``layer_idx``), or the key length of a legacy ``(key, value)`` tuple."""
+    """Default ``LayerSpec.past_length``: past tokens a transformers ``Cache`` holds for the layer ``layer_idx`` or
+    for a later layer (0 when the layer has no ``layer_idx``), or the key length of a legacy ``(key, value)`` tuple.
+
+    Later layers have not run yet in this forward, so what they hold is past: a cache returned by a training-mode
+    forward under random-LTD holds tokens only in the unpatched layers, and the model builds every layer's masks
+    and positions from it."""
     if hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length(layer_idx)) if layer_idx is not None else 0
+        if layer_idx is None:
+            return 0
+        later = range(layer_idx + 1, len(cache)) if hasattr(cache, "__len__") else ()
+        return int(max(cache.get_seq_length(i) for i in (layer_idx, *later)))
     if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], torch.Tensor):
         return int(cache[0].shape[-2])
     raise ValueError(

@@ -359,7 +359,7 @@ class RandomLTDHandle:
             self._warn_once(reason)
             self.kept_tokens_seen += B * (T - kept)
             return original(*args, **kwargs)
-        self._detach_cache(patch, call)
+        self._detach_cache(patch, call, T)
         idx = self._sample(patch, B, T, kept, hidden.device)
         self._gather_inputs(patch, call, hidden, idx, T, _uses_flash_attention(config))
         self._restrict_masks(patch, call, idx, T)
@@ -414,17 +414,23 @@ class RandomLTDHandle:
         return None
 
     @staticmethod
-    def _detach_cache(patch: _Patch, call: _LayerCall) -> None:
-        """Refuse a cache that already holds tokens; otherwise keep the token subset out of it."""
+    def _detach_cache(patch: _Patch, call: _LayerCall, T: int) -> None:
+        """Refuse a cache that already holds tokens (as ``past_length`` reports them, or as the key columns past
+        ``T`` of the masks the model built from it); otherwise keep the token subset out of it."""
+        masks = [call.get(name) for name in patch.spec.mask_args]
+        mask_past = max(
+            (m.shape[-1] - T for m in masks if isinstance(m, torch.Tensor) and m.dim() in (2, 4)), default=0
+        )
         for name in patch.spec.cache_args:
             cache = call.get(name)
             if cache is None:
                 continue
-            past = patch.spec.past_length(cache, patch.cache_layer_idx)
+            past = max(patch.spec.past_length(cache, patch.cache_layer_idx), mask_past)
             if past:
                 raise ValueError(
                     f"random-LTD drops tokens only without past key values, but {name} holds {past} past tokens "
-                    "in training mode; call model.eval() for generation or pass use_cache=False."
+                    "in training mode; call model.eval() for generation, or train without a cache "
+                    f"({name}=None, use_cache=False)."
                 )
             call.put(name, None)
         if call.has("use_cache"):
