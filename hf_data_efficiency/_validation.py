@@ -31,10 +31,16 @@ MAX_JSON_BYTES = 4 * 2**30
 MAX_JSON_DEPTH = 64
 
 
-def did_you_mean(name: Any, allowed: Iterable[str], cutoff: float = 0.6) -> str:
-    """`` (did you mean 'x'?)`` for the closest allowed name (difflib similarity >= ``cutoff``), or ``""``."""
+def close_match(name: Any, allowed: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The allowed name closest to ``name`` (difflib similarity >= ``cutoff``), or ``None``."""
     match = difflib.get_close_matches(str(name), list(allowed), n=1, cutoff=cutoff)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    return match[0] if match else None
+
+
+def did_you_mean(name: Any, allowed: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest allowed name, or ``""``."""
+    match = close_match(name, allowed, cutoff)
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 def check_keys(given: Mapping[str, Any], allowed: Iterable[str], path: str, required: Iterable[str] = ()) -> None:
@@ -127,6 +133,39 @@ def check_list(value: Any, path: str, item: Callable[[Any, str], Any], *, nonemp
     return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
 
+def check_state_keys(where: str, state: Any, keys: Iterable[str]) -> Mapping[str, Any]:
+    """A checkpoint state read back: a mapping holding exactly ``keys`` (a ``TypeError`` when not a mapping);
+    returns it. States are checked like configs, but strictly: they are written by this package."""
+    keys = tuple(keys)
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{where} state must be a mapping with keys {list(keys)}, got {type(state).__name__}.")
+    unknown = [key for key in state if key not in keys]
+    if unknown:
+        hints = {key: close_match(key, keys) for key in unknown}
+        suggestion = "".join(f" ({key!r}: did you mean {hint!r}?)" for key, hint in hints.items() if hint)
+        raise ValueError(f"{where} state has unknown keys {unknown}{suggestion}; allowed keys: {list(keys)}.")
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(f"{where} state is missing {missing}; expected keys {list(keys)}.")
+    return state
+
+
+def check_state_int(value: Any, path: str, low: int, high: int | None = None) -> int:
+    """A value read back from a checkpoint state: an int (not a bool, float or None; a ``TypeError``) in
+    ``[low, high]`` (a ``ValueError``); returns it."""
+    allowed = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{path}={value!r} ({type(value).__name__}) must be {allowed}.")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{path}={value} must be {allowed}.")
+    return value
+
+
+def state_int(where: str, key: str, value: Any, low: int, high: int | None = None) -> int:
+    """:func:`check_state_int` of ``key`` in the state of ``where``."""
+    return check_state_int(value, f"{where} state: {key}", low, high)
+
+
 @dataclass(frozen=True)
 class Rule:
     """How one config field is checked and how its flag looks.
@@ -213,7 +252,7 @@ class UnreadableFileError(ValueError):
 _JSON_CONTAINERS = frozenset((dict, list))
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
+def deeper_than(value: Any, limit: int) -> bool:
     """Whether the JSON object or array ``value`` (level 1) holds containers deeper than level ``limit``; walked
     without recursion, visiting each value once."""
     stack = [(value, 1)]
@@ -255,6 +294,6 @@ def read_json(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_BYTES, max_d
         raise UnreadableFileError(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except RecursionError:  # the parser gives up far deeper than max_depth
         raise UnreadableFileError(path, too_deep) from None
-    if isinstance(data, (dict, list)) and _deeper_than(data, max_depth):
+    if isinstance(data, (dict, list)) and deeper_than(data, max_depth):
         raise UnreadableFileError(path, too_deep)
     return data

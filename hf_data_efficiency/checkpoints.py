@@ -127,12 +127,29 @@ def resolve_resume_checkpoint(
     if resume_from_checkpoint is True:
         found = last_complete_checkpoint(output_dir, trainer=trainer)
         if found is None:
-            raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint found in {output_dir}.")
+            raise ValueError(
+                f"resume_from_checkpoint=True: no complete checkpoint found in {output_dir}."
+                + _without_state_hint(output_dir, trainer)
+            )
         return found
     problems = checkpoint_problems(resume_from_checkpoint, trainer=trainer)
     if problems:
         raise ValueError(incomplete_message(resume_from_checkpoint, problems, trainer=trainer))
     return str(resume_from_checkpoint)
+
+
+def _without_state_hint(output_dir: str | os.PathLike, trainer: bool) -> str:
+    """A hint naming the newest Trainer checkpoint that lacks only the data-efficiency state (a plain ``Trainer``
+    run's)."""
+    for folder in _checkpoints_newest_first(output_dir) if trainer else ():
+        if checkpoint_problems(folder) == {STATE_NAME: "missing"}:
+            return (
+                f" {folder} has every file but {STATE_NAME}: it was not written by DataEfficiencyTrainer with data "
+                "efficiency on (a plain Trainer run), or its save was interrupted. To continue from its model and "
+                "optimizer, resume from its path with --ignore_data_skip (TrainingArguments.ignore_data_skip=True): "
+                "the data-efficiency state then restarts."
+            )
+    return ""
 
 
 def incomplete_message(checkpoint: str | os.PathLike, problems: dict[str, str], *, trainer: bool = True) -> str:

@@ -32,6 +32,7 @@ from ._validation import (
     check_keys,
     check_list,
     check_str,
+    deeper_than,
     did_you_mean,
     expect_mapping,
     from_mapping,
@@ -918,19 +919,6 @@ def _routing_from_deepspeed(routing: Mapping[str, Any], parent_on: bool) -> Rand
     return RandomLTDConfig.from_deepspeed(section)
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of JSON-like data, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if depth > MAX_CONFIG_DEPTH:
-            break
-        children = node.values() if isinstance(node, Mapping) else node if isinstance(node, list) else ()
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
 def _yaml_loader() -> type:
     """A ``yaml.SafeLoader`` that refuses aliases, so a small file cannot expand into a huge object."""
     import yaml
@@ -987,6 +975,6 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON/YAML object at the top level, got {type(data).__name__}.")
-    if _depth(data) > MAX_CONFIG_DEPTH:
+    if deeper_than(data, MAX_CONFIG_DEPTH):
         raise ValueError(f"{path} is nested too deeply; config files are limited to {MAX_CONFIG_DEPTH} levels.")
     return data

@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers.utils import logging
 
-from ._validation import check_int, check_keys, expect_mapping
+from ._validation import UnreadableFileError, check_keys, check_state_int, expect_mapping, read_json
 from .config import DataEfficiencyConfig
 from .fileio import atomic_write_text
 
@@ -58,6 +58,7 @@ STATE_VERSION = 3
 _READABLE_VERSIONS = (2, STATE_VERSION)  # version 2 has no "dynamic_batching" section (it was refused then)
 _STATE_KEYS = ("version", "global_step", "config", "counters", "sampler", "random_ltd", "dynamic_batching")
 _COUNTERS = ("consumed_samples", "tokens", "layer_tokens")
+_INT64_MAX = 2**63 - 1
 #: ``--lr_scheduler_type`` values that have a layer-token version, and the decay they map to.
 LAYER_TOKEN_DECAYS = {
     "linear": "linear",
@@ -717,12 +718,13 @@ class DataEfficiencyEngine:
                 "interrupted."
             )
         try:
-            with open(path) as f:
-                state = json.load(f)
+            state = read_json(path)
             self._check_state(state)
         except ResumeError as e:
             raise ResumeError(f"{path} {e}") from e
-        except (OSError, ValueError, TypeError) as e:
+        except UnreadableFileError as e:
+            raise ResumeError(f"{path} is corrupt ({e.reason}).") from e
+        except (ValueError, TypeError) as e:
             raise ResumeError(f"{path} is corrupt ({e}).") from e
         if global_step is not None and state["global_step"] != global_step:
             raise ResumeError(
@@ -746,11 +748,11 @@ class DataEfficiencyEngine:
             )
         keys = _STATE_KEYS if state["version"] == STATE_VERSION else _STATE_KEYS[:-1]
         check_keys(state, keys, "state", required=keys)
-        check_int(state["global_step"], "state.global_step", minimum=0)
+        check_state_int(state["global_step"], "state.global_step", 0, _INT64_MAX)
         counters = expect_mapping(state["counters"], "state.counters")
         check_keys(counters, _COUNTERS, "state.counters", required=_COUNTERS)
-        for key in _COUNTERS:
-            check_int(counters[key], f"state.counters.{key}", minimum=0)
+        for key in _COUNTERS:  # written as ints; summed as int64 over the processes
+            check_state_int(counters[key], f"state.counters.{key}", 0, _INT64_MAX)
         parts = [("sampler", self.config.curriculum), ("random_ltd", self.config.random_ltd)]
         if state["version"] == STATE_VERSION:
             parts.append(("dynamic_batching", self.config.dynamic_batching))
@@ -793,13 +795,14 @@ class DataEfficiencyEngine:
                         "(the position counts optimizer steps)."
                     )
             if self.sampler is not None:
-                self.sampler.load_state_dict(state["sampler"])  # checks seed, data, batch geometry, fingerprint
                 expected = state["global_step"] * self.sampler.global_batch_size
-                if state["sampler"]["position"] != expected:
+                position = state["sampler"].get("position")
+                if isinstance(position, bool) or position != expected or not isinstance(position, int):
                     raise ValueError(
-                        f"sampler.position={state['sampler']['position']!r} disagrees with global_step="
-                        f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}."
+                        f"sampler.position={position!r} disagrees with global_step={state['global_step']} x global "
+                        f"batch {self.sampler.global_batch_size} = {expected}."
                     )
+                self.sampler.load_state_dict(state["sampler"])  # checks seed, data, batch geometry, fingerprint
             handle = self.random_ltd_handle
             if handle is not None:
                 handle.load_state_dict(state["random_ltd"])

@@ -24,7 +24,6 @@ All of it lives in :class:`~hf_data_efficiency.engine.DataEfficiencyEngine`; the
 
 from __future__ import annotations
 
-import json
 import os
 from functools import partial
 from typing import Any
@@ -36,6 +35,7 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, seed_worker
 from transformers.utils import logging
 
+from ._validation import read_json
 from .callbacks import DataEfficiencyCallback
 from .checkpoints import TRAINER_STATE_NAME, checkpoint_problems, incomplete_message, resolve_resume_checkpoint
 from .config import DataEfficiencyConfig
@@ -405,8 +405,7 @@ class DataEfficiencyTrainer(Trainer):
                 raise ValueError(incomplete_message(checkpoint, problems))
             if problems and not self.args.ignore_data_skip:  # the Trainer's own files are complete
                 raise ValueError(f"{incomplete_message(checkpoint, problems)} {_RESUME_HINT}")
-        with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as f:
-            step = json.load(f).get("global_step")
+        step = read_json(os.path.join(checkpoint, TRAINER_STATE_NAME)).get("global_step")  # checked complete above
         try:
             return checkpoint, self.engine.read_state(checkpoint, global_step=step)
         except ResumeError as e:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from _helpers import training_kwargs
 from safetensors.torch import save_file
-from tiny import CURRICULUM_FLAGS, collate, tiny_model
+from tiny import CURRICULUM_FLAGS, collate, make_dataset, tiny_model
 from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.testing_utils import CaptureLogger
 
@@ -18,7 +18,7 @@ from hf_data_efficiency import checkpoints
 from hf_data_efficiency.checkpoints import TRAINER_STATE_NAME, checkpoint_problems, resolve_resume_checkpoint
 from hf_data_efficiency.curriculum.index import load_metric_summary, save_metric
 from hf_data_efficiency.curriculum.metrics import count_tokens
-from hf_data_efficiency.engine import STATE_NAME
+from hf_data_efficiency.engine import STATE_NAME, ResumeError
 
 # ---------------------------------------------------------------------------------------------
 # 1. token ids of the wrong type
@@ -263,3 +263,81 @@ def test_custom_schedule_with_leftover_keys_says_it_takes_none(tmp_path):
     assert "schedule_fn=" not in str(e.value)
     schedule = hfde.DifficultySchedule.from_dict({**CUSTOM, "schedule_config": {}}, schedule_fn=lambda step: 8)
     assert schedule(3) == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. configs through every path, checkpoint state bounds, and the plain-Trainer checkpoint hint
+# ---------------------------------------------------------------------------------------------
+TYPO_BLOCK = {"enabled": True, "data_routing": {"enabled": True, "random_ltd": {"enabled": True}}}
+
+
+def config_warnings(fn):
+    from hf_data_efficiency import config as config_module
+
+    with CaptureLogger(config_module.logger) as cl:
+        fn()
+    return [line for line in cl.out.splitlines() if "did you mean" in line]
+
+
+def test_misspelled_block_under_deepspeed_warns_as_from_deepspeed_does(tmp_path):
+    """``data_efficency`` in the ds_config given to --deepspeed was accepted silently (data efficiency off) while
+    ``from_deepspeed`` warned: both now go through one loader and warn the same."""
+    ds = {"zero_optimization": {"stage": 2}, "data_efficency": TYPO_BLOCK}
+    direct = config_warnings(lambda: hfde.DataEfficiencyConfig.from_deepspeed(json.loads(json.dumps(ds))))
+    flags = config_warnings(
+        lambda: hfde.DataEfficiencyTrainingArguments(output_dir=str(tmp_path), report_to=[], deepspeed=ds)
+    )
+    assert direct == flags and len(flags) == 1
+    assert "'data_efficency' (did you mean 'data_efficiency'?)" in flags[0]
+
+
+def test_non_utf8_config_file_is_named(tmp_path):
+    path = tmp_path / "de.json"
+    path.write_bytes(b'{"seed": 1, "random_ltd": "\xff\xfe"}')
+    with pytest.raises(ValueError, match=r"de\.json is not UTF-8 text.*config files must be UTF-8"):
+        hfde.DataEfficiencyConfig.load(str(path))
+    with pytest.raises(ValueError, match=r"de\.json is not UTF-8"):
+        hfde.DataEfficiencyTrainingArguments(output_dir=str(tmp_path), report_to=[], data_efficiency_config=str(path))
+
+
+def trained_engine_state(tmp_path):
+    engine = hfde.DataEfficiencyEngine(
+        {"random_ltd": {"min_value": 8, "max_value": 40, "require_steps": 4, "seq_per_step": 8}}, batch_size=2
+    )
+    engine.attach(tiny_model())
+    engine.reset()
+    engine.save_state(tmp_path, 0)
+    return engine, json.loads((tmp_path / STATE_NAME).read_text())
+
+
+@pytest.mark.parametrize("tokens", [1e30, 10**30, 2**63])
+def test_state_counters_out_of_bounds_are_refused(tmp_path, tokens):
+    engine, state = trained_engine_state(tmp_path)
+    state["counters"]["tokens"] = tokens
+    (tmp_path / STATE_NAME).write_text(json.dumps(state))
+    with pytest.raises(ResumeError) as e:
+        engine.read_state(tmp_path)
+    assert "state.counters.tokens" in str(e.value) and "9223372036854775807" in str(e.value)
+
+
+def test_deeply_nested_state_given_by_path_is_named_not_a_recursion_error(tmp_path):
+    engine, _ = trained_engine_state(tmp_path)
+    (tmp_path / STATE_NAME).write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ResumeError, match=rf"{STATE_NAME} is corrupt \(nested more than"):
+        engine.read_state(tmp_path)
+
+
+def test_resume_true_over_plain_trainer_checkpoints_says_how_to_resume(tmp_path):
+    """A checkpoint written by a plain Trainer (no data-efficiency state): resume_from_checkpoint=True names it and
+    says how to continue (--ignore_data_skip), as an explicit path already did."""
+    out = tmp_path / "out"
+    make_checkpoint(out, 3)
+    (out / "checkpoint-3" / STATE_NAME).unlink()
+    args = hfde.DataEfficiencyTrainingArguments(**training_kwargs(out, max_steps=4), **CURRICULUM_FLAGS)
+    trainer = hfde.DataEfficiencyTrainer(
+        model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate
+    )
+    with pytest.raises(ValueError, match=r"checkpoint-3 has every file but .*not written by DataEfficiencyTrainer"):
+        trainer.train(resume_from_checkpoint=True)
+    with pytest.raises(ValueError, match=r"ignore_data_skip"):
+        trainer.train(resume_from_checkpoint=True)

@@ -50,6 +50,7 @@ import pyarrow as pa
 import torch
 from transformers.utils import logging
 
+from .._validation import check_state_int, check_state_keys
 from ..config import CurriculumConfig, StreamingConfig
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array, percentile_count
 from .transforms import MAX_TOKENS_KEY, POSITION_KEY
@@ -846,9 +847,18 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             )
         if self._step != 0 or self._iterator is not None:
             raise ValueError("streaming curriculum: load_state_dict must be called before iterating.")
+        names = tuple(StreamCounters.__dataclass_fields__)
+        counts = check_state_keys("streaming curriculum counters", state["counters"], names)
+        counters = StreamCounters(
+            **{k: check_state_int(counts[k], f"sampler.counters.{k}", 0, 2**63 - 1) for k in names}
+        )
+        if check_state_int(position, "sampler.position", 0, 2**63 - 1) % self.global_batch_size:
+            raise ValueError(
+                f"sampler.position={position} is not a multiple of the global batch {self.global_batch_size}."
+            )
         self._pending_source_state = copy.deepcopy(state["source_state"])
         self._exhausted = bool(state["exhausted"])
-        self.counters = StreamCounters(**state["counters"])
+        self.counters = counters
         counts = state["token_counts"]
         if counts is not None:
             self._counts = np.zeros(counts["size"], dtype=np.int64)

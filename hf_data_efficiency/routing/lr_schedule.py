@@ -32,8 +32,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers.utils import logging
 
+from .._validation import check_state_keys, state_int
 from ..config import LR_WARMUP_TYPES
-from ._state import check_state_keys, state_int
 from .scheduler import RandomLTDScheduler
 
 DECAY_TYPES = ("linear", "cosine", "constant")

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .._validation import check_state_keys, state_int
 from ..config import RandomLTDConfig
-from ._state import check_state_keys, state_int
 from .architectures import LayerSpec, find_layers, unsupported_model_message
 from .scheduler import RandomLTDScheduler
 
@@ -485,16 +485,6 @@ class RandomLTDHandle:
         )
 
 
-def _resolve_config(cfg: RandomLTDConfig | Mapping[str, Any]) -> RandomLTDConfig:
-    if isinstance(cfg, RandomLTDConfig):
-        return cfg
-    if isinstance(cfg, Mapping):
-        return RandomLTDConfig.from_deepspeed(cfg) if "random_ltd_schedule" in cfg else RandomLTDConfig.from_dict(cfg)
-    raise ValueError(
-        f"apply_random_ltd: config must be a RandomLTDConfig or a DeepSpeed 'random_ltd' dict, got {type(cfg).__name__}."
-    )
-
-
 def apply_random_ltd(
     model: nn.Module,
     config: RandomLTDConfig | Mapping[str, Any],
@@ -511,7 +501,7 @@ def apply_random_ltd(
     call ``handle.update(step)`` before each optimizer step). ``global_batch_size`` overrides the
     config's value for the consumed layer-token counter.
     """
-    cfg = _resolve_config(config)
+    cfg = RandomLTDConfig.load(config)
     found = find_layers(model)
     if not found:
         raise ValueError(unsupported_model_message(model))

@@ -12,9 +12,9 @@ from typing import Any
 
 from transformers.utils import logging
 
+from .._validation import check_state_keys, state_int
 from ..config import RandomLTDConfig
 from ..schedules import root_pacing
-from ._state import check_state_keys, state_int
 
 logger = logging.get_logger(__name__)
 

@@ -4,8 +4,8 @@
 The same :class:`~hf_data_efficiency.DataEfficiencyEngine` the Trainer uses wires everything::
 
     engine = DataEfficiencyEngine(cfg, batch_size=..., world_size=..., gradient_accumulation_steps=...)
-    loader = DataLoader(engine.loader_dataset(data), sampler=engine.build_sampler(data),
-                        collate_fn=engine.wrap_collator(collate), ...)
+    plan = engine.train_loader(data, rank=..., device=...)   # map-style/stream x fixed batches/token budget
+    loader = plan.dataloader(engine.wrap_collator(collate))  # accelerator.prepare it unless plan.per_process
     engine.attach(model)                      # random-LTD patches the layers in place
     engine.begin_step(step)                   # before each optimizer step: the kept length
     engine.count_batch(batch)                 # per micro-batch: the counters
@@ -13,13 +13,13 @@ The same :class:`~hf_data_efficiency.DataEfficiencyEngine` the Trainer uses wire
     save_checkpoint(..., write=lambda d: (accelerator.save_state(d), engine.save_state(d, step)))
     engine.resume_position(step, len(loader))     # resume: the epoch to set and the micro-batches to skip
 
-With dynamic (token-budget) batching the loader takes ``batch_sampler=engine.build_batch_sampler(data)`` instead,
-each optimizer step runs inside ``engine.scaled_lr(optimizer, step)`` (the step's LR factor), and the loss of a step
-is the sum over its real label tokens divided by their count over every micro-batch and process.
+With dynamic (token-budget) batching the plan's loader has a token-budget batch sampler, each optimizer step runs
+inside ``engine.scaled_lr(optimizer, step)`` (the step's LR factor), and the loss of a step is the sum over its real
+label tokens divided by their count over every micro-batch and process.
 
 With ``--streaming`` the data is read as a ``datasets.IterableDataset`` (4 shards) through the streaming curriculum
-(``engine.build_stream``: each process reads its own shards, one pass); with dynamic batching too, the stream yields
-whole token-budget micro-batches (``DataLoader(stream, batch_size=1, collate_fn=MicroBatchCollator(collate))``).
+(each process reads its own shards, one pass; ``plan.per_process``); with dynamic batching too, the stream yields
+whole token-budget micro-batches, which the plan's loader collates whole.
 
 Examples::
 
@@ -51,7 +51,7 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel, get_scheduler, set_seed
 
-from hf_data_efficiency import DataEfficiencyEngine, MicroBatchCollator, resolve_resume_checkpoint, save_checkpoint
+from hf_data_efficiency import DataEfficiencyEngine, resolve_resume_checkpoint, save_checkpoint
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,43 +132,28 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         pad_token_id=pad_id,
     )
 
-    # ----- data: the curriculum sampler and the per-step sequence-length transform, or plain shuffling
+    # ----- data: the engine decides the path (map-style or stream x fixed batches or token budget); or plain shuffling
     collate = engine.wrap_collator(make_collator(pad_id))
     shuffle = torch.Generator()
     dynamic = engine.config.dynamic_batching is not None
-    if args.streaming:  # each process reads its own shards: the loader is not sharded again by accelerate
-        if engine.config.curriculum is None:
-            raise ValueError("--streaming needs a curriculum in --config (the streaming curriculum reads the stream).")
-        stream = engine.build_stream(
-            data.to_iterable_dataset(num_shards=4), rank=accelerator.process_index, device=accelerator.device
+    plan = None
+    if engine.config.curriculum is not None or dynamic:
+        if args.streaming:  # 4 shards; each process reads its own
+            data = data.to_iterable_dataset(num_shards=4)
+        plan = engine.train_loader(
+            data,
+            rank=accelerator.process_index,
+            device=accelerator.device,
+            main_process_first=accelerator.main_process_first,
         )
-        if dynamic:  # whole token-budget micro-batches, one per loader batch
-            loader = DataLoader(stream, batch_size=1, collate_fn=MicroBatchCollator(collate))
-        else:
-            loader = DataLoader(stream, batch_size=bs, collate_fn=collate)
-    elif dynamic:  # micro-batches of varying size; accelerate deals them out whole
-        if engine.config.curriculum is not None:
-            with accelerator.main_process_first():
-                data = engine.metric_dataset(data)
-        batch_sampler = engine.build_batch_sampler(data)
-        loader = DataLoader(
-            engine.loader_dataset(data), batch_sampler=batch_sampler, collate_fn=collate, num_workers=args.num_workers
-        )
-    elif engine.config.curriculum is not None:
-        with accelerator.main_process_first():
-            data = engine.metric_dataset(data)
-        sampler = engine.build_sampler(data)
-        loader = DataLoader(
-            engine.loader_dataset(data),
-            batch_size=bs,
-            sampler=sampler,
-            collate_fn=collate,
-            num_workers=args.num_workers,
-        )
+        loader = plan.dataloader(collate, num_workers=args.num_workers)
+    elif args.streaming:
+        raise ValueError("--streaming needs a curriculum in --config (the streaming curriculum reads the stream).")
     else:
         loader = DataLoader(
             data, batch_size=bs, shuffle=True, generator=shuffle, collate_fn=collate, num_workers=args.num_workers
         )
+    per_process = plan is not None and plan.per_process  # a stream: accelerate neither shards nor dispatches it
 
     # ----- model: random-LTD patches the layers in place
     model = GPT2LMHeadModel(
@@ -191,7 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     scheduler = engine.layer_token_lr_scheduler(
         optimizer, args.max_steps, args.warmup_steps, "linear"
     ) or get_scheduler("linear", optimizer, args.warmup_steps, args.max_steps)
-    if args.streaming:
+    if per_process:
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     else:
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -220,17 +205,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     history: list[dict[str, Any]] = []
     micro, loss_sum, widths, longest, label_tokens = 0, 0.0, [], 0, 0
     # a resumed stream continues from its restored state: nothing to skip
-    epoch, skip = (0, 0) if args.streaming else engine.resume_position(step, len(loader))
+    epoch, skip = (0, 0) if per_process else engine.resume_position(step, len(loader))
     while step < args.max_steps:
         # the epoch positions the curriculum stream (or seeds the shuffling); a resumed epoch skips its consumed
         # micro-batches, as the Trainer does
         shuffle.manual_seed(args.seed + epoch)
-        if not args.streaming:
+        if not per_process:
             loader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         skip = 0
         for batch in batches:
-            if args.streaming:
+            if per_process:
                 batch = send_to_device(batch, accelerator.device)
             if checkpoint is not None:
                 # after the loader's iterator exists (creating it draws from the torch RNG), as the Trainer does, so
@@ -291,7 +276,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 )
             if step >= args.max_steps:
                 break
-        if args.streaming:  # a stream is read once
+        if per_process:  # a stream is read once
             break
         epoch += 1
 
