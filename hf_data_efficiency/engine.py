@@ -795,14 +795,13 @@ class DataEfficiencyEngine:
                         "(the position counts optimizer steps)."
                     )
             if self.sampler is not None:
-                expected = state["global_step"] * self.sampler.global_batch_size
-                position = state["sampler"].get("position")
-                if isinstance(position, bool) or position != expected or not isinstance(position, int):
-                    raise ValueError(
-                        f"sampler.position={position!r} disagrees with global_step={state['global_step']} x global "
-                        f"batch {self.sampler.global_batch_size} = {expected}."
-                    )
                 self.sampler.load_state_dict(state["sampler"])  # checks seed, data, batch geometry, fingerprint
+                expected = state["global_step"] * self.sampler.global_batch_size
+                if state["sampler"]["position"] != expected:
+                    raise ValueError(
+                        f"sampler.position={state['sampler']['position']!r} disagrees with global_step="
+                        f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}."
+                    )
             handle = self.random_ltd_handle
             if handle is not None:
                 handle.load_state_dict(state["random_ltd"])
