@@ -155,23 +155,18 @@ def is_stream(dataset: Any) -> bool:
 
 @dataclass
 class TrainLoader:
-    """The training DataLoader as :meth:`DataEfficiencyEngine.train_loader` decided it: what it reads and how it
-    batches. :meth:`dataloader` builds it; a loop prepares it with accelerate unless :attr:`per_process`."""
+    """The training DataLoader as :meth:`DataEfficiencyEngine.train_loader` decided it: what it reads (the tagged
+    map-style dataset, or this process's stream), how it batches (a fixed ``batch_size`` with the curriculum
+    ``sampler``, a token-budget ``batch_sampler``, or a stream of whole ``micro_batches``), whether a stream is this
+    process's share already (``per_process``: not to be sharded or dispatched again), and the LR factor of a 1-based
+    step (token budgets). :meth:`dataloader` builds it; a loop prepares it with accelerate unless ``per_process``."""
 
-    #: what the DataLoader reads: the tagged map-style dataset, or this process's stream
     dataset: Any
-    #: samples per micro-batch (fixed batches; 1 for a stream of whole micro-batches; ``None`` with a batch sampler)
     batch_size: int | None = None
-    #: the curriculum sampler of fixed batches over map-style data
     sampler: Any = None
-    #: the token-budget batch sampler over map-style data (accelerate deals its micro-batches out whole)
     batch_sampler: Any = None
-    #: a stream: every process reads its own shard and forms its share of each step, so the loader must not be
-    #: sharded or dispatched again
     per_process: bool = False
-    #: each item is a whole micro-batch (a streamed token budget), collated by a ``MicroBatchCollator``
     micro_batches: bool = False
-    #: the LR factor of a 1-based optimizer step (token budgets; ``None``: 1)
     lr_factor: Callable[[int], float] | None = None
 
     def collate_fn(self, collator: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:

@@ -125,6 +125,41 @@ def test_hold_keeps_every_sample_and_counts_the_early_ones(tmp_path):
     assert max(sizes) <= 32
 
 
+def test_hold_completes_a_step_with_the_samples_closest_to_eligibility():
+    """Under ``hold`` a step short of eligible samples takes all of them, then the waiting samples of the lowest
+    difficulty level, oldest first: recomputed from the rows read so far and the samples served before."""
+
+    class Rows(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(make_rows())
+
+    rows = make_rows()
+    stream = StreamingCurriculum(
+        Rows(), curriculum(buffer_full="hold", buffer_size=32), batch_size=BATCH, gradient_accumulation_steps=GA
+    )
+    reads = []
+    out = served(stream, check=lambda s: reads.append(s.counters.read))
+    schedule = CurriculumScheduler(SEQLEN)
+    grid = sorted({schedule.get_difficulty(k) for k in range(1, 13)})
+
+    def level(length):  # the first difficulty that admits the sample: what "closest to eligibility" orders by
+        return next(i for i, d in enumerate(grid) if d >= length)
+
+    served_before, checked = set(), 0
+    for first in range(0, len(out) - G + 1, G):
+        step = out[first][0]
+        ids = {sample["id"] for _, sample in out[first : first + G]}
+        buffered = [r for r in rows[: reads[first]] if r["id"] not in served_before]
+        eligible = [r["id"] for r in buffered if len(r["input_ids"]) <= schedule.get_difficulty(step)]
+        if len(eligible) < G:
+            waiting = [r for r in buffered if r["id"] not in eligible]
+            waiting.sort(key=lambda r: (level(len(r["input_ids"])), r["id"]))
+            assert ids == set(eligible) | {r["id"] for r in waiting[: G - len(eligible)]}, step
+            checked += 1
+        served_before |= ids
+    assert checked > 0
+
+
 def test_error_policy_refuses_to_drop(tmp_path):
     stream = StreamingCurriculum(
         open_stream(write_shards(tmp_path, make_rows())),

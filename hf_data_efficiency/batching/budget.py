@@ -1,15 +1,5 @@
-"""The token budget: the rules every token-budget batcher shares, for map-style and streamed data alike.
-
-A :class:`TokenBudget` holds DeepSpeed's ``data_sampling.dynamic_batching`` semantics once:
-
-* **What a sample counts.** Its length, capped by the step's ``seqlen_truncate`` max tokens and, with
-  ``truncate_long_samples``, by the row cap ``max_tokens // min_batch_size`` (so ``min_batch_size`` always fits).
-  A sample longer than the row cap at the largest truncation is an error unless ``truncate_long_samples``.
-* **Packing.** Consecutive samples go into a micro-batch while its cost (``size * longest``; the sum of the lengths
-  when a collator packs rows) fits ``max_tokens`` and its size ``max_batch_size`` (DeepSpeed's ``batch_by_seqlens``).
-* **LR and logs.** A step of ``n`` samples has the LR factor ``n / reference_batch_size`` (``linear``),
-  ``sqrt(n / reference_batch_size)`` (``sqrt``) or 1 (``none``); its logs are its samples, real tokens, padding
-  fraction and LR factor.
+"""The token budget: the rules every token-budget batcher shares, for map-style and streamed data alike (DeepSpeed's
+``data_sampling.dynamic_batching``): what a sample counts, how micro-batches are packed, a step's LR factor and logs.
 """
 
 from __future__ import annotations
@@ -23,20 +13,9 @@ import numpy as np
 from transformers.utils import logging
 
 from .._validation import check_int
-from ..config import LR_SCALING_METHODS, DynamicBatchingConfig
+from ..config import DynamicBatchingConfig
 
 logger = logging.get_logger(__name__)
-
-
-def lr_factor(samples: int, reference_batch_size: int, method: str) -> float:
-    """The LR factor of a step of ``samples`` samples relative to a batch of ``reference_batch_size``."""
-    if method == "linear":
-        return samples / reference_batch_size
-    if method == "sqrt":
-        return math.sqrt(samples / reference_batch_size)
-    if method == "none":
-        return 1.0
-    raise ValueError(f"dynamic_batching.lr_scaling_method={method!r} is not allowed; allowed: {LR_SCALING_METHODS}.")
 
 
 def pack_micro_batches(
@@ -173,8 +152,10 @@ class TokenBudget:
         return StepTotals(sum(len(ls) for ls in lengths), real, computed)
 
     def lr_factor(self, samples: int) -> float:
-        """The LR factor of a step of ``samples`` samples (see :func:`lr_factor`)."""
-        return lr_factor(samples, self.reference_batch_size, self.config.lr_scaling_method)
+        """The LR factor of a step of ``samples`` samples relative to the reference batch ``R``: ``samples / R``
+        (``linear``), ``sqrt(samples / R)`` (``sqrt``) or 1 (``none``)."""
+        ratio = samples / self.reference_batch_size  # the config allows only these three methods
+        return {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[self.config.lr_scaling_method]
 
     def step_stats(self, totals: StepTotals) -> dict[str, float]:
         """A step's logs: samples, real tokens, padding fraction and LR factor."""

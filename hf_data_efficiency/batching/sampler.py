@@ -1,31 +1,14 @@
 """Token-budget (dynamic) batching over map-style data, following the curriculum.
 
-:class:`TokenBudgetBatchSampler` is a batch sampler: it yields micro-batches (lists of dataset keys) of varying size
-whose token count fits ``max_tokens``, exactly ``world_size * gradient_accumulation_steps`` of them per optimizer
-step, in the order accelerate's ``BatchSamplerShard`` deals them out (micro-batch ``j`` of a step goes to rank
-``j % world_size``). It has no ``batch_size`` attribute, so ``BatchSamplerShard`` keeps every batch intact.
-
-**The stream.**
-
-* Without a curriculum, pass ``p`` over the data is the permutation ``default_rng([seed, 3, p])`` of the dataset
-  (``sequence_picking_order='random'`` reshuffles it with ``default_rng([seed, 4, p])``, ``'seqlen'`` sorts it stably
-  by length). The pass is packed greedily into micro-batches, and into as many whole steps as it fills; the samples
-  left over at the end of a pass (less than one step) are not used in that pass. Passes follow each other without a
-  break; an epoch, for the Trainer's counting, is the number of steps of pass 0.
-* With a curriculum, the :class:`~hf_data_efficiency.CurriculumSampler` draws ``draw_size`` samples for every step,
-  all eligible at that step (its global batch); the picking order is applied to that draw (``'random'``: shuffled by
-  ``default_rng([seed, 4, step])``), and the step packs a prefix of it (``'seqlen'``: the prefix packed in draw
-  order, sorted by length and packed again into as many micro-batches, so the curriculum's distribution is kept).
-  The curriculum draws with replacement, so a sample drawn twice for one step is kept once (unless fewer distinct
-  samples than ``world_size x gradient_accumulation_steps x min_batch_size`` were drawn, which warns); the unused tail
-  of a draw is discarded. An epoch is ``num_samples // reference_batch_size`` steps.
-
-**Packing, lengths and LR** follow the :class:`~hf_data_efficiency.batching.budget.TokenBudget`: greedy packing
-within ``max_tokens``, every sample checked against the row cap at construction, and the step's LR factor from its
-number of samples, applied on top of the user's scheduler.
-
-Everything is a pure function of the seed, the lengths and the step, so every rank computes the same stream without
-communication, and the state is a position (steps done) plus what checks that the stream is the same.
+:class:`TokenBudgetBatchSampler` is a DataLoader batch sampler: micro-batches (lists of dataset keys) of varying size
+within ``max_tokens`` (:class:`~hf_data_efficiency.batching.budget.TokenBudget`), exactly ``world_size *
+gradient_accumulation_steps`` of them per optimizer step, in the order accelerate's ``BatchSamplerShard`` deals them
+out (micro-batch ``j`` of a step to rank ``j % world_size``; without a ``batch_size`` attribute it keeps them whole).
+Without a curriculum, pass ``p`` over the data is the permutation ``default_rng([seed, 3, p])`` packed into as many
+whole steps as it fills; with one, each step packs (a prefix of) the curriculum's draw for that step, so every sample
+is eligible at its step. Everything is a pure function of the seed, the lengths and the step: every rank computes the
+same stream without communication, and the state is a position plus what checks the stream is the same. Semantics,
+picking orders included: ``docs/dynamic_batching.md``.
 """
 
 from __future__ import annotations

@@ -1,27 +1,10 @@
 """Token-budget (dynamic) batching over a streaming curriculum.
 
 :class:`StreamTokenBudget` is the selection hook a :class:`~hf_data_efficiency.curriculum.streaming.StreamingCurriculum`
-forms its steps with (same buffer, eligibility, ``buffer_full`` policy, warm-up, end-of-stream agreement and JSON
-state); the stream then yields whole micro-batches (lists of samples) instead of single samples.
-:class:`StreamingTokenBudget` builds such a stream in one call.
-
-* **A step** is exactly ``gradient_accumulation_steps`` micro-batches on every process.
-* **Counted lengths.** A sample's length is its ``seqlen`` field, else the length of its ``input_ids``; the
-  :class:`~hf_data_efficiency.batching.budget.TokenBudget` checks it as it is read (at the largest truncation) and
-  counts it capped by the step's truncation.
-* **Packing.** The buffered samples eligible at the step, oldest first, are packed greedily into consecutive
-  micro-batches; a micro-batch is **closed** by the first eligible sample that does not fit. Never empty, never over
-  budget, at least ``min_batch_size``.
-* **Reading more.** While the eligible samples do not close all the step's micro-batches (the last one would be cut
-  short by running out of eligible samples), the stream reads another chunk, under its ``buffer_full`` policy; a full
-  buffer never evicts just to make bigger micro-batches. When no more is read -- the stream ended, a full buffer --
-  the step packs what is buffered: the eligible samples, and when they cannot give every micro-batch
-  ``min_batch_size`` samples, then the others closest to eligibility (counted as ``admitted_early``); when even the
-  whole buffer cannot, the stream ends (agreed by every process) and the rest is dropped and counted.
-* **LR and logs.** The stream's one all-reduce per step carries the end-of-stream vote and the step's samples, real
-  tokens and computed tokens, so :meth:`StreamTokenBudget.step_stats` gives the global values and the LR factor.
-* **Seeded collation.** Every sample of micro-batch ``j`` of step ``k`` on rank ``r`` carries the position
-  ``((k - 1) * world_size + r) * gradient_accumulation_steps + j``: unique per micro-batch and deterministic.
+forms each step with: exactly ``gradient_accumulation_steps`` micro-batches per process, packed greedily from the
+buffered samples eligible at the step, oldest first, each closed by the first eligible sample that does not fit. The
+stream keeps its buffer, eligibility, ``buffer_full`` policy, warm-up, end-of-stream agreement and JSON state, and
+yields whole micro-batches. Semantics: ``docs/dynamic_batching.md``, "With a stream".
 """
 
 from __future__ import annotations

@@ -335,10 +335,6 @@ class CurriculumSampler(Sampler[int]):
         arrays = (self._order, self._walk, self._wrap, self._consumed, self._sizes, self._offsets, self._cum)
         return int(sum(a.nbytes for a in arrays) + sum(v.nbytes for v in self._values.values()))
 
-    def step_of_position(self, position: int) -> int:
-        """The 1-based optimizer step whose global batch holds stream position ``position``."""
-        return position // self.global_batch_size + 1
-
     def _level(self, step: int) -> int:
         if step < 1:
             raise ValueError(f"step={step} must be a 1-based optimizer step (>= 1).")

@@ -621,7 +621,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "curriculum/streaming.py",
         "waiting = waiting[np.lexsort((ids[waiting], levels[waiting]))]",
         "waiting = waiting[::-1]",
-        ["tests/test_streaming.py", "tests/test_streaming_dynamic_batching.py"],
+        ["tests/test_streaming.py::test_hold_completes_a_step_with_the_samples_closest_to_eligibility"],
         "a step completed from samples not yet eligible takes the newest, not those closest to eligibility",
     ),
     _m(
