@@ -543,13 +543,17 @@ class DataEfficiencyEngine:
 
     # ----- counters and logs ----------------------------------------------------------------------------------
     def count_batch(self, inputs: Mapping[str, Any]) -> None:
-        """Count one micro-batch of this process (samples, and tokens including padding)."""
+        """Count one micro-batch of this process (samples, and tokens including padding); the samples of a packed row
+        (``DataCollatorWithFlattening``, trl's padding-free batches) are its documents."""
         if not isinstance(inputs, Mapping):
             return
         tokens = inputs.get("input_ids", inputs.get("attention_mask"))
         if isinstance(tokens, torch.Tensor):
+            from .routing.random_ltd import document_lengths
+
             self._local["tokens"] += int(tokens.numel())
-            self._local["samples"] += int(tokens.shape[0])
+            docs = document_lengths(inputs.get("cu_seq_lens_q"), inputs.get("position_ids"), *tokens.shape[:2])
+            self._local["samples"] += len(docs) if docs is not None else int(tokens.shape[0])
         else:
             first = next((v for v in inputs.values() if isinstance(v, torch.Tensor)), None)
             self._local["samples"] += int(first.shape[0]) if first is not None else 0

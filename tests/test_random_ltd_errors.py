@@ -8,7 +8,6 @@ import pytest
 import torch
 import transformers as tf
 from torch import nn
-from transformers.testing_utils import CaptureLogger
 
 import hf_data_efficiency as hfde
 from hf_data_efficiency.config import RandomLTDConfig
@@ -175,23 +174,36 @@ def test_registered_custom_layer_matches_oracle():
     assert torch.equal(out[dropped], x[dropped])
 
 
-def test_packed_kwargs_fall_back_to_full_length_with_one_warning():
+def test_packed_kwargs_keep_per_document_and_are_recomputed_for_the_kept_tokens():
+    """A packed row with cu_seq_lens (documents of 5, 3 and 2 tokens, kept 4): each document keeps min(len, 4) of its
+    own positions, and the layer receives cu_seq_lens/max_length of the kept tokens."""
     hfde.register_random_ltd_layer(ToyBlock, hidden_states_arg="x", mask_args=("mask",), sequence_args=("pos",))
+    seen = []
+
+    class Recording(ToyBlock):
+        def forward(self, x, mask=None, pos=None, **kwargs):
+            seen.append({k: kwargs[k] for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")})
+            return super().forward(x, mask, pos)
+
+    hfde.register_random_ltd_layer(Recording, hidden_states_arg="x", mask_args=("mask",), sequence_args=("pos",))
     torch.manual_seed(0)
     model = ToyModel().train()
+    model.blocks = nn.ModuleList(Recording() for _ in range(4))
     handle = hfde.apply_random_ltd(model, {"min_value": 16, "max_value": 64, "require_steps": 5})
-    handle.kept_length = 4
-    x, pos, mask = torch.randn(2, 10, 8), torch.arange(10).expand(2, 10), torch.ones(2, 10, dtype=torch.bool)
-    logger = tf.utils.logging.get_logger(rl.__name__)
-    with CaptureLogger(logger) as cl:
-        out = model(x, mask, pos, cu_seq_lens_q=torch.tensor([0, 10]), cu_seq_lens_k=torch.tensor([0, 10]))
-        model(x, mask, pos, cu_seq_lens_q=torch.tensor([0, 10]), cu_seq_lens_k=torch.tensor([0, 10]))
-    assert cl.out.count("packed sequences") == 1
-    # two forwards of 2 x 10 tokens through all 4 layers, every one at full length: counted as run, not as kept
-    assert handle.actual_layer_tokens == 2 * (2 * 10) * 4
-    assert handle.kept_tokens_seen == handle.full_tokens_seen == 2 * (2 * 10) * 2
-    handle.remove()
-    assert torch.equal(out, model(x, mask, pos, cu_seq_lens_q=None))
+    handle.kept_length, handle.record_indices = 4, True
+    x, pos = torch.randn(1, 10, 8), torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1]])
+    cu = torch.tensor([0, 5, 8, 10], dtype=torch.int32)
+    model(x, None, pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=5, max_length_k=5)
+    for layer_id in handle.layer_ids:  # layers 1 and 2
+        idx = handle.last_indices[layer_id][0]
+        per_doc = [int(((idx >= a) & (idx < b)).sum()) for a, b in ((0, 5), (5, 8), (8, 10))]
+        assert per_doc == [4, 3, 2] and (idx.diff() > 0).all()
+    kept = {"cu_seq_lens_q": [0, 4, 7, 9], "cu_seq_lens_k": [0, 4, 7, 9], "max_length_q": 4, "max_length_k": 4}
+    for call in (seen[1], seen[2]):
+        got = {k: v.tolist() if torch.is_tensor(v) else v for k, v in call.items()}
+        assert got == kept and call["cu_seq_lens_q"].dtype == torch.int32
+    assert seen[0]["max_length_q"] == seen[3]["max_length_q"] == 5  # unpatched layers see the whole row
+    assert handle.kept_tokens_seen == 2 * 9 and handle.full_tokens_seen == 2 * 10
 
 
 def test_unrestrictable_mask_shape():

@@ -37,7 +37,8 @@ from .scheduler import RandomLTDScheduler
 
 logger = logging.get_logger(__name__)
 
-_PACKED_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k")
+#: flash-attention varlen arguments of a packed row, recomputed for the kept tokens
+_VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 _STATE_KEYS = ("kept_length", "scheduler", "kept_tokens_seen", "full_tokens_seen")
 
 
@@ -64,6 +65,57 @@ def sample_kept_indices(
         scores[:, keep] = 2.0  # above every uniform draw, so always selected
     idx = scores.topk(kept_length, dim=1, sorted=False).indices
     return idx.sort(dim=1).values
+
+
+def sample_document_indices(
+    lengths: Sequence[int],
+    kept_length: int,
+    keep_positions: Sequence[int] = (),
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sorted ``(1, K)`` positions of a packed row of documents of ``lengths``: per document a uniform subset of
+    ``min(length, kept_length)`` of its positions (those of ``keep_positions`` that fall in it, counted from its
+    start or, when negative, from its end, always among them). ``K`` is the sum over the documents."""
+    n = torch.as_tensor(list(lengths), dtype=torch.long, device=device)
+    T = int(n.sum())
+    doc = torch.repeat_interleave(torch.arange(n.numel(), device=device), n)
+    start = torch.cumsum(n, 0) - n
+    offset = torch.arange(T, device=device) - start[doc]
+    scores = torch.rand(T, device=device, generator=generator)
+    for p in keep_positions:
+        within = offset == (p if p >= 0 else n[doc] + p)
+        scores[within] = -1.0  # below every uniform draw: first within its document
+    if keep_positions and kept_length < len(set(keep_positions)):
+        raise ValueError(
+            f"kept_length={kept_length} is smaller than the number of keep_positions {sorted(set(keep_positions))}; "
+            "raise min_value or shorten keep_positions."
+        )
+    order = scores.argsort()
+    order = order[doc[order].argsort(stable=True)]  # by document, then by score
+    rank = torch.arange(T, device=device) - start[doc[order]]
+    return order[rank < kept_length].sort().values.unsqueeze(0)
+
+
+def document_lengths(cu_seq_lens: Any, position_ids: Any, batch_size: int, seq_len: int) -> list[int] | None:
+    """The documents of a packed row (one row holding several sequences, as ``DataCollatorWithFlattening`` and trl's
+    padding-free batches make): from ``cu_seq_lens`` when given, else where ``position_ids`` do not go up by 1.
+    ``None`` for an ordinary row or a batch of several rows."""
+    if batch_size != 1:
+        return None
+    if isinstance(cu_seq_lens, torch.Tensor) and cu_seq_lens.numel() > 2:
+        return cu_seq_lens.diff().tolist()
+    if (
+        not isinstance(position_ids, torch.Tensor)
+        or position_ids.shape[-1] != seq_len
+        or position_ids.numel() != seq_len
+    ):
+        return None
+    starts = (position_ids.reshape(-1).diff() != 1).nonzero().flatten().add(1).tolist()
+    if not starts:
+        return None
+    bounds = [0, *starts, seq_len]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
 
 
 def _flat_index(idx: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -173,6 +225,7 @@ class _LayerCall:
     def __init__(self, patch: _Patch, args: tuple, kwargs: dict) -> None:
         self.bound = patch.signature.bind(patch.module, *args, **kwargs)
         self.arguments = self.bound.arguments
+        self.varkw = patch.varkw
         self.extra: dict[str, Any] = dict(self.arguments.get(patch.varkw, {})) if patch.varkw else {}
         if patch.varkw:
             self.arguments[patch.varkw] = self.extra
@@ -183,12 +236,16 @@ class _LayerCall:
     def get(self, name: str) -> Any:
         return self.arguments[name] if name in self.arguments else self.extra.get(name)
 
-    def put(self, name: str, value: Any) -> None:
-        """Replace an argument the caller passed; arguments it did not pass stay absent."""
+    def put(self, name: str, value: Any, *, add: bool = False) -> bool:
+        """Replace an argument the caller passed; one it did not pass stays absent unless ``add`` (through the
+        layer's ``**kwargs``). Returns whether the argument is set."""
         if name in self.arguments:
             self.arguments[name] = value
-        elif name in self.extra:
+        elif name in self.extra or (add and self.varkw):
             self.extra[name] = value
+        else:
+            return False
+        return True
 
     def run(self, forward: Any) -> Any:
         return forward(*self.bound.args[1:], **self.bound.kwargs)
@@ -340,30 +397,66 @@ class RandomLTDHandle:
 
     # ----- the patched forward, step by step ------------------------------------------------
     def _forward(self, patch: _Patch, args: tuple, kwargs: dict) -> Any:
-        """A patched layer's forward: bind, maybe fall back to full length, sample, gather, restrict, run, scatter."""
+        """A patched layer's forward: bind, plan (maybe full length), gather, restrict, run, scatter."""
         original = patch.original_forward()
-        k = self._kept_length
-        if not patch.module.training or k is None:
+        if not patch.module.training or self._kept_length is None:
             return original(*args, **kwargs)
         call = _LayerCall(patch, args, kwargs)
         hidden = self._hidden_states(patch, call)
-        B, T = hidden.shape[:2]
-        kept = min(k, T)
-        self.kept_tokens_seen += B * kept
-        self.full_tokens_seen += B * T
-        if k >= T and not self.force_gather:
-            return original(*args, **kwargs)
         config = _model_config(self.model)
+        plan = self._plan(patch, call, hidden, config)
+        if plan is None:
+            return original(*args, **kwargs)
+        idx, kept_docs = plan
+        T = hidden.shape[1]
+        self._detach_cache(patch, call, T)
+        flash = _uses_flash_attention(config)
+        self._gather_inputs(patch, call, hidden, idx, T, flash)
+        if kept_docs is not None:
+            self._set_varlen(call, kept_docs, flash, hidden.device)
+        self._restrict_masks(patch, call, idx, T)
+        return self._scatter_output(patch, hidden, idx, call.run(original))
+
+    @torch.compiler.disable
+    def _plan(
+        self, patch: _Patch, call: _LayerCall, hidden: torch.Tensor, config: Any
+    ) -> tuple[torch.Tensor, list[int] | None] | None:
+        """Count the layer-tokens and draw the kept positions: ``(idx, kept tokens per document of a packed row)``,
+        or ``None`` to run at full length. Data-dependent (subset sizes, a packed row's documents), so it runs eagerly
+        under ``torch.compile``; the kept positions are marked dynamic, so kept lengths do not recompile."""
+        k = self._kept_length
+        B, T = hidden.shape[:2]
+        docs = document_lengths(call.get("cu_seq_lens_q"), call.get("position_ids"), B, T)
+        if (
+            docs is not None
+            and all(call.get(m) is None for m in patch.spec.mask_args)
+            and not _uses_flash_attention(config)
+        ):
+            self._warn(
+                "a packed row (restarting position_ids) reached a layer without a packed-sequence mask, so its "
+                "documents attend to each other: transformers builds none when a training forward makes a KV cache; "
+                "pass use_cache=False"
+            )
+        kept_docs = [min(n, k) for n in docs] if docs is not None else None
+        kept = sum(kept_docs) if docs is not None else B * min(k, T)
+        self.full_tokens_seen += B * T
+        if kept == B * T and not self.force_gather:
+            self.kept_tokens_seen += kept
+            return None
         reason = self._full_length_reason(patch, call, B, T, config)
         if reason is not None:
             self._warn_once(reason)
-            self.kept_tokens_seen += B * (T - kept)
-            return original(*args, **kwargs)
-        self._detach_cache(patch, call, T)
-        idx = self._sample(patch, B, T, kept, hidden.device)
-        self._gather_inputs(patch, call, hidden, idx, T, _uses_flash_attention(config))
-        self._restrict_masks(patch, call, idx, T)
-        return self._scatter_output(patch, hidden, idx, call.run(original))
+            self.kept_tokens_seen += B * T
+            return None
+        self.kept_tokens_seen += kept
+        if docs is None:
+            idx = sample_kept_indices(B, T, min(k, T), patch.keep_positions, device=hidden.device)
+        else:
+            idx = sample_document_indices(docs, k, patch.keep_positions, device=hidden.device)
+        if self.record_indices:
+            self.last_indices[patch.layer_id] = idx
+        torch._dynamo.maybe_mark_dynamic(idx, 1)
+        return idx, kept_docs
 
     @staticmethod
     def _hidden_states(patch: _Patch, call: _LayerCall) -> torch.Tensor:
@@ -376,9 +469,12 @@ class RandomLTDHandle:
         return hidden
 
     def _warn_once(self, reason: str) -> None:
-        if reason not in self._warned:
-            self._warned.add(reason)
-            logger.warning(f"random-LTD: {reason}; running these layers on the full sequence (no tokens dropped).")
+        self._warn(f"{reason}; running these layers on the full sequence (no tokens dropped)")
+
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning(f"random-LTD: {message}.")
 
     @staticmethod
     def _full_length_reason(patch: _Patch, call: _LayerCall, B: int, T: int, config: Any) -> str | None:
@@ -391,26 +487,14 @@ class RandomLTDHandle:
                     f"random-LTD cannot drop tokens in {type(patch.module).__name__} with {name} (cross-attention) "
                     "set; patch only self-attention layers (random_ltd_layer_id) or call model.eval()."
                 )
-        if any(call.get(name) is not None for name in _PACKED_KWARGS):
-            return "packed sequences (cu_seq_lens_* kwargs) cannot be restricted to a token subset"
         if any(_is_block_mask(call.get(name)) for name in spec.mask_args):
             return "a flex-attention BlockMask cannot be restricted to a token subset"
         if _uses_flash_attention(config):
             window = getattr(config, "sliding_window", None)
-            position_ids = call.get("position_ids")
-            # as transformers' flash path: one unpadded row whose positions restart means packed sequences
-            packed = (
-                B == 1
-                and isinstance(position_ids, torch.Tensor)
-                and position_ids.shape[-1] == T
-                and all(call.get(name) is None for name in spec.mask_args)
-                and bool((position_ids.reshape(-1).diff() != 1).any())
-            )
-            if packed or (isinstance(window, int) and window < T):
-                return (
-                    "flash attention with packed position_ids or a sliding window shorter than the sequence "
-                    "cannot be restricted to a token subset"
-                )
+            if isinstance(window, int) and window < T:
+                return "flash attention with a sliding window shorter than the sequence cannot be restricted to a token subset"
+            if not patch.varkw and document_lengths(call.get("cu_seq_lens_q"), call.get("position_ids"), B, T):
+                return "flash attention over packed sequences needs the layer to take **kwargs (cu_seq_lens_*)"
         return None
 
     @staticmethod
@@ -418,9 +502,7 @@ class RandomLTDHandle:
         """Refuse a cache that already holds tokens (as ``past_length`` reports them, or as the key columns past
         ``T`` of the masks the model built from it); otherwise keep the token subset out of it."""
         masks = [call.get(name) for name in patch.spec.mask_args]
-        mask_past = max(
-            (m.shape[-1] - T for m in masks if isinstance(m, torch.Tensor) and m.dim() in (2, 4)), default=0
-        )
+        mask_past = max([0, *(m.shape[-1] - T for m in masks if isinstance(m, torch.Tensor) and m.dim() in (2, 4))])
         for name in patch.spec.cache_args:
             cache = call.get(name)
             if cache is None:
@@ -435,13 +517,6 @@ class RandomLTDHandle:
             call.put(name, None)
         if call.has("use_cache"):
             call.put("use_cache", False)
-
-    def _sample(self, patch: _Patch, B: int, T: int, kept: int, device: torch.device) -> torch.Tensor:
-        """One ``torch.rand(B, T)`` draw per patched layer and forward (see :func:`sample_kept_indices`)."""
-        idx = sample_kept_indices(B, T, kept, patch.keep_positions, device=device)
-        if self.record_indices:
-            self.last_indices[patch.layer_id] = idx
-        return idx
 
     @staticmethod
     def _gather_inputs(
@@ -466,6 +541,17 @@ class RandomLTDHandle:
                 call.put(name, _gather_seq(value, idx, T, name))
             elif isinstance(value, (tuple, list)):
                 call.put(name, type(value)(_gather_seq(v, idx, T, name) for v in value))
+
+    @staticmethod
+    def _set_varlen(call: _LayerCall, kept_docs: list[int], flash: bool, device: torch.device) -> None:
+        """A packed row's flash-attention varlen arguments for the kept tokens: ``cu_seq_lens_q/k`` (their cumulative
+        counts) and ``max_length_q/k``. Replaced where the caller gave them; added under flash attention, which then
+        uses them instead of the (gathered, so no longer restarting) position ids."""
+        given = call.get("cu_seq_lens_q")
+        dtype = given.dtype if isinstance(given, torch.Tensor) else torch.int32
+        cu = torch.tensor([0, *kept_docs], dtype=dtype, device=device).cumsum(0).to(dtype)
+        for name, value in zip(_VARLEN_KWARGS, (cu, cu, max(kept_docs), max(kept_docs))):
+            call.put(name, value, add=flash)
 
     @staticmethod
     def _restrict_masks(patch: _Patch, call: _LayerCall, idx: torch.Tensor, T: int) -> None:
