@@ -341,3 +341,17 @@ def test_resume_true_over_plain_trainer_checkpoints_says_how_to_resume(tmp_path)
         trainer.train(resume_from_checkpoint=True)
     with pytest.raises(ValueError, match=r"ignore_data_skip"):
         trainer.train(resume_from_checkpoint=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. packed rows: varlen kwargs that do not describe the row
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cu", [[0, 5, 9], [0, 6, 3, 10], [1, 5, 10]], ids=["short", "decreasing", "not-from-0"])
+def test_cu_seq_lens_that_do_not_describe_the_packed_row_are_named(cu):
+    model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=64)).train()
+    handle = hfde.apply_random_ltd(model, {"min_value": 8, "max_value": 16, "require_steps": 4, "seq_per_step": 8})
+    handle.kept_length = 2
+    ids = torch.randint(0, 64, (1, 10))
+    cu = torch.tensor(cu, dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"cu_seq_lens_q=\[.*\] does not describe a packed row of 10 tokens"):
+        model(ids, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=5, max_length_k=5, use_cache=False)

@@ -104,7 +104,19 @@ def document_lengths(cu_seq_lens: Any, position_ids: Any, batch_size: int, seq_l
     if batch_size != 1:
         return None
     if isinstance(cu_seq_lens, torch.Tensor) and cu_seq_lens.numel() > 2:
-        return cu_seq_lens.diff().tolist()
+        bounds = cu_seq_lens.tolist()
+        if (
+            cu_seq_lens.dim() != 1
+            or bounds[0] != 0
+            or bounds[-1] != seq_len
+            or any(b <= a for a, b in zip(bounds, bounds[1:]))
+        ):
+            raise ValueError(
+                f"cu_seq_lens_q={bounds} does not describe a packed row of {seq_len} tokens: it must start at 0, "
+                f"increase strictly and end at {seq_len} (the cumulative document lengths, as DataCollatorWithFlattening "
+                "writes them)."
+            )
+        return [b - a for a, b in zip(bounds, bounds[1:])]
     if (
         not isinstance(position_ids, torch.Tensor)
         or position_ids.shape[-1] != seq_len
