@@ -21,6 +21,8 @@ _LAZY = {
     "RandomLTDConfig": ".config",
     "LayerTokenLRConfig": ".config",
     "StreamingConfig": ".config",
+    "MixingConfig": ".config",
+    "BatchSizeWarmupConfig": ".config",
     "DifficultySchedule": ".schedules",
     # curriculum (data sampling)
     "compute_metrics": ".curriculum.metrics",
@@ -29,6 +31,9 @@ _LAZY = {
     "StreamingCurriculum": ".curriculum.streaming",
     "SeqlenTransform": ".curriculum.transforms",
     "CurriculumDataset": ".curriculum.transforms",
+    # group mixing
+    "GroupMixer": ".curriculum.mixing",
+    "GroupMixingSampler": ".curriculum.mixing",
     "seqlen_truncate": ".curriculum.transforms",
     "seqlen_reshape": ".curriculum.transforms",
     # token budgets (dynamic batching)
@@ -37,6 +42,9 @@ _LAZY = {
     "StreamTokenBudget": ".batching.stream",
     "StreamingTokenBudget": ".batching.stream",
     "MicroBatchCollator": ".batching.stream",
+    # batch-size warmup
+    "BatchSizeWarmup": ".batching.warmup",
+    "WarmupBatchSampler": ".batching.warmup",
     # random-LTD (data routing)
     "apply_random_ltd": ".routing.random_ltd",
     "RandomLTDHandle": ".routing.random_ltd",

@@ -23,7 +23,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 #: Value kinds a :class:`Rule` can check.
-KINDS = ("int", "number", "bool", "str", "int_list", "mapping")
+KINDS = ("int", "number", "bool", "str", "int_list", "str_list", "mapping")
 #: Largest JSON state file :func:`read_json` reads by default, in bytes (a streaming curriculum's checkpoint state
 #: holds its sample buffer, so this is generous).
 MAX_JSON_BYTES = 4 * 2**30
@@ -200,6 +200,8 @@ class Rule:
             return check_str(value, path, self.choices)
         if self.kind == "int_list":
             return check_list(value, path, lambda v, p: check_int(v, p, minimum=self.minimum))
+        if self.kind == "str_list":
+            return check_list(value, path, check_str, nonempty=True)
         return dict(expect_mapping(value, path))  # "mapping"
 
 

@@ -31,6 +31,7 @@ from ._validation import (
     check_int,
     check_keys,
     check_list,
+    check_number,
     check_str,
     deeper_than,
     did_you_mean,
@@ -55,6 +56,8 @@ LR_SCALING_METHODS = ("linear", "sqrt", "none")
 SEQUENCE_PICKING_ORDERS = ("dataloader", "random", "seqlen")
 #: What a streaming curriculum does when its buffer is full of samples not yet eligible.
 BUFFER_FULL_POLICIES = ("drop", "hold", "error")
+#: How group mixing weighs the groups (see :class:`MixingConfig`).
+MIXING_STRATEGIES = ("stratified", "natural", "fixed", "online")
 DEFAULT_SEED = 1234
 #: Largest nesting of a config file; real configs use about 6 levels.
 MAX_CONFIG_DEPTH = 32
@@ -446,6 +449,156 @@ class DynamicBatchingConfig:
 
 
 @dataclass
+class MixingConfig:
+    """Group mixing: each step's samples are drawn group by group (the group a sample belongs to is the value of its
+    ``column``) with per-group weights set by ``strategy``; see :mod:`hf_data_efficiency.curriculum.mixing` for the
+    draw, the pass rule and the online rule."""
+
+    column: str = setting(
+        kind="str",
+        help="Dataset column (or streamed field) naming each sample's group; turns group mixing on.",
+    )
+    strategy: str = setting(
+        "stratified",
+        kind="str",
+        choices=MIXING_STRATEGIES,
+        help="How the groups are weighted: stratified (each group equally likely), natural (in proportion to the "
+        "group sizes), fixed (--mixing_weights) or online (learned from each group's training-loss progress).",
+    )
+    weights: dict[str, float] | None = setting(
+        None,
+        kind="mapping",
+        nullable=True,
+        help="strategy 'fixed': a JSON object group -> weight (>= 0, not all zero, normalised), one per group.",
+    )
+    groups: list[str] | None = setting(
+        None,
+        kind="str_list",
+        nullable=True,
+        help="The group names (default: the column's values on map-style data, else the weights' keys); a stream "
+        "needs them (or weights).",
+    )
+    online_delay: int = setting(
+        2,
+        kind="int",
+        minimum=1,
+        help="strategy 'online': the draw of step k uses the weights learned from the losses up to step k - delay "
+        "(the DataLoader draws ahead of training: at least 2, more with DataLoader workers; the error says how many).",
+    )
+    online_fast_smoothing: float = setting(
+        0.8, kind="number", minimum=0, help="strategy 'online': EMA factor of the fast per-group loss average."
+    )
+    online_slow_smoothing: float = setting(
+        0.95, kind="number", minimum=0, help="strategy 'online': EMA factor of the slow per-group loss average."
+    )
+    online_min_weight: float = setting(
+        0.02,
+        kind="number",
+        minimum=0,
+        help="strategy 'online': the least weight of every group (an exploration floor, at most 1 / groups).",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "mixing")
+        if not self.column:
+            raise ValueError("mixing.column='' is not allowed; allowed: the name of a dataset column.")
+        for key in ("online_fast_smoothing", "online_slow_smoothing"):
+            check_number(getattr(self, key), f"mixing.{key}", minimum=0, maximum=0.999999)
+        if self.online_fast_smoothing >= self.online_slow_smoothing:
+            raise ValueError(
+                f"mixing.online_fast_smoothing={self.online_fast_smoothing} must be below mixing.online_slow_smoothing="
+                f"{self.online_slow_smoothing} (the fast average follows the loss more closely than the slow one)."
+            )
+        if self.strategy == "fixed" and self.weights is None:
+            raise ValueError(
+                "mixing.strategy='fixed' needs mixing.weights (--mixing_weights '{\"group\": weight, ...}')."
+            )
+        if self.weights is not None:
+            if self.strategy != "fixed":
+                raise ValueError(
+                    f"mixing.weights is read only with mixing.strategy='fixed', but the strategy is "
+                    f"{self.strategy!r}; drop the weights or set the strategy to 'fixed'."
+                )
+            self.weights = _group_weights(self.weights)
+        if self.groups is not None:
+            if len(set(self.groups)) != len(self.groups):
+                raise ValueError(f"mixing.groups={self.groups} has duplicates; allowed: distinct group names.")
+            if self.weights is not None and set(self.weights) != set(self.groups):
+                check_groups(self.weights, self.groups, "mixing.weights")
+        groups = self.groups or (list(self.weights) if self.weights is not None else None)
+        if groups is not None and self.strategy == "online" and self.online_min_weight * len(groups) > 1:
+            raise ValueError(
+                f"mixing.online_min_weight={self.online_min_weight} x {len(groups)} groups exceeds 1; allowed: at most "
+                f"1 / {len(groups)} = {1 / len(groups):.4g}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MixingConfig:
+        return from_mapping(cls, copy.deepcopy(dict(expect_mapping(d, "mixing"))), "mixing")
+
+
+def _group_weights(weights: Mapping[Any, Any]) -> dict[str, float]:
+    """``mixing.weights`` checked: a non-empty mapping of group names to finite numbers >= 0, not all zero."""
+    weights = expect_mapping(weights, "mixing.weights")
+    if not weights:
+        raise ValueError("mixing.weights={} is empty; allowed: one weight (>= 0) per group, not all zero.")
+    out = {str(k): float(check_number(v, f"mixing.weights[{str(k)!r}]", minimum=0)) for k, v in weights.items()}
+    if not any(out.values()):
+        raise ValueError(f"mixing.weights={out} are all zero; allowed: weights >= 0 with at least one above 0.")
+    return out
+
+
+def check_groups(named: Mapping[str, Any], groups: list[str], field: str) -> None:
+    """Refuse a ``field`` mapping whose keys are not exactly ``groups``: unknown ones first, then missing ones."""
+    unknown = [g for g in named if g not in groups]
+    if unknown:
+        raise ValueError(
+            f"{field} names the group(s) {unknown}{did_you_mean(unknown[0], groups)}, which are not among the "
+            f"groups; allowed: {groups}."
+        )
+    missing = [g for g in groups if g not in named]
+    if missing:
+        raise ValueError(f"{field} has no weight for the group(s) {missing}; give one (0 leaves a group out).")
+
+
+@dataclass
+class BatchSizeWarmupConfig:
+    """Batch-size warmup with Megatron's ``--rampup-batch-size`` rule, on per-device batch sizes: the per-device
+    batch starts at ``start`` and grows by ``increment`` every ``samples / increments`` consumed (global) samples up to
+    ``per_device_train_batch_size`` (see :mod:`hf_data_efficiency.batching.warmup`)."""
+
+    start: int = setting(
+        kind="int", minimum=1, help="Per-device batch size of the first steps; turns batch-size warmup on."
+    )
+    increment: int = setting(kind="int", minimum=1, help="Per-device batch size added at each increment.")
+    samples: int = setting(
+        kind="int",
+        minimum=1,
+        help="Samples (all processes) over which the batch grows to per_device_train_batch_size; one increment "
+        "every samples / increments consumed samples.",
+    )
+    lr_scaling_method: str = setting(
+        "none",
+        kind="str",
+        choices=LR_SCALING_METHODS,
+        help="LR factor of each step from its batch relative to the full batch: linear, sqrt or none.",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "batch_size_warmup")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BatchSizeWarmupConfig:
+        return from_mapping(cls, d, "batch_size_warmup")
+
+
+@dataclass
 class LayerTokenLRConfig:
     """LR warmup/decay measured in consumed layer-tokens (DeepSpeed ``layer_token_lr_schedule``)."""
 
@@ -651,6 +804,8 @@ class DataEfficiencyConfig:
     random_ltd: RandomLTDConfig | None = None
     seed: int = DEFAULT_SEED
     dynamic_batching: DynamicBatchingConfig | None = None
+    mixing: MixingConfig | None = None
+    batch_size_warmup: BatchSizeWarmupConfig | None = None
 
     def __post_init__(self) -> None:
         self.seed = check_int(self.seed, "seed", minimum=0)
@@ -802,7 +957,14 @@ class DataEfficiencyConfig:
         return cls(curriculum=curriculum, random_ltd=random_ltd, seed=seed, dynamic_batching=dynamic_batching)
 
     def to_deepspeed(self) -> dict[str, Any]:
-        """The ``data_efficiency`` block DeepSpeed would read for this config."""
+        """The ``data_efficiency`` block DeepSpeed would read for this config (group mixing and batch-size warmup
+        have no DeepSpeed form: refused rather than dropped)."""
+        ours = [name for name in ("mixing", "batch_size_warmup") if getattr(self, name) is not None]
+        if ours:
+            raise ValueError(
+                f"{ours} have no DeepSpeed data_efficiency form; keep this config in our layout (to_dict, "
+                "save_pretrained) instead."
+            )
         sampling: dict[str, Any] = {"enabled": self.curriculum is not None or self.dynamic_batching is not None}
         if self.curriculum is not None:
             c = self.curriculum
@@ -828,6 +990,8 @@ _PARTS: dict[str, Any] = {
     "curriculum": CurriculumConfig,
     "random_ltd": RandomLTDConfig,
     "dynamic_batching": DynamicBatchingConfig,
+    "mixing": MixingConfig,
+    "batch_size_warmup": BatchSizeWarmupConfig,
 }
 
 

@@ -6,21 +6,27 @@ logic exists once:
 * **config** -- :meth:`DataEfficiencyConfig.load <hf_data_efficiency.DataEfficiencyConfig.load>` reads our config,
   a DeepSpeed one or a ``data_efficiency`` block;
 * **data** -- :meth:`~DataEfficiencyEngine.train_loader` decides the training data path once (map-style data or a
-  stream, fixed batches or a token budget) and returns one :class:`TrainLoader` description that the Trainer and a
-  plain loop both build their DataLoader from. Its parts: :meth:`~DataEfficiencyEngine.metric_dataset` finds every
-  sampling metric (a dataset column of its name, DeepSpeed index files, or computed);
-  :meth:`~DataEfficiencyEngine.build_sampler` builds the :class:`~hf_data_efficiency.CurriculumSampler`,
+  stream; fixed batches, a token budget or a batch-size warmup; with or without group mixing) and returns one
+  :class:`TrainLoader` description that the Trainer and a plain loop both build their DataLoader from. Its parts:
+  :meth:`~DataEfficiencyEngine.metric_dataset` finds every sampling metric (a dataset column of its name, DeepSpeed
+  index files, or computed); :meth:`~DataEfficiencyEngine.build_sampler` builds the per-step draw (the
+  :class:`~hf_data_efficiency.CurriculumSampler`, or group mixing's
+  :class:`~hf_data_efficiency.curriculum.mixing.GroupMixingSampler`),
   :meth:`~DataEfficiencyEngine.build_batch_sampler` the token-budget
-  :class:`~hf_data_efficiency.batching.sampler.TokenBudgetBatchSampler`, :meth:`~DataEfficiencyEngine.build_stream`
-  the streaming curriculum; :meth:`~DataEfficiencyEngine.loader_dataset` and
-  :meth:`~DataEfficiencyEngine.wrap_collator` carry each batch's ``seqlen_truncate``/``seqlen_reshape`` difficulty
+  :class:`~hf_data_efficiency.batching.sampler.TokenBudgetBatchSampler`,
+  :meth:`~DataEfficiencyEngine.build_warmup_sampler` the batch-size warmup's
+  :class:`~hf_data_efficiency.batching.warmup.WarmupBatchSampler`, :meth:`~DataEfficiencyEngine.build_stream` the
+  streaming curriculum; :meth:`~DataEfficiencyEngine.loader_dataset` and :meth:`~DataEfficiencyEngine.wrap_collator`
+  carry each batch's ``seqlen_truncate``/``seqlen_reshape`` difficulty (and, with online mixing, each sample's group)
   from the sampler to the collator;
 * **model** -- :meth:`~DataEfficiencyEngine.attach` patches random-LTD in place,
   :meth:`~DataEfficiencyEngine.begin_step` sets the kept length before each optimizer step;
 * **counters and logs** -- :meth:`~DataEfficiencyEngine.count_batch` per micro-batch,
   :meth:`~DataEfficiencyEngine.step_logs` (a collective call) per logged step;
-* **LR** -- :meth:`~DataEfficiencyEngine.layer_token_lr_scheduler`, and with dynamic batching the per-step factor
-  :meth:`~DataEfficiencyEngine.scaled_lr` applies on top of any scheduler;
+* **online mixing** -- :meth:`~DataEfficiencyEngine.pop_groups` and :meth:`~DataEfficiencyEngine.observe_losses` per
+  micro-batch, :meth:`~DataEfficiencyEngine.end_step` (a collective call) after every optimizer step;
+* **LR** -- :meth:`~DataEfficiencyEngine.layer_token_lr_scheduler`, and with dynamic batching or a batch-size warmup
+  the per-step factor :meth:`~DataEfficiencyEngine.scaled_lr` applies on top of any scheduler;
 * **state** -- one versioned JSON :meth:`~DataEfficiencyEngine.state_dict`, written atomically into checkpoints.
 
 A plain loop::
@@ -54,9 +60,21 @@ from .fileio import atomic_write_text
 logger = logging.get_logger(__name__)
 
 STATE_NAME = "data_efficiency_state.json"
-STATE_VERSION = 3
-_READABLE_VERSIONS = (2, STATE_VERSION)  # version 2 has no "dynamic_batching" section (it was refused then)
-_STATE_KEYS = ("version", "global_step", "config", "counters", "sampler", "random_ltd", "dynamic_batching")
+STATE_VERSION = 4
+#: version 2 has no "dynamic_batching" section (it was refused then), version 3 no "mixing" or "batch_size_warmup"
+_READABLE_VERSIONS = (2, 3, STATE_VERSION)
+_STATE_KEYS = (
+    "version",
+    "global_step",
+    "config",
+    "counters",
+    "sampler",
+    "random_ltd",
+    "dynamic_batching",
+    "mixing",
+    "batch_size_warmup",
+)
+_KEYS_OF_VERSION = {2: _STATE_KEYS[:6], 3: _STATE_KEYS[:7], STATE_VERSION: _STATE_KEYS}
 _COUNTERS = ("consumed_samples", "tokens", "layer_tokens")
 _INT64_MAX = 2**63 - 1
 #: ``--lr_scheduler_type`` values that have a layer-token version, and the decay they map to.
@@ -90,6 +108,15 @@ def declare_causal_lm_loss(model: Any) -> bool:
         "normalised over the real, shifted label tokens of each optimizer step."
     )
     return True
+
+
+def is_causal_lm(model: Any) -> bool:
+    """Whether ``model`` (or the module it wraps) is a transformers causal LM, whose loss shifts the labels."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)  # torch.compile
+    return type(inner).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
 
 def add_metric_columns(
@@ -168,6 +195,8 @@ class TrainLoader:
     per_process: bool = False
     micro_batches: bool = False
     lr_factor: Callable[[int], float] | None = None
+    #: online mixing: ``(mixing.online_delay, gradient_accumulation_steps)``, checked against the loader's lookahead
+    online_delay: tuple[int, int] | None = None
 
     def collate_fn(self, collator: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
         """``collator`` (already wrapped by :meth:`DataEfficiencyEngine.wrap_collator`) as this loader calls it."""
@@ -193,6 +222,17 @@ class TrainLoader:
                 f"dataloader_num_workers={num_workers}: a streaming curriculum reads its stream in the training "
                 "process, which checkpoints its state and agrees with the other processes on the end; allowed: 0."
             )
+        if self.online_delay is not None:
+            delay, accumulation = self.online_delay
+            ahead = num_workers * (kwargs.get("prefetch_factor") or 2) if num_workers else 0
+            needed = 2 + ahead // accumulation
+            if delay < needed:
+                raise ValueError(
+                    f"mixing.online_delay={delay} is too short for this DataLoader: with dataloader_num_workers="
+                    f"{num_workers} (prefetch {ahead} micro-batches) and gradient_accumulation_steps={accumulation}, a "
+                    f"step is drawn before the losses of step k - {needed - 1} are known; allowed: online_delay >= "
+                    f"{needed}, or fewer workers."
+                )
         params: dict[str, Any] = {"collate_fn": self.collate_fn(collator), "num_workers": num_workers, **kwargs}
         if self.batch_sampler is not None:
             params["batch_sampler"] = self.batch_sampler
@@ -248,10 +288,14 @@ class DataEfficiencyEngine:
         #: dynamic batching budgets the sum of lengths (a collator that packs rows) instead of the padded count
         self.packed = False
         self.random_ltd_handle: Any = None
+        #: group mixing's :class:`~hf_data_efficiency.curriculum.mixing.GroupMixer` (built with the data path)
+        self.mixer: Any = None
+        self._group_losses: torch.Tensor | None = None
         self._metric_cache: tuple[Any, Any, list[str]] | None = None
         self._totals = dict.fromkeys(_COUNTERS, 0)
         self._local = {"samples": 0, "tokens": 0}
         self._layer_token_mark = 0
+        self._check_combinations()
 
     # ----- geometry ---------------------------------------------------------------------------------------
     @property
@@ -262,16 +306,60 @@ class DataEfficiencyEngine:
     def global_batch_size(self) -> int:
         return self.batch_size * self.world_size * self.gradient_accumulation_steps
 
+    @property
+    def uses_data_path(self) -> bool:
+        """Whether the engine builds the training loader (curriculum, token budget, mixing or batch-size warmup)."""
+        cfg = self.config
+        return any(
+            part is not None for part in (cfg.curriculum, cfg.dynamic_batching, cfg.mixing, cfg.batch_size_warmup)
+        )
+
+    @property
+    def online_mixing(self) -> bool:
+        return self.config.mixing is not None and self.config.mixing.strategy == "online"
+
+    def warmup(self) -> Any:
+        """The :class:`~hf_data_efficiency.batching.warmup.BatchSizeWarmup` for the current batch size (``None``
+        without one); its checks name the bad setting."""
+        if self.config.batch_size_warmup is None:
+            return None
+        from .batching.warmup import BatchSizeWarmup
+
+        return BatchSizeWarmup(self.config.batch_size_warmup, self.batch_size)
+
+    def _check_combinations(self) -> None:
+        """Refuse settings that cannot be combined, naming them (checked once the batch size is known)."""
+        cfg = self.config
+        self.warmup()
+        warmup, budget = cfg.batch_size_warmup, cfg.dynamic_batching
+        if warmup is not None and budget is not None and warmup.lr_scaling_method != "none":
+            raise ValueError(
+                f"batch_size_warmup.lr_scaling_method={warmup.lr_scaling_method!r} cannot be combined with dynamic "
+                "batching, whose LR already follows each step's samples (dynamic_batching.lr_scaling_method); "
+                "allowed with dynamic batching: 'none'."
+            )
+
     # ----- data ---------------------------------------------------------------------------------------------
     def check_dataset(self, dataset: Any) -> None:
         """Refuse a training dataset the curriculum cannot sample from (``None`` passes: checked at training).
         A stream (``IterableDataset``) gets the streaming curriculum (:meth:`build_stream`)."""
         import datasets
 
-        if dataset is None or (self.config.curriculum is None and self.config.dynamic_batching is None):
+        cfg = self.config
+        if dataset is None or not self.uses_data_path:
             return
         if is_stream(dataset):
-            if self.config.dynamic_batching is None or self.config.curriculum is not None:
+            if cfg.batch_size_warmup is not None:
+                raise ValueError(
+                    f"train_dataset: batch-size warmup needs map-style data (a datasets.Dataset), got a stream "
+                    f"({type(dataset).__name__}); materialise it, or drop batch_size_warmup."
+                )
+            if cfg.mixing is not None and cfg.mixing.strategy == "natural":
+                raise ValueError(
+                    "mixing.strategy='natural' needs the group sizes, which a stream does not know; allowed with a "
+                    "stream: stratified, fixed, online."
+                )
+            if cfg.dynamic_batching is None or cfg.curriculum is not None or cfg.mixing is not None:
                 return
             raise ValueError(
                 f"train_dataset: dynamic batching over a stream ({type(dataset).__name__}) runs inside the streaming "
@@ -285,6 +373,18 @@ class DataEfficiencyEngine:
                 f"IterableDataset (streaming), got {type(dataset).__name__}; convert it with "
                 "datasets.Dataset.from_list / from_dict."
             )
+        if cfg.mixing is not None:
+            if not isinstance(dataset, datasets.Dataset):
+                raise ValueError(
+                    f"train_dataset: group mixing needs a datasets.Dataset with the group column, or an "
+                    f"IterableDataset (streaming), got {type(dataset).__name__}; convert it with "
+                    "datasets.Dataset.from_list / from_dict."
+                )
+            if cfg.mixing.column not in dataset.column_names:
+                raise ValueError(
+                    f"mixing.column={cfg.mixing.column!r} is not a column of the training dataset; allowed: one of "
+                    f"{dataset.column_names}."
+                )
 
     def metric_dataset(self, dataset: Any, *, main_process_first: Callable[..., Any] | None = None) -> Any:
         """``dataset`` with a column for every sampling metric (see :func:`add_metric_columns`). ``main_process_first``
@@ -307,32 +407,65 @@ class DataEfficiencyEngine:
         return result
 
     def build_sampler(self, dataset: Any) -> Any:
-        """Build the :class:`CurriculumSampler` over ``dataset``'s metric columns (see :meth:`metric_dataset`) as
-        :attr:`sampler`, and return what the DataLoader draws from: that stream, each index tagged with its step's max
-        tokens under a sequence-length transform (and, with seeded collation, its stream position) for
-        :meth:`loader_dataset` and :meth:`wrap_collator`."""
-        from .curriculum.sampler import CurriculumSampler
+        """Build the per-step draw of fixed batches as :attr:`sampler` (the :class:`CurriculumSampler` over
+        ``dataset``'s metric columns, see :meth:`metric_dataset`; with group mixing the
+        :class:`~hf_data_efficiency.curriculum.mixing.GroupMixingSampler`), and return what the DataLoader draws from:
+        that stream, each index tagged with its step's max tokens under a sequence-length transform (with online
+        mixing, its group; with seeded collation, its stream position) for :meth:`loader_dataset` and
+        :meth:`wrap_collator`."""
         from .curriculum.transforms import PositionTaggedSampler
 
-        self.sampler = CurriculumSampler(
-            self.metric_dataset(dataset),
-            self.config.curriculum,
-            batch_size=self.batch_size,
-            world_size=self.world_size,
-            gradient_accumulation_steps=self.gradient_accumulation_steps,
-            return_max_tokens=self.config.curriculum.transform is not None,
+        transform = self.config.curriculum.transform if self.config.curriculum is not None else None
+        self.sampler = self._draw(
+            dataset, self.batch_size, self.world_size, self.gradient_accumulation_steps, transform is not None
         )
         return PositionTaggedSampler(self.sampler) if self.seeded_collation else self.sampler
+
+    def _draw(self, dataset: Any, batch_size: int, world_size: int, accumulation: int, max_tokens: bool) -> Any:
+        """The per-step draw of ``batch_size * world_size * accumulation`` samples: group mixing (with the
+        curriculum's eligibility within the groups) or the curriculum; ``None`` with neither."""
+        cfg = self.config
+        if cfg.mixing is None:
+            if cfg.curriculum is None:
+                return None
+            from .curriculum.sampler import CurriculumSampler
+
+            return CurriculumSampler(
+                self.metric_dataset(dataset),
+                cfg.curriculum,
+                batch_size=batch_size,
+                world_size=world_size,
+                gradient_accumulation_steps=accumulation,
+                return_max_tokens=max_tokens,
+            )
+        from .curriculum.mixing import GroupMixer, GroupMixingSampler, group_names
+        from .curriculum.sampler import dataset_column
+
+        self.check_dataset(dataset)
+        groups, ids = group_names(dataset_column(dataset, cfg.mixing.column), cfg.mixing.column)
+        self.mixer = GroupMixer(cfg.mixing, groups, seed=cfg.seed)
+        measured = self.metric_dataset(dataset) if cfg.curriculum is not None else None
+        return GroupMixingSampler(
+            ids,
+            self.mixer,
+            batch_size,
+            world_size,
+            accumulation,
+            curriculum=cfg.curriculum,
+            metric_values=measured,
+            return_max_tokens=max_tokens,
+            tag_groups=self.online_mixing,
+        )
 
     def build_batch_sampler(self, dataset: Any, lengths: Sequence[int] | None = None) -> Any:
         """Build the token-budget batch sampler over ``dataset`` as :attr:`batch_sampler` (and, with a curriculum, its
         per-step draw as :attr:`sampler`) and return it: a DataLoader ``batch_sampler`` for :meth:`loader_dataset`.
 
         ``lengths`` default to a ``seqlen`` column, else DeepSpeed's seqlen files under ``metrics_path``, else the
-        ``input_ids`` lengths. The LR reference batch is :attr:`global_batch_size`."""
+        ``input_ids`` lengths. The LR reference batch is :attr:`global_batch_size`. The per-step draw is group
+        mixing's or the curriculum's; a batch-size warmup ramps the budget."""
         from .batching.lengths import lengths_from_metrics_path, sample_lengths
         from .batching.sampler import TokenBudgetBatchSampler
-        from .curriculum.sampler import CurriculumSampler
 
         cfg = self.config.dynamic_batching
         if cfg is None:
@@ -348,15 +481,15 @@ class DataEfficiencyEngine:
                 )
         lengths = sample_lengths(dataset) if lengths is None else lengths
         curriculum = None
-        if self.config.curriculum is not None:
-            transform = self.config.curriculum.transform
+        if self.config.curriculum is not None or self.config.mixing is not None:
+            transform = self.config.curriculum.transform if self.config.curriculum is not None else None
             draw = TokenBudgetBatchSampler.required_draw_size(
                 lengths,
                 cfg,
                 self.world_size * self.gradient_accumulation_steps,
                 transform_min=transform.min_difficulty if transform is not None else None,
             )
-            curriculum = CurriculumSampler(dataset, self.config.curriculum, batch_size=draw)
+            curriculum = self._draw(dataset, draw, 1, 1, False)
         self.batch_sampler = TokenBudgetBatchSampler(
             lengths,
             cfg,
@@ -367,8 +500,31 @@ class DataEfficiencyEngine:
             curriculum_sampler=curriculum,
             packed=self.packed,
             tag_positions=self.seeded_collation,
+            warmup=self.warmup(),
         )
         self.sampler = curriculum
+        return self.batch_sampler
+
+    def build_warmup_sampler(self, dataset: Any) -> Any:
+        """Build the batch-size warmup's fixed-size batch sampler over ``dataset`` as :attr:`batch_sampler` (its
+        per-step draw, group mixing's or the curriculum's at the full batch, as :attr:`sampler`) and return it: a
+        DataLoader ``batch_sampler`` for :meth:`loader_dataset`."""
+        from .batching.warmup import WarmupBatchSampler
+
+        if self.config.batch_size_warmup is None:
+            raise ValueError("build_warmup_sampler needs batch-size warmup on (batch_size_warmup).")
+        self.check_dataset(dataset)
+        draw = self._draw(dataset, self.batch_size, self.world_size, self.gradient_accumulation_steps, False)
+        self.batch_sampler = WarmupBatchSampler(
+            len(dataset),
+            self.warmup(),
+            world_size=self.world_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            seed=self.config.seed,
+            draw=draw,
+            tag_positions=self.seeded_collation,
+        )
+        self.sampler = draw
         return self.batch_sampler
 
     def build_stream(self, dataset: Any, *, rank: int = 0, device: Any = None) -> Any:
@@ -379,20 +535,32 @@ class DataEfficiencyEngine:
 
         With dynamic batching its steps are formed by a
         :class:`~hf_data_efficiency.batching.stream.StreamTokenBudget` (also :attr:`batch_sampler`: the per-step LR
-        factor and logs), and it yields whole micro-batches; the LR reference batch is :attr:`global_batch_size`."""
+        factor and logs), and it yields whole micro-batches; the LR reference batch is :attr:`global_batch_size`. With
+        group mixing the stream takes each step's buffered samples in the order of the mixer's draw (the groups come
+        from ``mixing.groups`` or the weights)."""
         from .curriculum.streaming import StreamingCurriculum
 
+        cfg = self.config
         self.check_dataset(dataset)
         selection = None
-        if self.config.dynamic_batching is not None:
+        if cfg.dynamic_batching is not None:
             from .batching.stream import StreamTokenBudget
 
-            selection = StreamTokenBudget(
-                self.config.dynamic_batching, transform=self.config.curriculum.transform, packed=self.packed
-            )
+            transform = cfg.curriculum.transform if cfg.curriculum is not None else None
+            selection = StreamTokenBudget(cfg.dynamic_batching, transform=transform, packed=self.packed)
+        if cfg.mixing is not None:
+            from .curriculum.mixing import GroupMixer
+
+            groups = cfg.mixing.groups or (list(cfg.mixing.weights) if cfg.mixing.weights is not None else None)
+            if groups is None:
+                raise ValueError(
+                    f"mixing.strategy={cfg.mixing.strategy!r} over a stream needs the group names up front (a stream "
+                    "has no index to read them from); set mixing.groups (--mixing_groups a b ...)."
+                )
+            self.mixer = GroupMixer(cfg.mixing, groups, seed=cfg.seed)
         self.sampler = StreamingCurriculum(
             dataset,
-            self.config.curriculum,
+            cfg.curriculum,
             batch_size=self.batch_size,
             world_size=self.world_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps,
@@ -401,6 +569,9 @@ class DataEfficiencyEngine:
             device=device,
             tag_positions=self.seeded_collation,
             selection=selection,
+            mixer=self.mixer,
+            mixing_column=cfg.mixing.column if cfg.mixing is not None else None,
+            tag_groups=self.online_mixing,
         )
         self.batch_sampler = selection
         return self.sampler
@@ -414,18 +585,22 @@ class DataEfficiencyEngine:
         main_process_first: Callable[..., Any] | None = None,
         prune: Callable[[Any], Any] | None = None,
     ) -> TrainLoader:
-        """The training data path, decided here once: map-style data or a stream (``IterableDataset``), fixed batches
-        or a token budget (``dynamic_batching``). Needs curriculum learning or dynamic batching on.
+        """The training data path, decided here once: map-style data or a stream (``IterableDataset``); fixed batches,
+        a token budget (``dynamic_batching``) or a batch-size warmup; group mixing or the curriculum as the per-step
+        draw. Needs one of curriculum learning, dynamic batching, group mixing or batch-size warmup on.
 
         ``rank``/``device``: this process and its process-group device (a stream's shard and end agreement);
         ``main_process_first``: see :meth:`metric_dataset`; ``prune``: applied to map-style data before it is wrapped
         for the DataLoader (the Trainer's ``remove_unused_columns``; the metric columns are read before)."""
-        if self.config.curriculum is None and self.config.dynamic_batching is None:
+        if not self.uses_data_path:
             raise ValueError(
-                "train_loader needs curriculum learning or dynamic batching on; without them, build a plain DataLoader."
+                "train_loader needs curriculum learning, dynamic batching, group mixing or batch-size warmup on; "
+                "without them, build a plain DataLoader."
             )
         self.check_dataset(dataset)
+        self._check_combinations()
         budget = self.config.dynamic_batching is not None
+        online = (self.config.mixing.online_delay, self.gradient_accumulation_steps) if self.online_mixing else None
         if is_stream(dataset):
             stream = self.build_stream(dataset, rank=rank, device=device)
             if budget:
@@ -436,16 +611,20 @@ class DataEfficiencyEngine:
                 per_process=True,
                 micro_batches=budget,
                 lr_factor=self.batch_sampler.lr_factor if budget else None,
+                online_delay=online,
             )
         measured = dataset
         if self.config.curriculum is not None:  # the builders below read the metric columns from this cache
             measured = self.metric_dataset(dataset, main_process_first=main_process_first)
         data = self.loader_dataset(prune(measured) if prune is not None else measured)
-        if budget:
-            batch_sampler = self.build_batch_sampler(dataset)
-            self._log_lr_reference(batch_sampler)
-            return TrainLoader(data, batch_sampler=batch_sampler, lr_factor=batch_sampler.lr_factor)
-        return TrainLoader(data, batch_size=self.batch_size, sampler=self.build_sampler(dataset))
+        if budget or self.config.batch_size_warmup is not None:
+            batch_sampler = self.build_batch_sampler(dataset) if budget else self.build_warmup_sampler(dataset)
+            if budget:
+                self._log_lr_reference(batch_sampler)
+            return TrainLoader(
+                data, batch_sampler=batch_sampler, lr_factor=batch_sampler.lr_factor, online_delay=online
+            )
+        return TrainLoader(data, batch_size=self.batch_size, sampler=self.build_sampler(dataset), online_delay=online)
 
     def _log_lr_reference(self, batch_sampler: Any) -> None:
         """Log what the dynamic-batching LR factors are relative to, and their range over the first steps (a map-style
@@ -465,7 +644,7 @@ class DataEfficiencyEngine:
             f"dynamic batching{packed}: lr_scaling_method={cfg.lr_scaling_method!r} scales each step's LR by its "
             f"samples relative to the reference batch, {reference}"
         )
-        if batch_sampler is None:
+        if batch_sampler is None or self.online_mixing:  # steps formed as the stream is read, or online draws
             logger.info(f"{text}; each step's factor is logged as dynamic_batching/lr_factor.")
             return
         steps = min(batch_sampler.steps_per_epoch, 32)
@@ -489,7 +668,7 @@ class DataEfficiencyEngine:
         leftover = [c for c in added if c in getattr(dataset, "column_names", ())]
         if leftover:  # columns we added ourselves never reach the collator
             dataset = dataset.remove_columns(leftover)
-        if self.config.curriculum is not None or self.config.dynamic_batching is not None:
+        if self.uses_data_path:
             return CurriculumDataset(dataset)
         return CurriculumDataset(dataset, tag_index=True) if self.seeded_collation else dataset
 
@@ -498,8 +677,10 @@ class DataEfficiencyEngine:
         on); untagged features (evaluation) are collated unchanged."""
         from transformers import default_data_collator
 
-        from .curriculum.transforms import SeededCollation, SeqlenTransform
+        from .curriculum.transforms import GroupTags, SeededCollation, SeqlenTransform
 
+        if self.online_mixing:  # innermost: seqlen_reshape then repeats each row's group with its pieces
+            collator = GroupTags(collator or default_data_collator)
         transform = self.config.curriculum.transform if self.config.curriculum is not None else None
         mode = transform.name if transform is not None else None
         db = self.config.dynamic_batching
@@ -597,8 +778,14 @@ class DataEfficiencyEngine:
         if hasattr(self.sampler, "stream_logs"):
             out.update(self._stream_logs(global_step, reduce, device))
         if self.batch_sampler is not None and global_step >= 1:
-            for key, value in self.batch_sampler.step_stats(global_step).items():
-                out[f"dynamic_batching/{key}"] = value
+            out.update(self.batch_sampler.step_logs(global_step))
+        if self.mixer is not None and global_step >= 1:
+            from .curriculum.mixing import GroupMixingSampler
+
+            sampler = self.sampler
+            out.update(
+                sampler.logs(global_step) if isinstance(sampler, GroupMixingSampler) else self.mixer.logs(global_step)
+            )
         out["data_efficiency/consumed_samples"] = self.consumed_samples(global_step)
         if handle is not None and handle.num_layers:
             out["data_efficiency/layer_tokens"] = self._totals["layer_tokens"]
@@ -617,9 +804,51 @@ class DataEfficiencyEngine:
             values = reduce(values.to(device) if device is not None else values).cpu()
         return dict(zip(logs, (int(v) for v in values.tolist())))
 
+    # ----- online mixing --------------------------------------------------------------------------------------
+    def pop_groups(self, inputs: Any) -> torch.Tensor | None:
+        """Remove the group tags the collator put into a training micro-batch (online mixing) and return them
+        (``None`` when there are none, e.g. evaluation). Call it before the forward: the model takes no such input."""
+        from .curriculum.transforms import GROUP_KEY
+
+        if not isinstance(inputs, Mapping) or GROUP_KEY not in inputs:
+            return None
+        return inputs.pop(GROUP_KEY)
+
+    def observe_losses(
+        self, groups: torch.Tensor | None, logits: torch.Tensor, labels: torch.Tensor, *, causal: bool
+    ) -> None:
+        """Add one micro-batch's per-group token losses (``logits``/``labels`` of its forward; ``causal``: a causal
+        LM, whose labels are shifted) to this process's sums for the current step. A no-op without group tags."""
+        if groups is None or not self.online_mixing:
+            return
+        from .curriculum.mixing import group_loss_sums
+
+        sums = group_loss_sums(groups, logits, labels, self.mixer.num_groups, causal=causal)
+        self._group_losses = (
+            sums if self._group_losses is None else self._group_losses + sums.to(self._group_losses.device)
+        )
+
+    def end_step(
+        self, global_step: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, device: Any = None
+    ) -> None:
+        """After optimizer step ``global_step``: sum the step's per-group losses over the processes (one reduction,
+        ``reduce`` = ``accelerator.reduce``; a collective call with several processes) and update the online
+        mixing weights. A no-op for other strategies."""
+        if not self.online_mixing or self.mixer is None:
+            return
+        sums = self._group_losses
+        if sums is None:
+            sums = torch.zeros(2, self.mixer.num_groups, dtype=torch.float64, device=device)
+        self._group_losses = None
+        if reduce is not None and self.world_size > 1:
+            sums = reduce(sums.to(device) if device is not None else sums)
+        loss_sums, token_counts = sums.cpu().tolist()
+        self.mixer.observe(global_step, loss_sums, token_counts)
+
     # ----- LR schedule ----------------------------------------------------------------------------------------
     def lr_factor(self, global_step: int) -> float:
-        """The dynamic-batching LR factor of optimizer step ``global_step + 1`` (1.0 without dynamic batching)."""
+        """The LR factor of optimizer step ``global_step + 1`` from dynamic batching or a batch-size warmup (1.0
+        without them)."""
         if self.batch_sampler is None:
             return 1.0
         return self.batch_sampler.lr_factor(int(global_step) + 1)
@@ -693,9 +922,21 @@ class DataEfficiencyEngine:
             ),
             "random_ltd": handle.state_dict() if handle is not None else None,
             "dynamic_batching": (
-                self.batch_sampler.state_dict(position=global_step) if self.batch_sampler is not None else None
+                self.batch_sampler.state_dict(position=global_step)
+                if self.config.dynamic_batching is not None
+                else None
+            ),
+            "mixing": self.mixer.state_dict() if self.mixer is not None else None,
+            "batch_size_warmup": (
+                self.batch_sampler.state_dict(position=global_step) if self._warmup_section else None
             ),
         }
+
+    @property
+    def _warmup_section(self) -> bool:
+        """Whether the batch sampler's state is the ``batch_size_warmup`` section (a warmup without a token budget;
+        with one, the ramp is part of the ``dynamic_batching`` section)."""
+        return self.config.batch_size_warmup is not None and self.config.dynamic_batching is None
 
     def save_state(self, folder: str | os.PathLike, global_step: int, state: dict[str, Any] | None = None) -> str:
         """Write ``state`` (default: :meth:`state_dict`) atomically as ``folder/data_efficiency_state.json``; returns
@@ -745,16 +986,22 @@ class DataEfficiencyEngine:
             raise ValueError(
                 f"state.version={state.get('version')!r} is not supported; allowed: {list(_READABLE_VERSIONS)}."
             )
-        keys = _STATE_KEYS if state["version"] == STATE_VERSION else _STATE_KEYS[:-1]
+        keys = _KEYS_OF_VERSION[state["version"]]
         check_keys(state, keys, "state", required=keys)
         check_state_int(state["global_step"], "state.global_step", 0, _INT64_MAX)
         counters = expect_mapping(state["counters"], "state.counters")
         check_keys(counters, _COUNTERS, "state.counters", required=_COUNTERS)
         for key in _COUNTERS:  # written as ints; summed as int64 over the processes
             check_state_int(counters[key], f"state.counters.{key}", 0, _INT64_MAX)
-        parts = [("sampler", self.config.curriculum), ("random_ltd", self.config.random_ltd)]
-        if state["version"] == STATE_VERSION:
-            parts.append(("dynamic_batching", self.config.dynamic_batching))
+        cfg = self.config
+        parts = [("sampler", cfg.curriculum or cfg.mixing), ("random_ltd", cfg.random_ltd)]
+        if state["version"] >= 3:
+            parts.append(("dynamic_batching", cfg.dynamic_batching))
+        if state["version"] >= 4:
+            parts += [
+                ("mixing", cfg.mixing),
+                ("batch_size_warmup", cfg.batch_size_warmup if self._warmup_section else None),
+            ]
         for key, part in parts:
             if (state[key] is None) != (part is None):
                 wanted = "an object (this run has it on)" if part is not None else "null (this run has it off)"
@@ -771,6 +1018,7 @@ class DataEfficiencyEngine:
         """Start the counters of a fresh run."""
         self._totals = dict.fromkeys(_COUNTERS, 0)
         self._local = {"samples": 0, "tokens": 0}
+        self._group_losses = None
         handle = self.random_ltd_handle
         self._layer_token_mark = handle.actual_layer_tokens if handle is not None else 0
 
@@ -786,13 +1034,19 @@ class DataEfficiencyEngine:
         # engine as it was
         try:
             self._check_state(state)
+            section = "batch_size_warmup" if self._warmup_section else "dynamic_batching"
             if self.batch_sampler is not None:
-                position = self.batch_sampler.check_state(state["dynamic_batching"], "dynamic_batching")
+                position = self.batch_sampler.check_state(state[section], section)
                 if position != state["global_step"]:
                     raise ValueError(
-                        f"dynamic_batching.position={position} disagrees with global_step={state['global_step']} "
+                        f"{section}.position={position} disagrees with global_step={state['global_step']} "
                         "(the position counts optimizer steps)."
                     )
+            if self.mixer is not None and self.online_mixing and state["mixing"]["last_step"] != state["global_step"]:
+                raise ValueError(
+                    f"mixing.last_step={state['mixing']['last_step']!r} disagrees with global_step="
+                    f"{state['global_step']} (online weights are saved after every step's losses)."
+                )
             if self.sampler is not None:
                 self.sampler.load_state_dict(state["sampler"])  # checks seed, data, batch geometry, fingerprint
                 expected = state["global_step"] * self.sampler.global_batch_size
@@ -801,11 +1055,13 @@ class DataEfficiencyEngine:
                         f"sampler.position={state['sampler']['position']!r} disagrees with global_step="
                         f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}."
                     )
+            if self.mixer is not None:
+                self.mixer.load_state_dict(state["mixing"])
             handle = self.random_ltd_handle
             if handle is not None:
                 handle.load_state_dict(state["random_ltd"])
             if self.batch_sampler is not None:
-                self.batch_sampler.load_state_dict(state["dynamic_batching"])
+                self.batch_sampler.load_state_dict(state[section])
             self.reset()
             self._totals.update({key: int(state["counters"][key]) for key in _COUNTERS})
         except (KeyError, TypeError, ValueError) as e:

@@ -10,6 +10,9 @@ With no data-efficiency option it is exactly ``Trainer`` (every override delegat
   applied to the exact batch of its step inside the collate function (DataLoader workers and prefetching are
   fine), before the Trainer counts ``num_items_in_batch``.
 * **Model.** Random-LTD patches the model's layers in place; the kept length is set at ``on_step_begin``.
+* **Group mixing and batch-size warmup.** The engine's data path draws each step group by group and sizes it by the
+  ramp. Online mixing takes each micro-batch's per-sample losses from ``compute_loss`` (the group of each row travels
+  with it through the collator) and updates the weights at ``on_step_end``, one reduction per step.
 * **Logs.** ``curriculum/difficulty_<metric>``, ``random_ltd/kept_length``, ``data_efficiency/consumed_samples``,
   ``data_efficiency/effective_tokens`` (and ``data_efficiency/layer_tokens`` with random-LTD) are added to the
   Trainer's own training logs, so they reach every reporting integration.
@@ -39,7 +42,7 @@ from ._validation import read_json
 from .callbacks import DataEfficiencyCallback
 from .checkpoints import TRAINER_STATE_NAME, checkpoint_problems, incomplete_message, resolve_resume_checkpoint
 from .config import DataEfficiencyConfig
-from .engine import STATE_NAME, DataEfficiencyEngine, ResumeError, declare_causal_lm_loss, is_stream
+from .engine import STATE_NAME, DataEfficiencyEngine, ResumeError, declare_causal_lm_loss, is_causal_lm, is_stream
 from .training_args import DataEfficiencyTrainingArguments, deepspeed_config_of
 
 logger = logging.get_logger(__name__)
@@ -98,6 +101,11 @@ class _EngineHooks(DataEfficiencyCallback):
     def on_optimizer_step(self, args, state, control, **kwargs) -> None:
         self._trainer._end_scaled_lr()
 
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        # online mixing: the step's per-group losses, summed over the processes, update the weights
+        trainer = self._trainer
+        trainer.engine.end_step(state.global_step, trainer.accelerator.reduce, args.device)
+
 
 class DataEfficiencyTrainer(Trainer):
     """``transformers.Trainer`` with curriculum learning and random-LTD; same constructor.
@@ -139,21 +147,22 @@ class DataEfficiencyTrainer(Trainer):
         if not cfg.enabled:
             return
         self.engine.pad_token_id = getattr(self.processing_class, "pad_token_id", None)
-        if cfg.curriculum is not None:
+        if cfg.curriculum is not None or cfg.mixing is not None:
             self.engine.check_dataset(self.train_dataset)
             if self.args.train_sampling_strategy != "random":
+                what = "curriculum learning" if cfg.curriculum is not None else "group mixing"
                 raise ValueError(
-                    f"train_sampling_strategy={self.args.train_sampling_strategy!r} cannot be combined with curriculum "
-                    "learning, whose sampler decides the training order; use the default 'random'."
+                    f"train_sampling_strategy={self.args.train_sampling_strategy!r} cannot be combined with {what}, "
+                    "whose sampler decides the training order; use the default 'random'."
                 )
-            if cfg.curriculum.num_workers or cfg.curriculum.pin_memory:
+            if cfg.curriculum is not None and (cfg.curriculum.num_workers or cfg.curriculum.pin_memory):
                 logger.warning(
                     f"data_sampling.num_workers={cfg.curriculum.num_workers} and pin_memory="
                     f"{cfg.curriculum.pin_memory} configure DeepSpeed's own DataLoader; the Trainer's DataLoader uses "
                     f"--dataloader_num_workers={self.args.dataloader_num_workers} and --dataloader_pin_memory="
                     f"{self.args.dataloader_pin_memory} instead."
                 )
-        if cfg.dynamic_batching is not None:
+        if cfg.dynamic_batching is not None or cfg.batch_size_warmup is not None:
             self._check_dynamic_batching()
         # the outermost collator, so the tags reach it; batches without tags (evaluation) pass unchanged
         self.data_collator = self.engine.wrap_collator(self.data_collator)
@@ -186,10 +195,13 @@ class DataEfficiencyTrainer(Trainer):
 
     # ----- dynamic batching -----------------------------------------------------------------------------------
     def _check_dynamic_batching(self) -> None:
-        """Refuse the Trainer options dynamic batching cannot honour; it decides every micro-batch's size."""
+        """Refuse the Trainer options dynamic batching and batch-size warmup cannot honour; their batch sampler decides
+        every micro-batch's size."""
         from transformers import DataCollatorWithFlattening
 
         args = self.args
+        cfg = self.engine.config
+        what = "dynamic batching" if cfg.dynamic_batching is not None else "batch-size warmup"
         self.engine.check_dataset(self.train_dataset)
         acc = args.accelerator_config
         refused = [
@@ -206,13 +218,14 @@ class DataEfficiencyTrainer(Trainer):
         for name, value, bad, allowed in refused:
             if bad:
                 raise ValueError(
-                    f"{name}={value!r} cannot be combined with dynamic batching, whose batch sampler decides every "
+                    f"{name}={value!r} cannot be combined with {what}, whose batch sampler decides every "
                     f"micro-batch; allowed: {allowed}."
                 )
-        if self.is_deepspeed_enabled and self.engine.config.dynamic_batching.lr_scaling_method != "none":
+        section = cfg.dynamic_batching if cfg.dynamic_batching is not None else cfg.batch_size_warmup
+        if self.is_deepspeed_enabled and section.lr_scaling_method != "none":
+            key = "dynamic_batching" if cfg.dynamic_batching is not None else "batch_size_warmup"
             raise ValueError(
-                "dynamic_batching.lr_scaling_method="
-                f"{self.engine.config.dynamic_batching.lr_scaling_method!r} cannot be applied under DeepSpeed, whose "
+                f"{key}.lr_scaling_method={section.lr_scaling_method!r} cannot be applied under DeepSpeed, whose "
                 "engine steps the optimizer inside backward; allowed with DeepSpeed: 'none'."
             )
         self.engine.packed = isinstance(self.data_collator, DataCollatorWithFlattening)
@@ -229,8 +242,7 @@ class DataEfficiencyTrainer(Trainer):
 
     # ----- data --------------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
-        cfg = self.engine.config
-        if cfg.curriculum is None and cfg.dynamic_batching is None:
+        if not self.engine.uses_data_path:
             return super().get_train_dataloader()
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
@@ -282,12 +294,12 @@ class DataEfficiencyTrainer(Trainer):
 
     def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
         collator = super()._get_collator_with_removed_columns(data_collator, description=description)
-        if description == "Training" and is_stream(self.train_dataset) and self.engine.config.curriculum is not None:
+        if description == "Training" and is_stream(self.train_dataset) and self.engine.uses_data_path:
             # the stream's per-sample tags must reach the engine's collator wrappers inside
-            from .curriculum.transforms import MAX_TOKENS_KEY, POSITION_KEY
+            from .curriculum.transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
 
             if hasattr(collator, "signature_columns"):
-                collator.signature_columns = [*collator.signature_columns, MAX_TOKENS_KEY, POSITION_KEY]
+                collator.signature_columns = [*collator.signature_columns, MAX_TOKENS_KEY, POSITION_KEY, GROUP_KEY]
         return collator
 
     def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
@@ -337,6 +349,27 @@ class DataEfficiencyTrainer(Trainer):
         if self.engine.enabled:
             self.engine.count_batch(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        groups = self.engine.pop_groups(inputs) if self.engine.online_mixing else None
+        if groups is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.get("labels")
+        if labels is None:
+            raise ValueError(
+                "online group mixing needs labels in every training batch to attribute the loss to the groups; "
+                f"the batch has {sorted(inputs)}."
+            )
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+        self.engine.observe_losses(groups, logits, labels, causal=is_causal_lm(self.model))
+        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # only the Trainer's own training logs, which every process emits together (the sync is collective)

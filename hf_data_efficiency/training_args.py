@@ -1,5 +1,5 @@
-"""``DataEfficiencyTrainingArguments``: ``TrainingArguments`` plus flags for curriculum learning, random-LTD and
-dynamic batching.
+"""``DataEfficiencyTrainingArguments``: ``TrainingArguments`` plus flags for curriculum learning, random-LTD, dynamic
+batching, group mixing and batch-size warmup.
 
 The flags are generated from the config dataclasses
 -----------------------------------------------------
@@ -7,7 +7,8 @@ Each setting has one name: the config field (or ``schedule_config`` key). Its fl
 section's prefix (``--random_ltd_min_value`` sets ``RandomLTDConfig.min_value``, ``--curriculum_root_degree`` sets
 ``schedule_config.root_degree`` of each curriculum metric), with the field's help text and checks. A section is
 turned on by its switch: ``--curriculum_metrics NAME ...``, ``--seqlen_curriculum {truncate,reshape}``,
-``--random_ltd``, ``--layer_token_lr_schedule``, ``--dynamic_batching``. The curriculum flags take one value for
+``--random_ltd``, ``--layer_token_lr_schedule``, ``--dynamic_batching``, ``--mixing_column NAME``,
+``--batch_size_warmup_start N``. The curriculum flags take one value for
 all metrics or one per metric. Flags of earlier versions (:data:`DEPRECATED_FLAGS`) still work, with a warning.
 
 Where the settings come from, and the one precedence rule
@@ -43,11 +44,13 @@ from ._validation import Rule, check_bool, check_int, check_list, check_str, rul
 from .config import (
     DEEPSPEED_KEYS,
     SEQLEN_TRANSFORMS,
+    BatchSizeWarmupConfig,
     CurriculumConfig,
     CurriculumMetricConfig,
     DataEfficiencyConfig,
     DynamicBatchingConfig,
     LayerTokenLRConfig,
+    MixingConfig,
     RandomLTDConfig,
     SeqlenTransformConfig,
     StreamingConfig,
@@ -96,6 +99,8 @@ SECTIONS = {
         Section("random_ltd", "random_ltd_", RandomLTDConfig, "random_ltd"),
         Section("layer_token_lr", "layer_token_lr_", LayerTokenLRConfig, "layer_token_lr_schedule"),
         Section("dynamic_batching", "dynamic_batching_", DynamicBatchingConfig, "dynamic_batching"),
+        Section("mixing", "mixing_", MixingConfig, "mixing_column"),
+        Section("batch_size_warmup", "batch_size_warmup_", BatchSizeWarmupConfig, "batch_size_warmup_start"),
     )
 }
 
@@ -160,11 +165,19 @@ DEPRECATED_FLAGS = {
     "layer_token_lr_warmup_tokens": "layer_token_lr_warmup_layer_tokens",
     "layer_token_lr_total_tokens": "layer_token_lr_total_layer_tokens",
 }
-_FLAG_TYPES = {"int": int, "number": float, "str": str, "bool": bool, "int_list": list[int]}
+_FLAG_TYPES = {
+    "int": int,
+    "number": float,
+    "str": str,
+    "bool": bool,
+    "int_list": list[int],
+    "str_list": list[str],
+    "mapping": dict | str,  # a JSON object on the command line
+}
 
 
 def _is_list(flag: Flag) -> bool:
-    return flag.section.per_metric or flag.rule.kind == "int_list"
+    return flag.section.per_metric or flag.rule.kind in ("int_list", "str_list")
 
 
 def _flag_field(flag: Flag, help_text: str) -> tuple[Any, Any]:
@@ -331,6 +344,13 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             check_list(self.curriculum_metrics, "--curriculum_metrics", check_str, nonempty=True)
         if self.curriculum_metrics_num_proc is not None:
             check_int(self.curriculum_metrics_num_proc, "--curriculum_metrics_num_proc", minimum=1)
+        if isinstance(self.mixing_weights, str):
+            try:
+                self.mixing_weights = json.loads(self.mixing_weights)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f'--mixing_weights is not valid JSON: {e}; allowed: an object such as \'{{"web": 2, "code": 1}}\'.'
+                ) from None
         src = self.data_efficiency_config
         if isinstance(src, str) and src.lstrip().startswith("{"):  # before TrainingArguments parses it bare
             try:
@@ -362,6 +382,8 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             random_ltd=self._resolve_random_ltd(base.random_ltd, source),
             seed=base.seed,
             dynamic_batching=self._resolve_dynamic_batching(base.dynamic_batching, source),
+            mixing=self._resolve_mixing(base.mixing, source),
+            batch_size_warmup=self._resolve_batch_size_warmup(base.batch_size_warmup, source),
         )
 
     # ----- generic flag merging -----------------------------------------------------------------------------
@@ -552,6 +574,30 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         values = {f: getattr(self, f.name) for f in self._given(section)}
         current = base.to_dict() if base is not None else {}
         return self._apply(section, current, values, source if base is not None else None, "--dynamic_batching")
+
+    def _resolve_mixing(self, base: MixingConfig | None, source: str | None) -> MixingConfig | None:
+        section = SECTIONS["mixing"]
+        if base is None and self.mixing_column is None:
+            self._off(section, "group mixing", " (or a mixing section in the config file)")
+            return None
+        values = {f: getattr(self, f.name) for f in self._given(section)}
+        strategy = self.mixing_strategy or (base.strategy if base is not None else "stratified")
+        online = [f"--{f.name}" for f in values if f.key.startswith("online_")]
+        if online and strategy != "online":
+            raise ValueError(f"{online} apply only with --mixing_strategy online, but the strategy is {strategy!r}.")
+        current = base.to_dict() if base is not None else {}
+        return self._apply(section, current, values, source if base is not None else None, "--mixing_column")
+
+    def _resolve_batch_size_warmup(
+        self, base: BatchSizeWarmupConfig | None, source: str | None
+    ) -> BatchSizeWarmupConfig | None:
+        section = SECTIONS["batch_size_warmup"]
+        if base is None and self.batch_size_warmup_start is None:
+            self._off(section, "batch-size warmup", " (or a batch_size_warmup section in the config file)")
+            return None
+        values = {f: getattr(self, f.name) for f in self._given(section)}
+        current = base.to_dict() if base is not None else {}
+        return self._apply(section, current, values, source if base is not None else None, "--batch_size_warmup_start")
 
 
 def flag_table() -> str:

@@ -66,7 +66,7 @@ def test_train_loader_describes_each_path_and_its_loader_yields_the_samplers_bat
 
 
 def test_train_loader_refusals_name_the_setting():
-    with pytest.raises(ValueError, match="curriculum learning or dynamic batching"):
+    with pytest.raises(ValueError, match="curriculum learning, dynamic batching, group mixing or batch-size warmup"):
         DataEfficiencyEngine(None, batch_size=4).train_loader(make_dataset())
     plan = DataEfficiencyEngine(config(True, False), batch_size=4).train_loader(stream())
     with pytest.raises(ValueError, match=r"dataloader_num_workers=2.*allowed: 0"):

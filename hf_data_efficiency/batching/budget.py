@@ -26,15 +26,18 @@ def pack_micro_batches(
     max_batch_size: int | None = None,
     packed: bool = False,
     count: int | None = None,
+    stop_after: int | None = None,
 ) -> list[tuple[int, int]]:
     """Greedy packing of consecutive samples into micro-batches; returns their ``(start, end)`` slices.
 
     A micro-batch grows while its cost (``size * longest``, or the sum of lengths when ``packed``) fits ``max_tokens``
     and its size ``max_batch_size``. A final micro-batch below ``min_batch_size`` is left out. With ``count``, at most
-    ``count`` micro-batches are made, each leaving ``min_batch_size`` samples for every one still to come."""
+    ``count`` micro-batches are made, each leaving ``min_batch_size`` samples for every one still to come; with
+    ``stop_after``, the first ``stop_after`` micro-batches of the greedy packing of all ``lengths``."""
     lengths = [int(v) for v in lengths]
     n, out, start = len(lengths), [], 0
-    while start < n and (count is None or len(out) < count):
+    most = count if stop_after is None else stop_after
+    while start < n and (most is None or len(out) < most):
         limit = n - (min_batch_size * (count - len(out) - 1) if count is not None else 0)
         end, longest, total = start, 0, 0
         while end < limit and (max_batch_size is None or end - start < max_batch_size):
@@ -47,6 +50,14 @@ def pack_micro_batches(
         out.append((start, end))
         start = end
     return out
+
+
+def lr_scale(method: str, samples: int, reference: int) -> float:
+    """The LR factor of a step of ``samples`` samples relative to the reference batch ``reference``: ``samples /
+    reference`` (``linear``), ``sqrt(samples / reference)`` (``sqrt``) or 1 (``none``); shared by token budgets and
+    batch-size warmup."""
+    ratio = samples / reference  # the configs allow only these three methods
+    return {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[method]
 
 
 @dataclass(frozen=True)
@@ -132,16 +143,25 @@ class TokenBudget:
             return self.row_cap if max_tokens is None else min(int(max_tokens), self.row_cap)
         return None if max_tokens is None else int(max_tokens)
 
-    def pack(self, lengths: Sequence[int] | np.ndarray, count: int | None = None) -> list[tuple[int, int]]:
-        """:func:`pack_micro_batches` of counted ``lengths`` under this budget."""
+    def pack(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        count: int | None = None,
+        *,
+        stop_after: int | None = None,
+        max_tokens: int | None = None,
+    ) -> list[tuple[int, int]]:
+        """:func:`pack_micro_batches` of counted ``lengths`` under this budget (``max_tokens``: a step's ramped
+        budget, see :mod:`~hf_data_efficiency.batching.warmup`)."""
         cfg = self.config
         return pack_micro_batches(
             lengths,
-            cfg.max_tokens,
+            cfg.max_tokens if max_tokens is None else max_tokens,
             min_batch_size=cfg.min_batch_size,
             max_batch_size=cfg.max_batch_size,
             packed=self.packed,
             count=count,
+            stop_after=stop_after,
         )
 
     def totals(self, lengths: Sequence[np.ndarray | Sequence[int]]) -> StepTotals:
@@ -152,10 +172,8 @@ class TokenBudget:
         return StepTotals(sum(len(ls) for ls in lengths), real, computed)
 
     def lr_factor(self, samples: int) -> float:
-        """The LR factor of a step of ``samples`` samples relative to the reference batch ``R``: ``samples / R``
-        (``linear``), ``sqrt(samples / R)`` (``sqrt``) or 1 (``none``)."""
-        ratio = samples / self.reference_batch_size  # the config allows only these three methods
-        return {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[self.config.lr_scaling_method]
+        """The LR factor of a step of ``samples`` samples (:func:`lr_scale` by ``lr_scaling_method``)."""
+        return lr_scale(self.config.lr_scaling_method, samples, self.reference_batch_size)
 
     def step_stats(self, totals: StepTotals) -> dict[str, float]:
         """A step's logs: samples, real tokens, padding fraction and LR factor."""

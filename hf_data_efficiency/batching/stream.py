@@ -186,6 +186,10 @@ class StreamTokenBudget(StepSelection):
         """Samples, real tokens, padding fraction and LR factor of 1-based ``step`` (all processes)."""
         return self.budget.step_stats(self.stats(step))
 
+    def step_logs(self, step: int) -> dict[str, float]:
+        """``dynamic_batching/*`` of :meth:`step_stats`, as the engine logs them."""
+        return {f"dynamic_batching/{key}": value for key, value in self.step_stats(step).items()}
+
     def set_epoch(self, epoch: int) -> None:
         """A stream is read once: the epoch does not move it."""
 

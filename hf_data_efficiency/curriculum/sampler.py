@@ -315,6 +315,11 @@ class CurriculumSampler(Sampler[int]):
         return self.epoch_length
 
     @property
+    def transform(self) -> Any:
+        """The sequence-length transform config (``None`` without one)."""
+        return self.config.transform
+
+    @property
     def position(self) -> int:
         """Number of stream positions yielded so far (across epochs); the next index yielded is at this position."""
         return self._position

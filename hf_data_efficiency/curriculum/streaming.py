@@ -32,6 +32,13 @@ A map-style curriculum draws each batch from an index of the whole corpus; a str
   ``datasets.IterableDataset``; a torch ``IterableDataset`` must yield its process's shard itself). Before each step
   the processes agree (one all-reduce, which also carries the selection's step totals) that every one of them can
   form its part, so all run the same steps.
+* **Group mixing.** With a :class:`~hf_data_efficiency.curriculum.mixing.GroupMixer` (``mixing.column`` names each
+  sample's group) the step offers its eligible samples in the order of the mixer's draw for this process
+  (:func:`~hf_data_efficiency.curriculum.mixing.mixed_order`): slot ``i`` of ``default_rng([seed, 13, k, rank])`` takes
+  the oldest eligible buffered sample of its group. While a group has too few, more is read as usual; when no more is
+  read, the step completes with the other eligible samples, oldest first (a group that ran out, or is rarer in the
+  buffer than its weight, is under-served, and a warning says so once). Without a curriculum every sample is
+  eligible and the buffer settings are the defaults.
 * **Exact resume.** :meth:`state_dict` is JSON: the source's own ``state_dict()`` after the reads of the step, the
   buffered samples (their metrics are recomputed on load), the warm-up estimates and the counters. Nothing is random, so the
   batches after :meth:`load_state_dict` equal those of an uninterrupted run. A source without
@@ -57,7 +64,7 @@ from transformers.utils import logging
 from .._validation import check_state_int, check_state_keys
 from ..config import CurriculumConfig, StreamingConfig
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array, percentile_count
-from .transforms import MAX_TOKENS_KEY, POSITION_KEY
+from .transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
 
 logger = logging.get_logger(__name__)
 
@@ -189,17 +196,31 @@ class StepCandidates:
         #: the sequence-length transform's max tokens per row at this step (``None`` without one)
         self.max_tokens = stream.max_tokens_at(step)
 
-    def eligible(self) -> np.ndarray:
-        """Buffer positions of the samples eligible at the step, oldest first."""
+    def _oldest_eligible(self) -> np.ndarray:
         return np.flatnonzero(self._stream._levels <= self._level)
 
+    def eligible(self) -> np.ndarray:
+        """Buffer positions of the samples eligible at the step, oldest first; with group mixing, in the order of
+        the step's draw (only as many of a group as its slots take)."""
+        eligible = self._oldest_eligible()
+        stream = self._stream
+        if stream.mixer is None:
+            return eligible
+        from .mixing import mixed_order
+
+        slots = stream.mixer.stream_slot_groups(self.step, eligible.size, stream.rank)
+        return mixed_order(slots, eligible, stream._groups[eligible])
+
     def fallback(self) -> np.ndarray:
-        """The eligible samples, then the others closest to eligibility (lowest level, then oldest): what a step
-        takes when no more is read (``buffer_full='hold'``, a full buffer, the end of the stream)."""
+        """The eligible samples (in the draw's order, then, with group mixing, the other eligible ones, oldest
+        first), then the others closest to eligibility (lowest level, then oldest): what a step takes when no more is
+        read (``buffer_full='hold'``, a full buffer, the end of the stream)."""
         levels, ids = self._stream._levels, self._stream._ids
         waiting = np.flatnonzero(levels > self._level)
         waiting = waiting[np.lexsort((ids[waiting], levels[waiting]))]
-        return np.concatenate([self.eligible(), waiting])
+        first = self.eligible()
+        rest = np.setdiff1d(self._oldest_eligible(), first, assume_unique=True)
+        return np.concatenate([first, rest, waiting])
 
     def sizes(self, positions: np.ndarray) -> np.ndarray:
         """What the samples at buffer ``positions`` count for the hook (:meth:`StepSelection.measure`)."""
@@ -359,7 +380,8 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
     Args:
         source: a ``datasets.IterableDataset`` (split per process here) or a torch ``IterableDataset`` yielding this
             process's samples as mappings.
-        curriculum: the ``CurriculumConfig``; its ``streaming`` part (or the defaults) sizes the buffer.
+        curriculum: the ``CurriculumConfig``; its ``streaming`` part (or the defaults) sizes the buffer. ``None``:
+            every sample is eligible (group mixing over a stream without a curriculum).
         batch_size, world_size, gradient_accumulation_steps: the batch geometry; a step takes
             ``batch_size * gradient_accumulation_steps`` samples on each of the ``world_size`` processes.
         rank: this process's index.
@@ -372,6 +394,9 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             collation; off, the collator sees no position key.
         selection: how each step is formed from the buffer (:class:`StepSelection`; default: fixed batches of
             ``batch_size * gradient_accumulation_steps`` samples).
+        mixer: group mixing's :class:`~hf_data_efficiency.curriculum.mixing.GroupMixer` (``None``: no mixing);
+            ``mixing_column`` is the sample field naming the group.
+        tag_groups: tag every sample with its group id (``GROUP_KEY``), for online mixing's per-group losses.
     """
 
     def __init__(
@@ -390,11 +415,19 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         device: Any = None,
         tag_positions: bool = True,
         selection: StepSelection | None = None,
+        mixer: Any = None,
+        mixing_column: str | None = None,
+        tag_groups: bool = False,
     ) -> None:
         from .sampler import CurriculumSampler
 
         self.config = curriculum
-        self.streaming = curriculum.streaming or StreamingConfig()
+        self.streaming = (curriculum.streaming if curriculum is not None else None) or StreamingConfig()
+        self.mixer, self.mixing_column, self.tag_groups = mixer, mixing_column, bool(tag_groups)
+        if mixer is not None and mixing_column is None:
+            raise ValueError("a mixed stream needs mixing_column, the sample field naming each sample's group.")
+        self._group_ids = {name: i for i, name in enumerate(mixer.groups)} if mixer is not None else {}
+        self._warned_mixture = False
         self.batch_size, self.world_size = int(batch_size), int(world_size)
         self.gradient_accumulation_steps, self.rank = int(gradient_accumulation_steps), int(rank)
         self.local_batch_size = self.batch_size * self.gradient_accumulation_steps
@@ -425,9 +458,10 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         # whole chunks are read, and one always fits once the samples not eligible are evicted
         self._chunk = min(self.streaming.chunk_size, self.streaming.buffer_size - self.local_batch_size + 1)
 
-        schedules = CurriculumSampler._make_schedules(curriculum, schedule_fns or {})
-        self._transform_schedule = schedules.pop(curriculum.transform.name) if curriculum.transform else None
-        self._metrics = filtering_metrics(curriculum.sampling_metrics)
+        schedules = CurriculumSampler._make_schedules(curriculum, schedule_fns or {}) if curriculum is not None else {}
+        transform = curriculum.transform if curriculum is not None else None
+        self._transform_schedule = schedules.pop(transform.name) if transform is not None else None
+        self._metrics = filtering_metrics(curriculum.sampling_metrics) if curriculum is not None else []
         self._value_metrics = [m for m in self._metrics if m.difficulty_type == "value"]
         self._pct_metrics = [m for m in self._metrics if m.difficulty_type == "percentile"]
         self._pacing = DifficultyPacing(schedules)
@@ -454,6 +488,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         self._levels = np.zeros(0, dtype=np.int64)
         self._values: dict[str, np.ndarray] = {m.name: np.zeros(0) for m in self._metrics}
         self._sizes = np.zeros(0, dtype=np.int64)  # what each buffered sample counts for the selection
+        self._groups = np.zeros(0, dtype=np.int64)  # each buffered sample's mixing group
         self.counters = StreamCounters()
         self._step = 0  # steps emitted
         self._iterator: Iterator[Any] | None = None
@@ -595,6 +630,25 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             )
         return rows, table
 
+    def _group_of(self, rows: list[Any]) -> np.ndarray:
+        """The mixing group id of each of ``rows`` (zeros without mixing)."""
+        if self.mixer is None:
+            return np.zeros(len(rows), dtype=np.int64)
+        from .mixing import unknown_group_error
+
+        out = np.empty(len(rows), dtype=np.int64)
+        for i, row in enumerate(rows):
+            if self.mixing_column not in row:
+                raise ValueError(
+                    f"mixing.column={self.mixing_column!r} is not a field of the streamed samples (fields: "
+                    f"{sorted(row)}); allowed: a field naming each sample's group."
+                )
+            found = self._group_ids.get(str(row[self.mixing_column]))
+            if found is None:
+                raise unknown_group_error(row[self.mixing_column], self.mixer.groups, self.mixing_column)
+            out[i] = found
+        return out
+
     def _admit(self, rows: list[Any], values: Mapping[str, np.ndarray]) -> None:
         n = len(rows)
         sizes = self.selection.measure(rows, self.counters.read)
@@ -616,6 +670,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         self._ids = np.concatenate([self._ids, ids[keep]])
         self._levels = np.concatenate([self._levels, level[keep]])
         self._sizes = np.concatenate([self._sizes, sizes[keep]])
+        self._groups = np.concatenate([self._groups, self._group_of(rows)[keep]])
         for name in self._values:
             self._values[name] = np.concatenate([self._values[name], np.asarray(values[name])[keep]])
 
@@ -651,6 +706,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
     def _remove(self, mask: np.ndarray) -> None:
         keep = ~mask
         self._ids, self._levels, self._sizes = self._ids[keep], self._levels[keep], self._sizes[keep]
+        self._groups = self._groups[keep]
         for name in self._values:
             self._values[name] = self._values[name][keep]
 
@@ -742,12 +798,38 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
                 self._end()
                 return
             self.selection.record(step, totals)
-            ids = self._take(step, np.concatenate(picked.groups))
+            served = np.concatenate(picked.groups)
+            tags = self._groups[served].tolist() if self.tag_groups else None
+            self._check_mixture(step, served)
+            ids = self._take(step, served)
             groups, start = [], 0
             for group in picked.groups:
-                groups.append([self._samples[i] for i in ids[start : start + len(group)]])
-                start += len(group)
+                end = start + len(group)
+                samples = [self._samples[i] for i in ids[start:end]]
+                if tags is not None:
+                    samples = [{**sample, GROUP_KEY: g} for sample, g in zip(samples, tags[start:end])]
+                groups.append(samples)
+                start = end
             yield from self.selection.items(step, groups, self.max_tokens_at(step))
+
+    def _check_mixture(self, step: int, served: np.ndarray) -> None:
+        """Warn once when a step's samples could not follow the mixer's draw (a group short in the buffer)."""
+        if self.mixer is None or self._warned_mixture:
+            return
+        wanted = np.bincount(
+            self.mixer.stream_slot_groups(step, served.size, self.rank), minlength=len(self._group_ids)
+        )
+        got = np.bincount(self._groups[served], minlength=len(self._group_ids))
+        short = [g for g, w, n in zip(self.mixer.groups, wanted, got) if n < w]
+        if short:
+            self._warned_mixture = True
+            logger.warning(
+                f"group mixing over a stream, step {step} (rank {self.rank}): the buffer held too few samples of "
+                f"group(s) {short} for the draw ({dict(zip(self.mixer.groups, wanted.tolist()))} wanted, "
+                f"{dict(zip(self.mixer.groups, got.tolist()))} served); other eligible samples took their slots. A "
+                "group that ran out of the stream, or is rarer in the buffer than its weight, is under-served; a "
+                "larger curriculum.streaming.buffer_size helps the second. Warned once."
+            )
 
     def _take(self, step: int, picked: np.ndarray) -> list[int]:
         """Serve the buffer positions ``picked`` as ``step``: remove them, count them, record the step's state;
@@ -782,6 +864,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             "rank": self.rank,
             "source": _source_description(self.source),
             **self.selection.identity(),
+            **({"mixing": self.mixer.identity()} if self.mixer is not None else {}),
         }
 
     def state_dict(self, position: int | None = None) -> dict[str, Any]:
@@ -879,6 +962,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         values = self._measure(rows) if rows else {m.name: np.zeros(0) for m in self._metrics}
         self._values = {m.name: np.asarray(values[m.name]) for m in self._metrics}
         self._sizes = self.selection.measure(rows, None) if rows else np.zeros(0, dtype=np.int64)
+        self._groups = self._group_of(rows)
         self._level_at(max(1, position // self.global_batch_size))
         self._levels = self._level_of(self._values, len(rows)) if rows else np.zeros(0, dtype=np.int64)
         self._step = position // self.global_batch_size

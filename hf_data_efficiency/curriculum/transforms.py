@@ -36,10 +36,11 @@ from ..config import SEQLEN_TRANSFORMS as MODES
 logger = logging.get_logger(__name__)
 
 #: Private example keys that carry per-draw tags from the dataset to the collator: the max tokens per row, the stream
-#: position and the sample index.
+#: position, the sample index and its mixing group (online mixing; the collated batch carries it under the same key).
 MAX_TOKENS_KEY = "_hfde_max_tokens"
 POSITION_KEY = "_hfde_position"
 INDEX_KEY = "_hfde_index"
+GROUP_KEY = "_hfde_group"
 PADDING_SIDES = ("auto", "right", "left")
 _REFERENCE_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "labels")
 _DEFAULT_PAD_VALUES = {"labels": -100, "attention_mask": 0, "token_type_ids": 0, "position_ids": 0}
@@ -271,9 +272,32 @@ class PositionTaggedSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, dict[str, int]]]:
         position = self.sampler.position
         for item in self.sampler:
-            index, tags = (item[0], {MAX_TOKENS_KEY: item[1]}) if isinstance(item, tuple) else (item, {})
+            if isinstance(item, tuple):
+                index, tags = item[0], item[1] if isinstance(item[1], Mapping) else {MAX_TOKENS_KEY: item[1]}
+            else:
+                index, tags = item, {}
             yield index, {**tags, POSITION_KEY: position}
             position += 1
+
+
+class GroupTags(_CollatorWrapper):
+    """Collator wrapper for online mixing: pops each feature's group tag (``GROUP_KEY``) and puts the group ids into
+    the collated batch as a ``[rows]`` tensor under the same key, which the training step removes before the forward
+    (``DataEfficiencyEngine.pop_groups``). Features without tags (evaluation) are collated unchanged. Inside
+    :class:`SeqlenTransform`, so ``seqlen_reshape`` repeats a row's group for each of its pieces."""
+
+    def __init__(self, collator: Callable[[list[Any]], Any]) -> None:
+        self.collator = collator
+
+    def __call__(self, features: list[Any]) -> Any:
+        tags = [f.get(GROUP_KEY) if isinstance(f, Mapping) else None for f in features]
+        if all(t is None for t in tags):
+            return self.collator(features)
+        if any(t is None for t in tags):
+            raise ValueError(f"a batch mixes samples with and without {GROUP_KEY} tags; every sample needs its group.")
+        batch = self.collator([{k: v for k, v in f.items() if k != GROUP_KEY} for f in features])
+        batch[GROUP_KEY] = torch.as_tensor(tags, dtype=torch.long)
+        return batch
 
 
 class SeededCollation(_CollatorWrapper):

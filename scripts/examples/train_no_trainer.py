@@ -13,9 +13,14 @@ The same :class:`~hf_data_efficiency.DataEfficiencyEngine` the Trainer uses wire
     save_checkpoint(..., write=lambda d: (accelerator.save_state(d), engine.save_state(d, step)))
     engine.resume_position(step, len(loader))     # resume: the epoch to set and the micro-batches to skip
 
-With dynamic (token-budget) batching the plan's loader has a token-budget batch sampler, each optimizer step runs
-inside ``engine.scaled_lr(optimizer, step)`` (the step's LR factor), and the loss of a step is the sum over its real
-label tokens divided by their count over every micro-batch and process.
+With dynamic (token-budget) batching or a batch-size warmup the plan's loader has a batch sampler that sizes every
+step, each optimizer step runs inside ``engine.scaled_lr(optimizer, step)`` (the step's LR factor), and the loss of a
+step is the sum over its real label tokens divided by their count over every micro-batch and process.
+
+With group mixing (``mixing.column: domain``: the synthetic rows carry a ``domain`` column, ``a`` or ``b``) the plan
+draws each step group by group; with online mixing each micro-batch's groups are taken out of the batch before the
+forward (``engine.pop_groups``), its per-group losses recorded (``engine.observe_losses``), and the weights updated
+after every optimizer step (``engine.end_step``, one reduction).
 
 With ``--streaming`` the data is read as a ``datasets.IterableDataset`` (4 shards) through the streaming curriculum
 (each process reads its own shards, one pass; ``plan.per_process``); with dynamic batching too, the stream yields
@@ -90,7 +95,10 @@ def build_dataset(args: argparse.Namespace) -> tuple[datasets.Dataset, int, int]
         vocab = 128
         lengths = rng.integers(4, args.max_length + 1, size=args.num_samples)
         rows = [rng.integers(1, vocab, size=int(n)).tolist() for n in lengths]
-        data = datasets.Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+        domains = ["a" if d else "b" for d in rng.integers(0, 2, size=args.num_samples)]
+        data = datasets.Dataset.from_dict(
+            {"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "domain": domains}
+        )
         return data, vocab, 0
     from offline_data import gpt2_tokenizer, load_ptb
 
@@ -132,12 +140,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         pad_token_id=pad_id,
     )
 
-    # ----- data: the engine decides the path (map-style or stream x fixed batches or token budget); or plain shuffling
+    # ----- data: the engine decides the path (map-style or stream x fixed batches, token budget or warmup; mixing);
+    # or plain shuffling
     collate = engine.wrap_collator(make_collator(pad_id))
     shuffle = torch.Generator()
-    dynamic = engine.config.dynamic_batching is not None
+    # a batch sampler sizes each step (token budget or warmup): the LR factor, and the loss over the step's tokens
+    dynamic = engine.config.dynamic_batching is not None or engine.config.batch_size_warmup is not None
     plan = None
-    if engine.config.curriculum is not None or dynamic:
+    if engine.uses_data_path:
         if args.streaming:  # 4 shards; each process reads its own
             data = data.to_iterable_dataset(num_shards=4)
         plan = engine.train_loader(
@@ -148,7 +158,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
         loader = plan.dataloader(collate, num_workers=args.num_workers)
     elif args.streaming:
-        raise ValueError("--streaming needs a curriculum in --config (the streaming curriculum reads the stream).")
+        raise ValueError(
+            "--streaming needs a curriculum or group mixing in --config (the streaming curriculum reads the stream)."
+        )
     else:
         loader = DataLoader(
             data, batch_size=bs, shuffle=True, generator=shuffle, collate_fn=collate, num_workers=args.num_workers
@@ -228,14 +240,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             engine.count_batch(batch)
             widths.append(int(batch["input_ids"].shape[1]))
             longest = max(longest, int(batch["attention_mask"].sum(1).max()))
+            groups = engine.pop_groups(batch)  # online mixing: each row's group, not a model input
             with accelerator.accumulate(model):
                 if dynamic:  # the summed token loss; divided by the step's label-token count before the update
-                    loss = model(**batch, num_items_in_batch=1).loss
+                    out = model(**batch, num_items_in_batch=1)
                     label_tokens += int((batch["labels"][:, 1:] != -100).sum())
-                    loss_sum += loss.detach().float().item()
+                    loss_sum += out.loss.detach().float().item()
                 else:
-                    loss = model(**batch).loss
-                    loss_sum += loss.detach().float().item() / ga
+                    out = model(**batch)
+                    loss_sum += out.loss.detach().float().item() / ga
+                engine.observe_losses(groups, out.logits, batch["labels"], causal=True)
+                loss = out.loss
                 accelerator.backward(loss)
                 if dynamic and accelerator.sync_gradients:
                     # the gradients hold the step's sum / (GA x processes) here (accelerate and DDP average)
@@ -252,6 +267,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            engine.end_step(step, accelerator.reduce, accelerator.device)  # online mixing: the weights after step
             row: dict[str, Any] = {"step": step, "loss": loss_sum, "lr": scheduler.get_last_lr()[0]}
             row["max_width"], row["max_real_tokens"] = max(widths), longest
             row.update(engine.step_logs(step, accelerator.reduce, accelerator.device))
