@@ -6,6 +6,7 @@ forever, gets the least weight) and in a Trainer run, the per-group losses again
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -76,6 +77,8 @@ def test_no_sample_repeats_within_a_pass_of_its_group():
             chunk = seq[p * members.size : (p + 1) * members.size]
             assert sorted(chunk.tolist()) == members.tolist(), (g, p)
         assert len(set(seq[passes * members.size :].tolist())) == len(seq) - passes * members.size  # the open pass
+        orders = {tuple(seq[p * members.size : (p + 1) * members.size]) for p in range(passes)}
+        assert len(orders) == passes  # every new pass is reshuffled
 
 
 def test_eligibility_applies_within_the_groups_and_empty_groups_give_their_share():
@@ -112,6 +115,20 @@ def test_eligibility_applies_within_the_groups_and_empty_groups_give_their_share
     shares = labels[np.asarray(early)]
     assert (shares == "long").sum() == 0
     assert _binomial_ok(int((shares == "x").sum()), len(early), 0.5)
+
+
+def test_a_stream_takes_its_samples_in_the_mixers_order():
+    """A stream of alternating groups, mixed 4:1: the served shares follow the weights (a binomial bound), where the
+    stream's own order would give 1:1; every sample is served at most once."""
+    data = make_dataset(400).add_column("domain", ["a" if i % 2 else "b" for i in range(400)])
+    engine = DataEfficiencyEngine(
+        {"mixing": {"column": "domain", "strategy": "fixed", "weights": {"a": 1, "b": 4}}}, batch_size=8
+    )
+    samples = list(itertools.islice(iter(engine.train_loader(data.to_iterable_dataset(num_shards=2)).dataset), 120))
+    served = [s["domain"] for s in samples]
+    assert _binomial_ok(served.count("b"), len(served), 0.8)
+    ids = [tuple(s["input_ids"][:2]) for s in samples]
+    assert len(set(ids)) == len(ids)
 
 
 def test_every_rank_draws_the_same_global_batch():

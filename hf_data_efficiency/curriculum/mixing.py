@@ -332,8 +332,8 @@ def group_loss_sums(
     with torch.no_grad():
         logits = logits.detach()
         if logits.dim() == 3:
-            if causal:
-                logits, labels = logits[:, :-1], labels[:, 1:]
+            if causal:  # shift the labels, not the logits (a view of all the logits, no copy)
+                labels = torch.cat([labels[:, 1:], labels.new_full((rows, 1), -100)], dim=1)
             token_loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="none"
             ).view(rows, -1)
@@ -424,6 +424,11 @@ class GroupMixingSampler(Sampler):
         self._build_clusters()
         self._fingerprint = self._compute_fingerprint()
         self.mixer.weights(1, self._eligible(1))  # refuses a first step where no weighted group has a sample
+        sizes = np.bincount(self._groups, minlength=mixer.num_groups).tolist()
+        logger.info(
+            f"group mixing ({mixer.config.strategy}): {self.num_samples} samples in groups "
+            f"{dict(zip(mixer.groups, sizes))}, global batch {self.global_batch_size}."
+        )
         self._walked = np.zeros(self._sizes.size, dtype=np.int64)  # samples each cluster handed out so far
         self._drawn = 0  # steps drawn with the real walk counters
         self._draws: OrderedDict[int, list] = OrderedDict()

@@ -65,6 +65,8 @@ TRANSFORMS = "curriculum/transforms.py"
 RLTD = "routing/random_ltd.py"
 T_SAMPLER = "tests/test_sampler.py"
 T_TRAINER = "tests/test_trainer.py"
+T_MIXING = "tests/test_mixing.py"
+T_WARMUP = "tests/test_batch_size_warmup.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ sampler
@@ -680,6 +682,74 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                per_process=False,\n",
         ["tests/test_data_path.py", "tests/test_streaming.py::test_trainer_on_a_stream_with_two_processes_and_resume"],
         "the loader of a stream is sharded again by accelerate (each process already reads its own shard)",
+    ),
+    # ------------------------------------------------------------------ group mixing and batch-size warmup
+    _m(
+        "mixing-pass-not-reshuffled",
+        "curriculum/mixing.py",
+        "np.random.default_rng([self.seed, _RNG_WALK, cluster, wrap]).permutation(members)",
+        "np.random.default_rng([self.seed, _RNG_WALK, cluster, 0]).permutation(members)",
+        [f"{T_MIXING}::test_no_sample_repeats_within_a_pass_of_its_group"],
+        "a group that runs out repeats its first pass's order instead of reshuffling",
+    ),
+    _m(
+        "mixing-online-rewards-the-loss",
+        "curriculum/mixing.py",
+        "gain = np.maximum(progress, 0.0)",
+        "gain = np.nan_to_num(self._fast)",
+        [f"{T_MIXING}::test_online_rule_does_not_chase_irreducible_loss"],
+        "the online rule rewards each group's loss (ODM's reward), so a noise group wins",
+    ),
+    _m(
+        "mixing-online-draws-ahead-of-its-delay",
+        "curriculum/mixing.py",
+        "source = step - self.delay",
+        "source = step - self.delay + 1",
+        [
+            f"{T_MIXING}::test_online_rule_does_not_chase_irreducible_loss",
+            f"{T_MIXING}::test_online_mixing_resumes_exactly",
+        ],
+        "the draw of step k uses the weights after step k - delay + 1",
+    ),
+    _m(
+        "mixing-losses-unshifted",
+        "curriculum/mixing.py",
+        "labels = torch.cat([labels[:, 1:], labels.new_full((rows, 1), -100)], dim=1)",
+        "labels = labels",
+        [f"{T_MIXING}::test_online_losses_are_the_steps_per_group_token_losses"],
+        "a causal LM's per-group losses compare each logit with its own input token instead of the next one",
+    ),
+    _m(
+        "mixing-stream-ignores-the-draw",
+        "curriculum/streaming.py",
+        "        return mixed_order(slots, eligible, stream._groups[eligible])\n",
+        "        return eligible\n",
+        [f"{T_MIXING}::test_a_stream_takes_its_samples_in_the_mixers_order"],
+        "a mixed stream takes its oldest eligible samples, whatever the weights",
+    ),
+    _m(
+        "mixing-losses-not-reduced",
+        "engine.py",
+        "            sums = reduce(sums.to(device) if device is not None else sums)",
+        "            sums = sums",
+        [f"{T_MIXING}::test_two_processes_draw_the_single_process_stream"],
+        "each process updates the online weights from its own losses only, so the ranks' draws diverge",
+    ),
+    _m(
+        "warmup-ramp-rounds-up",
+        "batching/warmup.py",
+        "return self.config.start + consumed * self.increments // self.config.samples * self.config.increment",
+        "return self.config.start + -(-consumed * self.increments // self.config.samples) * self.config.increment",
+        [f"{T_WARMUP}::test_batch_sizes_follow_the_megatron_ramp"],
+        "the batch grows one increment early (a ceiling instead of Megatron's floor)",
+    ),
+    _m(
+        "warmup-budget-not-ramped",
+        "batching/warmup.py",
+        "return max(max_tokens * self.batch_size_at(consumed) // self.batch_size, least)",
+        "return max(max_tokens, least)",
+        [f"{T_WARMUP}::test_token_budget_ramps_with_the_batch"],
+        "a token budget keeps max_tokens during the warmup",
     ),
 )
 
