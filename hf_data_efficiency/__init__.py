@@ -21,9 +21,11 @@ _LAZY = {
     "RandomLTDConfig": ".config",
     "LayerTokenLRConfig": ".config",
     "StreamingConfig": ".config",
+    "TokenSelectionConfig": ".config",
     "DifficultySchedule": ".schedules",
     # curriculum (data sampling)
     "compute_metrics": ".curriculum.metrics",
+    "ReferenceLoss": ".curriculum.reference",
     "register_curriculum_metric": ".curriculum.metrics",
     "CurriculumSampler": ".curriculum.sampler",
     "StreamingCurriculum": ".curriculum.streaming",
@@ -45,6 +47,8 @@ _LAZY = {
     "RandomLTDScheduler": ".routing.scheduler",
     "get_layer_token_lr_scheduler": ".routing.lr_schedule",
     "LayerTokenLRScheduler": ".routing.lr_schedule",
+    # model-based selection
+    "ExcessLossSelection": ".selection",
     # integration
     "DataEfficiencyEngine": ".engine",
     "save_checkpoint": ".checkpoints",

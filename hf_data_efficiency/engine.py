@@ -153,6 +153,17 @@ def is_stream(dataset: Any) -> bool:
     return isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset))
 
 
+def _real_tokens(dataset: Any, pad_token_id: int | None) -> int:
+    """Real tokens of a tokenized ``datasets.Dataset`` (its ``attention_mask`` ones, else its non-padding ids)."""
+    from .curriculum.metrics import metric_arrays
+
+    return int(
+        metric_arrays(add_metric_columns(dataset, ["seqlen"], pad_token_id=pad_token_id)[0], ["seqlen"])[
+            "seqlen"
+        ].sum()
+    )
+
+
 @dataclass
 class TrainLoader:
     """The training DataLoader as :meth:`DataEfficiencyEngine.train_loader` decided it: what it reads (the tagged
@@ -252,6 +263,14 @@ class DataEfficiencyEngine:
         self._totals = dict.fromkeys(_COUNTERS, 0)
         self._local = {"samples": 0, "tokens": 0}
         self._layer_token_mark = 0
+        #: the model being trained (sizes the reference models' cost) and the device reference models run on
+        self.model: torch.nn.Module | None = None
+        self.device: Any = None
+        #: excess-loss token selection (:meth:`attach_reference`), or ``None``
+        self.token_selection: Any = None
+        #: tokens the ``reference_loss`` metric scored for this run, and their cost in effective tokens per token
+        self.reference_scoring_tokens = 0
+        self.reference_scoring_cost = 1.0 / 3.0
 
     # ----- geometry ---------------------------------------------------------------------------------------
     @property
@@ -297,14 +316,35 @@ class DataEfficiencyEngine:
             return dataset
         context = main_process_first() if main_process_first else None
         with context or contextlib.nullcontext():
+            scored, by_reference = self._score_reference_metrics(dataset)
             result, added = add_metric_columns(
-                dataset,
+                scored,
                 self.config.curriculum.sampling_metrics,
                 num_proc=self.metrics_num_proc,
                 pad_token_id=self.pad_token_id,
             )
-        self._metric_cache = (dataset, result, added)
+        self._metric_cache = (dataset, result, by_reference + added)
         return result
+
+    def _score_reference_metrics(self, dataset: Any) -> tuple[Any, list[str]]:
+        """``dataset`` with the column of every ``reference_loss`` metric that names a reference model and is not a
+        column yet (:class:`~hf_data_efficiency.curriculum.reference.ReferenceLoss`, on :attr:`device`), and the
+        names added; the tokens scored are counted in :attr:`reference_scoring_tokens`."""
+        added = []
+        for m in self.config.curriculum.sampling_metrics:
+            if getattr(m, "reference_model", None) is None or m.name in dataset.column_names:
+                continue
+            from .curriculum.reference import ReferenceLoss, check_reference_compatible, reference_cost
+
+            where = f"curriculum_metrics.{m.name}.reference_model"
+            scorer = ReferenceLoss(m.reference_model, device=self.device, pad_token_id=self.pad_token_id)
+            if self.model is not None:
+                check_reference_compatible(scorer.model, self.model, where=where)
+                self.reference_scoring_cost = reference_cost(scorer.model, self.model)
+            dataset = scorer.map(dataset, column=m.name, num_proc=self.metrics_num_proc)
+            self.reference_scoring_tokens += _real_tokens(dataset, self.pad_token_id)
+            added.append(m.name)
+        return dataset, added
 
     def build_sampler(self, dataset: Any) -> Any:
         """Build the :class:`CurriculumSampler` over ``dataset``'s metric columns (see :meth:`metric_dataset`) as
@@ -383,6 +423,13 @@ class DataEfficiencyEngine:
         from .curriculum.streaming import StreamingCurriculum
 
         self.check_dataset(dataset)
+        scored = [m.name for m in self.config.curriculum.sampling_metrics if getattr(m, "reference_model", None)]
+        if scored:
+            raise ValueError(
+                f"curriculum metric(s) {scored} with a reference_model cannot be scored over a stream here; add the "
+                "column to the stream first (IterableDataset.map with ReferenceLoss(model), batched=True) and drop "
+                "reference_model, or materialise the dataset."
+            )
         selection = None
         if self.config.dynamic_batching is not None:
             from .batching.stream import StreamTokenBudget
@@ -500,6 +547,11 @@ class DataEfficiencyEngine:
 
         from .curriculum.transforms import SeededCollation, SeqlenTransform
 
+        selection = self.config.token_selection
+        if selection is not None and selection.offline:  # innermost: the column is padded like the rows it scores
+            from .selection.excess_loss import ReferenceColumnCollator
+
+            collator = ReferenceColumnCollator(collator or default_data_collator, selection.reference_column)
         transform = self.config.curriculum.transform if self.config.curriculum is not None else None
         mode = transform.name if transform is not None else None
         db = self.config.dynamic_batching
@@ -525,6 +577,7 @@ class DataEfficiencyEngine:
     # ----- model ----------------------------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> Any:
         """Patch ``model`` for random-LTD in place (``None`` without random-LTD); returns the handle."""
+        self.model = model
         if self.config.random_ltd is None:
             return None
         from .routing.random_ltd import apply_random_ltd
@@ -534,6 +587,50 @@ class DataEfficiencyEngine:
         )
         self._layer_token_mark = self.random_ltd_handle.actual_layer_tokens
         return self.random_ltd_handle
+
+    def attach_reference(
+        self,
+        reference: Any = None,
+        *,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> Any:
+        """Set up excess-loss token selection (``config.token_selection``) as :attr:`token_selection`: the reference
+        model (``reference``: a module or a path, default the config's) loaded onto ``device`` in ``dtype`` (the
+        training device and dtype; under DDP and ZeRO every process holds a whole copy, never sharded), checked
+        against ``model`` (and ``tokenizer``). ``None`` when token selection is off."""
+        cfg = self.config.token_selection
+        if cfg is None:
+            if reference is not None:
+                raise ValueError(
+                    "a reference model was given but token selection is off; set token_selection='excess_loss' "
+                    "(flag --token_selection excess_loss) to train on the tokens of highest excess loss."
+                )
+            return None
+        from .selection import ExcessLossSelection
+
+        if model is not None:
+            self.model = model
+        self.token_selection = ExcessLossSelection(
+            cfg, reference, model=self.model, tokenizer=tokenizer, device=device, dtype=dtype
+        )
+        return self.token_selection
+
+    def selected_tokens(self, micro_batches: Sequence[Mapping[str, Any]]) -> int:
+        """Tokens this process's token selection keeps over one optimizer step's ``micro_batches`` (sum it over the
+        processes for the ``num_selected`` of :meth:`selection_loss`)."""
+        if self.token_selection is None:
+            raise ValueError("selected_tokens needs token selection on (config.token_selection, attach_reference).")
+        return self.token_selection.step_selected(micro_batches)
+
+    def selection_loss(self, model: Any, inputs: Mapping[str, Any], num_selected: Any, scale: float = 1.0) -> Any:
+        """A micro-batch's loss under token selection: its selected tokens' loss summed, times ``scale``, over the
+        step's ``num_selected`` (see :mod:`hf_data_efficiency.selection.excess_loss`); returns ``(loss, outputs)``."""
+        if self.token_selection is None:
+            raise ValueError("selection_loss needs token selection on (config.token_selection, attach_reference).")
+        return self.token_selection.loss(model, inputs, num_selected, scale=scale)
 
     def begin_step(self, global_step: int) -> None:
         """Before the forward passes of optimizer step ``global_step + 1``: set the kept length from the 0-based
@@ -574,6 +671,17 @@ class DataEfficiencyEngine:
         self._totals["tokens"] += tokens
         self._totals["layer_tokens"] += layer_tokens
         self._local = {"samples": 0, "tokens": 0}
+        if self.token_selection is not None:
+            self.token_selection.sync(reduce if self.world_size > 1 else None, device)
+
+    @property
+    def reference_effective_tokens(self) -> float:
+        """The reference models' forwards in effective training tokens: the ``reference_loss`` metric's scoring of
+        the dataset and token selection's per-step forwards (see :mod:`hf_data_efficiency.curriculum.reference`)."""
+        total = self.reference_scoring_tokens * self.reference_scoring_cost
+        if self.token_selection is not None:
+            total += self.token_selection.reference_effective_tokens
+        return total
 
     def consumed_samples(self, global_step: int) -> int:
         """Samples consumed after ``global_step`` optimizer steps (all processes)."""
@@ -605,6 +713,14 @@ class DataEfficiencyEngine:
             out["data_efficiency/effective_tokens"] = self._totals["layer_tokens"] / handle.total_layers
         elif self._totals["tokens"]:  # a float on both paths: layer-tokens per layer, or tokens
             out["data_efficiency/effective_tokens"] = float(self._totals["tokens"])
+        if self.token_selection is not None:
+            out.update(self.token_selection.step_logs(reduce if self.world_size > 1 else None, device))
+        if self.reference_scoring_tokens:
+            out["curriculum/reference_scoring_tokens"] = self.reference_scoring_tokens
+        reference = self.reference_effective_tokens
+        if reference:  # honest accounting: the reference forwards count as compute
+            out["data_efficiency/reference_effective_tokens"] = reference
+            out["data_efficiency/effective_tokens"] = out.get("data_efficiency/effective_tokens", 0.0) + reference
         return out
 
     def _stream_logs(
@@ -695,6 +811,7 @@ class DataEfficiencyEngine:
             "dynamic_batching": (
                 self.batch_sampler.state_dict(position=global_step) if self.batch_sampler is not None else None
             ),
+            **({"token_selection": self.token_selection.state_dict()} if self.token_selection is not None else {}),
         }
 
     def save_state(self, folder: str | os.PathLike, global_step: int, state: dict[str, Any] | None = None) -> str:
@@ -746,6 +863,12 @@ class DataEfficiencyEngine:
                 f"state.version={state.get('version')!r} is not supported; allowed: {list(_READABLE_VERSIONS)}."
             )
         keys = _STATE_KEYS if state["version"] == STATE_VERSION else _STATE_KEYS[:-1]
+        selecting = self.config.token_selection is not None
+        if ("token_selection" in state) != selecting:  # the section exists exactly when token selection is on
+            wanted = "present (this run has token selection on)" if selecting else "absent (this run has it off)"
+            raise ValueError(f"state.token_selection must be {wanted}.")
+        if selecting:
+            keys = (*keys, "token_selection")
         check_keys(state, keys, "state", required=keys)
         check_state_int(state["global_step"], "state.global_step", 0, _INT64_MAX)
         counters = expect_mapping(state["counters"], "state.counters")
@@ -773,6 +896,8 @@ class DataEfficiencyEngine:
         self._local = {"samples": 0, "tokens": 0}
         handle = self.random_ltd_handle
         self._layer_token_mark = handle.actual_layer_tokens if handle is not None else 0
+        if self.token_selection is not None:
+            self.token_selection.reset()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state from :meth:`read_state` (after :meth:`attach` and :meth:`build_sampler`).
@@ -801,6 +926,8 @@ class DataEfficiencyEngine:
                         f"sampler.position={state['sampler']['position']!r} disagrees with global_step="
                         f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}."
                     )
+            if self.token_selection is not None:
+                self.token_selection.check_state(state["token_selection"], "token_selection")
             handle = self.random_ltd_handle
             if handle is not None:
                 handle.load_state_dict(state["random_ltd"])
@@ -808,5 +935,7 @@ class DataEfficiencyEngine:
                 self.batch_sampler.load_state_dict(state["dynamic_batching"])
             self.reset()
             self._totals.update({key: int(state["counters"][key]) for key in _COUNTERS})
+            if self.token_selection is not None:
+                self.token_selection.load_state_dict(state["token_selection"])
         except (KeyError, TypeError, ValueError) as e:
             raise ResumeError(str(e)) from e

@@ -109,8 +109,9 @@ class DataEfficiencyTrainer(Trainer):
     the train dataloader).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, reference_model: Any = None, **kwargs: Any) -> None:
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        self._de_counting_step = False  # inside the training loop's get_batch_samples (token selection counts then)
         self._de_pending_state: dict[str, Any] | None = None
         self._de_rng_checkpoint: str | None = None  # a resumed stream's RNG state, restored after its first fetch
         self._de_scaled_lr: Any = None
@@ -123,7 +124,7 @@ class DataEfficiencyTrainer(Trainer):
                     "pass model=... instead of model_init, or configure the settings explicitly."
                 )
             train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
-            cfg = training_args.apply_data_efficiency_recipe(model, train_dataset)
+            cfg = training_args.apply_data_efficiency_recipe(model, train_dataset, reference_model=reference_model)
         self.engine = DataEfficiencyEngine(
             cfg,
             batch_size=training_args.train_batch_size if training_args is not None else 8,
@@ -136,6 +137,7 @@ class DataEfficiencyTrainer(Trainer):
             declare_causal_lm_loss(model)
         super().__init__(*args, **kwargs)
         _warn_if_launch_ignored(self.accelerator.num_processes)
+        self._attach_reference(cfg, reference_model)
         if not cfg.enabled:
             return
         self.engine.pad_token_id = getattr(self.processing_class, "pad_token_id", None)
@@ -183,6 +185,86 @@ class DataEfficiencyTrainer(Trainer):
             declare_causal_lm_loss(model)
         self.engine.attach(model)
         return model
+
+    # ----- token selection ------------------------------------------------------------------------------------
+    def _attach_reference(self, cfg: DataEfficiencyConfig, reference_model: Any) -> None:
+        """The engine's reference models run where training does: the training device, and the training dtype
+        (bf16/fp16 with mixed precision, else the model's own). Every process holds a whole copy (never sharded)."""
+        self.engine.device = self.args.device
+        if cfg.enabled:
+            self.engine.model = self.model
+        recipe = getattr(self.args, "data_efficiency_recipe", None)
+        if cfg.token_selection is None and reference_model is not None and recipe:
+            logger.warning(
+                f"data_efficiency_recipe={recipe} added no token selection, so the "
+                "reference_model passed to the Trainer is not used (see docs/selection.md for why)."
+            )
+            return
+        if cfg.token_selection is None and reference_model is None:
+            return
+        if cfg.token_selection is not None and (self.args.label_smoothing_factor or self.compute_loss_func):
+            raise ValueError(
+                "token selection computes the training loss itself (the mean over the selected tokens); it cannot be "
+                f"combined with label_smoothing_factor={self.args.label_smoothing_factor} or a compute_loss_func; "
+                "allowed: label_smoothing_factor=0 and no compute_loss_func."
+            )
+        if self.args.bf16:
+            dtype = torch.bfloat16
+        elif self.args.fp16:
+            dtype = torch.float16
+        else:
+            dtype = next(self.model.parameters()).dtype
+        self.engine.attach_reference(
+            reference_model, model=self.model, tokenizer=self.processing_class, device=self.args.device, dtype=dtype
+        )
+        self.loss_is_scaled_for_ga = True  # the selected-token loss is normalised over the whole step
+
+    def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
+        self._de_counting_step = True
+        try:
+            out = super().get_batch_samples(*args, **kwargs)
+        finally:
+            self._de_counting_step = False
+        checkpoint, self._de_rng_checkpoint = self._de_rng_checkpoint, None
+        if checkpoint is not None:
+            super()._load_rng_state(checkpoint)
+        return out
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
+        # with token selection, a training step's loss is normalised by its selected tokens, over the accumulated
+        # micro-batches and (average_tokens_across_devices) the processes; evaluation counts as the Trainer does
+        if self.engine.token_selection is None or not self._de_counting_step:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        count = torch.tensor(self.engine.selected_tokens(batch_samples), dtype=torch.int64, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        selection = self.engine.token_selection
+        if selection is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not model.training:  # evaluation: the plain loss over every token
+            inputs = {k: v for k, v in inputs.items() if k != selection.column}
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # DDP averages gradients over the processes; the count already sums them (as the Trainer does)
+        scale = 1
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            scale = self.accelerator.num_processes
+        loss, outputs = self.engine.selection_loss(model, inputs, num_items_in_batch, scale)
+        return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        column = getattr(self.engine.config.token_selection, "reference_column", None)
+        if column is not None and column not in self._signature_columns:  # offline selection reads it
+            self._signature_columns.append(column)
 
     # ----- dynamic batching -----------------------------------------------------------------------------------
     def _check_dynamic_batching(self) -> None:
@@ -322,13 +404,6 @@ class DataEfficiencyTrainer(Trainer):
     def _load_rng_state(self, checkpoint: str | None) -> None:
         if self._de_rng_checkpoint is None:
             super()._load_rng_state(checkpoint)
-
-    def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
-        out = super().get_batch_samples(*args, **kwargs)
-        checkpoint, self._de_rng_checkpoint = self._de_rng_checkpoint, None
-        if checkpoint is not None:
-            super()._load_rng_state(checkpoint)
-        return out
 
     # ----- counters and logs -----------------------------------------------------------------------------
     def training_step(
