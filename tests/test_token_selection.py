@@ -3,11 +3,16 @@ loss per micro-batch, mean over the kept tokens of the whole step) under gradien
 online, resume exactness, the compute accounting, and the clear errors."""
 
 import copy
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from _helpers import training_kwargs
+from _helpers import torchrun, training_kwargs
 from tiny import (
     CURRICULUM_FLAGS,
     RANDOM_LTD_FLAGS,
@@ -86,7 +91,7 @@ def test_one_step_loss_and_gradient_equal_the_recomputation_under_gradient_accum
     assert len(batches) == 3
     counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
     assert len(set(counts)) > 1  # micro-batches of different sizes: a per-micro-batch mean would weigh them wrongly
-    expected_k = sum(selected_count(n, RATIO) for n in counts)
+    expected_k = sum(max(1, math.floor(RATIO * n + 0.5)) for n in counts)
     assert {r["num_items_in_batch"] for r in trainer.records} == {expected_k}
     oracle = oracle_step_loss(before, reference, batches, RATIO)
     assert trainer.state.log_history[0]["loss"] == pytest.approx(oracle.item(), rel=1e-5)
@@ -96,6 +101,11 @@ def test_one_step_loss_and_gradient_equal_the_recomputation_under_gradient_accum
     logs = trainer.state.log_history[0]
     assert logs["token_selection/selected_fraction"] == pytest.approx(expected_k / sum(counts))
     assert logs["token_selection/excess_loss_selected_mean"] > logs["token_selection/excess_loss_mean"]
+
+
+def test_selected_count_rounds_to_the_nearest_token():
+    cases = {(10, 0.6): 6, (11, 0.6): 7, (12, 0.6): 7, (7, 0.5): 4, (5, 1.0): 5, (1, 0.01): 1, (0, 0.6): 0}
+    assert {case: selected_count(*case) for case in cases} == cases
 
 
 def test_ratio_one_is_the_plain_loss(tmp_path):
@@ -295,3 +305,31 @@ def test_clear_errors(tmp_path):
     trainer = _trainer(tmp_path, **on, token_selection_reference_column="reference_token_loss")
     with pytest.raises(ValueError, match="the batch has no such tensor.*token_losses=True"):
         trainer.train()
+
+
+def test_two_processes_select_and_normalise_as_one_process_with_accumulation(tmp_path):
+    """DDP (2 processes x batch 2 x GA 2) against one process (batch 2 x GA 4) on the same micro-batches: the top-k
+    runs per micro-batch and the mean over the step's selected tokens of both processes, so the losses and the
+    selection statistics are those of the single process."""
+    script = str(Path(__file__).parent / "distributed" / "run_trainer.py")
+    flags = ["--batch_size", "2", "--max_steps", "4", "--no_random_ltd", "--deterministic", "--token_selection"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    runs = {}
+    for name, prefix, ga in (("ddp", torchrun(), "2"), ("single", [sys.executable], "4")):
+        out = tmp_path / name
+        cmd = [*prefix, script, "--output_dir", str(out), "--record", str(out / "rec_RANK.json"), "--ga", ga, *flags]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        runs[name] = json.loads((out / "rec_0.json").read_text())
+    assert runs["ddp"]["world_size"] == 2 and runs["single"]["world_size"] == 1
+    for step, loss in runs["single"]["losses"].items():
+        assert runs["ddp"]["losses"][step] == pytest.approx(loss, rel=1e-5), step
+    keys = (
+        "token_selection/selected_fraction",
+        "token_selection/excess_loss_mean",
+        "token_selection/reference_tokens",
+    )
+    logs = {n: [h for h in r["log_history"] if "loss" in h] for n, r in runs.items()}
+    for a, b in zip(logs["ddp"], logs["single"]):
+        assert all(a[k] == pytest.approx(b[k], rel=1e-5) for k in keys), (a, b)

@@ -681,6 +681,67 @@ MUTATIONS: tuple[Mutation, ...] = (
         ["tests/test_data_path.py", "tests/test_streaming.py::test_trainer_on_a_stream_with_two_processes_and_resume"],
         "the loader of a stream is sharded again by accelerate (each process already reads its own shard)",
     ),
+    # ------------------------------------------------------------------ model-based selection
+    _m(
+        "selection-excess-sign",
+        "selection/excess_loss.py",
+        "excess = train.detach() - reference",
+        "excess = reference - train.detach()",
+        [
+            "tests/test_token_selection.py::test_one_step_loss_and_gradient_equal_the_recomputation_under_gradient_accumulation"
+        ],
+        "token selection keeps the tokens of lowest excess loss",
+    ),
+    _m(
+        "selection-per-micro-batch-mean",
+        "selection/excess_loss.py",
+        "loss = (train * chosen).sum() * scale / num_selected",
+        "loss = (train * chosen).sum() * scale / max(k, 1) / 3",
+        [
+            "tests/test_token_selection.py::test_one_step_loss_and_gradient_equal_the_recomputation_under_gradient_accumulation"
+        ],
+        "each micro-batch is averaged over its own selected tokens (wrong weights under accumulation)",
+    ),
+    _m(
+        "selection-count-rounds-up",
+        "selection/excess_loss.py",
+        "return max(1, min(num_tokens, math.floor(ratio * num_tokens + 0.5)))",
+        "return max(1, min(num_tokens, math.ceil(ratio * num_tokens)))",
+        ["tests/test_token_selection.py::test_selected_count_rounds_to_the_nearest_token"],
+        "the kept count rounds up instead of to the nearest token",
+    ),
+    _m(
+        "selection-resume-ignores-reference",
+        "selection/excess_loss.py",
+        'if state["reference"] != self.identity:',
+        "if False:",
+        ["tests/test_token_selection.py::test_resume_is_exact_with_selection_curriculum_and_random_ltd"],
+        "a checkpoint resumes against another reference model",
+    ),
+    _m(
+        "reference-cost-half",
+        "curriculum/reference.py",
+        "FORWARD_FRACTION = 1.0 / 3.0",
+        "FORWARD_FRACTION = 1.0 / 2.0",
+        ["tests/test_token_selection.py::test_effective_tokens_count_the_reference_forwards_as_a_third"],
+        "a reference forward is counted as half a training step",
+    ),
+    _m(
+        "reference-loss-unshifted",
+        "curriculum/reference.py",
+        "flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()",
+        "flat = logits[:, 1:].reshape(-1, logits.shape[-1]).float()",
+        ["tests/test_reference_loss.py::test_reference_loss_equals_the_models_own_per_sample_loss"],
+        "the reference loss scores each token from its own position instead of the one before",
+    ),
+    _m(
+        "reference-fingerprint-ignores-weights",
+        "curriculum/reference.py",
+        "h.update(memoryview(t.view(torch.uint8).numpy()))",
+        "pass",
+        ["tests/test_reference_loss.py::test_fingerprint_is_the_models_identity_and_the_datasets_cache_uses_it"],
+        "the datasets cache reuses a column scored by another model",
+    ),
 )
 
 
