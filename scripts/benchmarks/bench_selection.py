@@ -18,7 +18,9 @@ included at 1/3 of a training token each (same architecture; ``hf_data_efficienc
 steps are the most whose planned compute stays within the budget. The runs' own counters (hooks on the layers and on
 the reference model, independent of the library's) are what the tables report.
 
-Runs are skipped when their record exists (``--records_dir``); ``--only_existing`` re-tabulates from the records::
+Runs are skipped when their record exists (``--records_dir``); ``--only_existing`` re-tabulates from the records.
+With every corpus and the committed records, the tables are written into docs/benchmarks.md between the
+``selection`` markers::
 
     python scripts/benchmarks/bench_selection.py --seeds 1 2 3 --jobs 2
     python scripts/benchmarks/bench_selection.py --seeds 1 2 3 --only_existing
@@ -42,11 +44,22 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_data_efficiency import fmt_spread, mean_curve, planned_effective_tokens, reach, to_cli  # noqa: E402
+from bench_data_efficiency import (  # noqa: E402
+    fmt_spread,
+    mean_curve,
+    planned_effective_tokens,
+    reach,
+    replace_marked_block,
+    to_cli,
+)
 
 from hf_data_efficiency.fileio import atomic_write_text  # noqa: E402
 
 CORPORA = {"ptb": "ptb", "bbc": "bbc", "noisy": "noisy_bbc"}
+TITLES = {"ptb": "PTB", "bbc": "BBC News", "noisy": "noisy BBC News"}
+DOC = ROOT / "docs" / "benchmarks.md"
+DOC_BEGIN, DOC_END = "<!-- selection:begin -->", "<!-- selection:end -->"
+DEFAULT_RECORDS = ROOT / "docs" / "bench_records" / "selection"
 ARMS = ("baseline", "ltd", "select", "select_ltd", "filter", "filter_ltd")
 #: the trained (and reference) model, the data and the batch
 MODEL = {"n_layer": 4, "n_embd": 128, "n_head": 4, "block_size": 128, "per_device_train_batch_size": 8}
@@ -256,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval_samples", type=int, default=128)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--out_dir", default="outputs/selection")
-    parser.add_argument("--records_dir", default=str(ROOT / "docs/bench_records/selection"))
+    parser.add_argument("--records_dir", default=str(DEFAULT_RECORDS))
     parser.add_argument("--only_existing", action="store_true", help="train nothing: tabulate the records")
     parser.add_argument("--plan", action="store_true", help="print each arm's planned steps and compute, then stop")
     args = parser.parse_args(argv)
@@ -280,14 +293,18 @@ def main(argv: list[str] | None = None) -> dict:
     for (corpus, arm, _), record in done:
         if record:
             results.setdefault(corpus, {}).setdefault(arm, []).append(record)
-    summary = {}
+    summary, sections = {}, []
     for corpus in args.corpora:
         table, summary[corpus] = analyse(args, corpus, results.get(corpus, {}), references.get(corpus) or {})
-        print(f"\n### {corpus}\n\n{table}")
+        sections.append(f"#### {TITLES[corpus]}\n\n{table}")
     process = sum(r["bench"]["process_seconds"] for arms in results.values() for runs in arms.values() for r in runs)
     process += sum(r["bench"]["process_seconds"] for r in references.values() if r)
-    print(f"\n{sum(len(v) for a in results.values() for v in a.values())} runs + references: "
-          f"{process / 3600:.2f} process-hours")  # fmt: skip
+    runs_done = sum(len(v) for a in results.values() for v in a.values())
+    text = "\n\n".join(sections) + f"\n\n{runs_done} runs + references: {process / 3600:.2f} process-hours.\n\n"
+    text += f"Command (re-tabulates from the records): `python scripts/benchmarks/bench_selection.py --only_existing`"
+    print(text)
+    if args.corpora == list(CORPORA) and args.records_dir == str(DEFAULT_RECORDS):
+        replace_marked_block(DOC, DOC_BEGIN, DOC_END, text)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.out_dir) / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     return summary
