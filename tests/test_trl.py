@@ -268,6 +268,34 @@ def test_sft_token_budgets_with_padding_free_and_packing(tmp_path):
     assert packed.records and all(r["input_ids"].numel() <= 40 for r in packed.records)
 
 
+@pytest.mark.parametrize("options", [{"padding_free": True}, {"packing": True, "max_length": 16}], ids=str)
+def test_sft_padding_free_random_ltd_keeps_per_document(tmp_path, options):
+    """trl's padding-free rows (padding_free, or bfd packing): the dropped layer's attention sees sum(min(len, kept))
+    tokens of each micro-batch's documents, recomputed here from its position_ids."""
+    args = DataEfficiencySFTConfig(
+        **sft_kwargs(tmp_path, max_steps=4), **{"max_length": None, **options}, **RANDOM_LTD, random_ltd_layer_id=[1]
+    )
+    trainer = RecordingSFT(
+        model=tiny_lm(), args=args, train_dataset=addition_completions(), processing_class=TOKENIZER
+    )
+    seen, kept = [], []
+    layer = trainer.random_ltd_handle.layers[0]
+    layer.attn.register_forward_pre_hook(lambda m, a, k: seen.append(a[0].shape[1]), with_kwargs=True)
+    layer.register_forward_pre_hook(
+        lambda m, a, k: kept.append(trainer.random_ltd_handle.kept_length), with_kwargs=True
+    )
+    trainer.train()
+    assert len(seen) == len(trainer.records) == 8  # 4 steps x GA 2
+    dropped = 0
+    for count, k, record in zip(seen, kept, trainer.records):
+        assert record["input_ids"].shape[0] == 1  # one row of documents
+        starts = [i for i, p in enumerate(record["position_ids"].reshape(-1).tolist()) if p == 0]
+        lengths = [b - a for a, b in zip(starts, [*starts[1:], record["input_ids"].shape[1]])]
+        assert len(lengths) > 1 and count == sum(min(n, k) for n in lengths)
+        dropped += count < record["input_ids"].shape[1]
+    assert dropped > 0
+
+
 def test_sft_refuses_what_it_cannot_honour(tmp_path):
     data = addition_completions()
 
@@ -275,10 +303,6 @@ def test_sft_refuses_what_it_cannot_honour(tmp_path):
         args = DataEfficiencySFTConfig(**sft_kwargs(tmp_path, max_steps=1), **options)
         return DataEfficiencySFTTrainer(model=tiny_lm(), args=args, train_dataset=data, processing_class=TOKENIZER)
 
-    with pytest.raises(ValueError, match=r"random-LTD cannot be combined with padding_free=True"):
-        build(padding_free=True, max_length=None, **RANDOM_LTD)
-    with pytest.raises(ValueError, match=r"random-LTD cannot be combined with .*packing=True"):
-        build(packing=True, max_length=16, **RANDOM_LTD)
     with pytest.raises(ValueError, match=r"seqlen_curriculum \(seqlen_truncate\) cannot be combined"):
         build(padding_free=True, max_length=None, **SFT_CURRICULUM)
     with pytest.raises(ValueError, match=r"curriculum_metrics \['seqlen'\] cannot be combined with packing=True"):

@@ -9,10 +9,11 @@ next to trl's and shows in ``HfArgumentParser(...).parse_args(["--help"])``; the
 * **SFT** (:class:`DataEfficiencySFTTrainer`, :class:`DataEfficiencySFTConfig`): the curriculum, random-LTD, dynamic
   batching and ``--data_efficiency_recipe`` over the rows trl has tokenized (the recipe reads them after trl's
   preparation). Completion-only loss stays as trl builds it (labels of -100 on the prompt), and the loss of an
-  optimizer step is the mean over its real, shifted label tokens. Refused, with the reason: random-LTD or
-  ``seqlen_curriculum`` with trl's padding-free batches (``padding_free``, or ``packing`` with a ``bfd`` strategy),
-  whose rows are whole micro-batches of documents; a sampling curriculum over ``packing=True`` rows, which mix
-  documents of every difficulty.
+  optimizer step is the mean over its real, shifted label tokens. On trl's padding-free batches (``padding_free``, or
+  ``packing`` with a ``bfd`` strategy), whose rows are whole micro-batches of documents, random-LTD keeps
+  ``min(len, kept)`` tokens of each document (the per-document rule of ``docs/random_ltd.md``). Refused, with the
+  reason: ``seqlen_curriculum`` with padding-free batches (it would cut the row as one sequence); a sampling
+  curriculum over ``packing=True`` rows, which mix documents of every difficulty.
 * **GRPO** (:class:`DataEfficiencyGRPOTrainer`, :class:`DataEfficiencyGRPOConfig`): a curriculum over *prompts* that
   keeps trl's generation groups whole (each group holds the ``num_generations`` completions of one prompt, with
   ``steps_per_generation``, ``num_iterations``, gradient accumulation and several processes), from a dataset column
@@ -123,12 +124,6 @@ class DataEfficiencySFTTrainer(DataEfficiencyTrainer, SFTTrainer):
                 f"{self.args.packing_strategy!r}): trl's padding-free batches put a micro-batch's documents in one "
                 "row"
             )
-            if cfg.random_ltd is not None:
-                raise ValueError(
-                    f"random-LTD cannot be combined with {reason}: it would keep a subset of the row, not of each "
-                    "document (per-document random-LTD on padding-free batches is not available yet). Set "
-                    "padding_free=False (and packing=False, or packing_strategy='wrapped'), or turn random-LTD off."
-                )
             if transform is not None:
                 raise ValueError(
                     f"seqlen_curriculum ({transform.name}) cannot be combined with {reason}, which it would cut as one "
