@@ -296,6 +296,42 @@ def test_sft_padding_free_random_ltd_keeps_per_document(tmp_path, options):
     assert dropped > 0
 
 
+def test_sft_padding_free_seqlen_curriculum_cuts_each_document(tmp_path):
+    """The seqlen curriculum on trl's padding-free rows cuts every document to the step's max tokens before they are
+    concatenated (DeepSpeed's schedule is the oracle), and keeps every document of the micro-batch."""
+    from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
+
+    args = DataEfficiencySFTConfig(
+        **sft_kwargs(tmp_path, max_steps=4), padding_free=True, max_length=None, **SFT_CURRICULUM
+    )
+    trainer = RecordingSFT(
+        model=tiny_lm(), args=args, train_dataset=addition_completions(), processing_class=TOKENIZER
+    )
+    trainer.train()
+    keys = ("min_difficulty", "max_difficulty", "schedule_type")
+    schedule = CurriculumScheduler(
+        {
+            **{
+                k: SFT_CURRICULUM[f"seqlen_curriculum_{k}"] for k in keys if f"seqlen_curriculum_{k}" in SFT_CURRICULUM
+            },
+            "schedule_type": "fixed_linear",
+            "schedule_config": {
+                "total_curriculum_step": SFT_CURRICULUM["seqlen_curriculum_total_curriculum_step"],
+                "difficulty_step": SFT_CURRICULUM["seqlen_curriculum_difficulty_step"],
+            },
+        }
+    )
+    cut = 0
+    for record in trainer.records:
+        positions = record["position_ids"].reshape(-1).tolist()
+        starts = [i for i, p in enumerate(positions) if p == 0]
+        lengths = [b - a for a, b in zip(starts, [*starts[1:], len(positions)])]
+        cap = schedule.get_difficulty(record["step"])
+        assert len(lengths) == args.per_device_train_batch_size and max(lengths) <= cap
+        cut += max(lengths) == cap
+    assert cut > 0
+
+
 def test_sft_refuses_what_it_cannot_honour(tmp_path):
     data = addition_completions()
 
@@ -303,8 +339,6 @@ def test_sft_refuses_what_it_cannot_honour(tmp_path):
         args = DataEfficiencySFTConfig(**sft_kwargs(tmp_path, max_steps=1), **options)
         return DataEfficiencySFTTrainer(model=tiny_lm(), args=args, train_dataset=data, processing_class=TOKENIZER)
 
-    with pytest.raises(ValueError, match=r"seqlen_curriculum \(seqlen_truncate\) cannot be combined"):
-        build(padding_free=True, max_length=None, **SFT_CURRICULUM)
     with pytest.raises(ValueError, match=r"curriculum_metrics \['seqlen'\] cannot be combined with packing=True"):
         build(packing=True, packing_strategy="wrapped", max_length=16, **SFT_CURRICULUM)
     build(packing=True, packing_strategy="wrapped", max_length=16, **RANDOM_LTD).train()  # rows, not documents

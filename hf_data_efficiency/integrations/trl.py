@@ -11,8 +11,8 @@ next to trl's and shows in ``HfArgumentParser(...).parse_args(["--help"])``; the
   preparation). Completion-only loss stays as trl builds it (labels of -100 on the prompt), and the loss of an
   optimizer step is the mean over its real, shifted label tokens. On trl's padding-free batches (``padding_free``, or
   ``packing`` with a ``bfd`` strategy), whose rows are whole micro-batches of documents, random-LTD keeps
-  ``min(len, kept)`` tokens of each document (the per-document rule of ``docs/random_ltd.md``). Refused, with the
-  reason: ``seqlen_curriculum`` with padding-free batches (it would cut the row as one sequence); a sampling
+  ``min(len, kept)`` tokens of each document (the per-document rule of ``docs/random_ltd.md``), and
+  ``seqlen_curriculum`` cuts each document before they are concatenated. Refused, with the reason: a sampling
   curriculum over ``packing=True`` rows, which mix documents of every difficulty.
 * **GRPO** (:class:`DataEfficiencyGRPOTrainer`, :class:`DataEfficiencyGRPOConfig`): a curriculum over *prompts* that
   keeps trl's generation groups whole (each group holds the ``num_generations`` completions of one prompt, with
@@ -117,18 +117,6 @@ class DataEfficiencySFTTrainer(DataEfficiencyTrainer, SFTTrainer):
     def _check_options(self) -> None:
         super()._check_options()
         cfg = self.engine.config
-        transform = cfg.curriculum.transform if cfg.curriculum is not None else None
-        if self.padding_free:
-            reason = (
-                f"padding_free={self.args.padding_free}, packing={self.args.packing} (packing_strategy="
-                f"{self.args.packing_strategy!r}): trl's padding-free batches put a micro-batch's documents in one "
-                "row"
-            )
-            if transform is not None:
-                raise ValueError(
-                    f"seqlen_curriculum ({transform.name}) cannot be combined with {reason}, which it would cut as one "
-                    "sequence. Set padding_free=False and packing=False, or drop seqlen_curriculum."
-                )
         if self.args.packing and cfg.curriculum is not None and cfg.curriculum.sampling_metrics:
             raise ValueError(
                 f"curriculum_metrics {[m.name for m in cfg.curriculum.sampling_metrics]} cannot be combined with "
