@@ -66,6 +66,7 @@ DEEPSPEED_KEYS = ("data_efficiency", "curriculum_learning")
 REFERENCE_LOSS_METRIC = "reference_loss"
 #: Token-selection methods: RHO-1's excess loss (training loss minus reference loss).
 TOKEN_SELECTION_METHODS = ("excess_loss",)
+_NO_BLOCK = "The DeepSpeed config has no 'data_efficiency' or 'curriculum_learning' block."
 
 
 def _deprecated(message: str) -> None:
@@ -871,8 +872,8 @@ class DataEfficiencyConfig:
             _warn_near_misses(ds_config)
             legacy = ds_config.get("curriculum_learning")
             block = expect_mapping(ds_config.get("data_efficiency", {}), "data_efficiency")
-            if legacy is None and not block:
-                logger.warning("The DeepSpeed config has no 'data_efficiency' or 'curriculum_learning' block.")
+            if legacy is None and not block and not any(_near_deepspeed_key(key) for key in ds_config):
+                logger.warning(_NO_BLOCK)
         else:  # only the data_efficiency block
             legacy, block = None, ds_config
         check_keys(block, block_keys, "data_efficiency")
@@ -950,13 +951,16 @@ def _near_deepspeed_key(key: Any) -> str:
 
 
 def _warn_near_misses(ds_config: Mapping[str, Any]) -> None:
-    """Warn about top-level keys that look like a misspelled data-efficiency block (DeepSpeed ignores them)."""
-    for key in ds_config:
-        hint = _near_deepspeed_key(key)
-        if hint:
-            logger.warning(
-                f"The DeepSpeed config has a top-level key {key!r}{hint}; it is not read as data-efficiency settings."
-            )
+    """Warn about top-level keys that look like a misspelled data-efficiency block (DeepSpeed ignores them), and, when
+    there is one but no real block, that the config has none."""
+    near = [key for key in ds_config if _near_deepspeed_key(key)]
+    for key in near:
+        logger.warning(
+            f"The DeepSpeed config has a top-level key {key!r}{_near_deepspeed_key(key)}; it is not read as "
+            "data-efficiency settings."
+        )
+    if near and not any(key in ds_config for key in DEEPSPEED_KEYS):
+        logger.warning(_NO_BLOCK)
 
 
 def _section_on(section: Mapping[str, Any], path: str, parent: tuple[bool, str] | None) -> bool:

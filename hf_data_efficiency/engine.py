@@ -105,7 +105,7 @@ def add_metric_columns(
     ``metrics`` are names or ``CurriculumMetricConfig`` entries. A metric comes from the dataset column of its name;
     else from DeepSpeed index files when its config names them (``index_to_sample_path``/``index_to_metric_path``);
     else it is computed, when it is registered (``register_curriculum_metric``; the built-in ones are)."""
-    from .curriculum.metrics import compute_metrics, is_registered_metric, registered_metrics
+    from .curriculum.metrics import compute_metrics, get_curriculum_metric, is_registered_metric, registered_metrics
 
     added = []
     for m in metrics:
@@ -134,9 +134,10 @@ def add_metric_columns(
             f"nor registered metrics ({', '.join(registered_metrics())}); add the column(s), or register a metric "
             "with hf_data_efficiency.register_curriculum_metric(name, fn)."
         )
-    if input_column not in dataset.column_names:
+    by_tokens = [n for n in missing if get_curriculum_metric(n).inputs == "tokens"]
+    if by_tokens and input_column not in dataset.column_names:  # a metric of the batch reads its own columns
         raise ValueError(
-            f"curriculum metric(s) {missing} are not columns of the dataset and cannot be computed: it has no "
+            f"curriculum metric(s) {by_tokens} are not columns of the dataset and cannot be computed: it has no "
             f"{input_column!r} column (columns: {dataset.column_names}). Tokenize the dataset first, or add the metric "
             "columns yourself (one number per sample, named after the metric)."
         )

@@ -23,7 +23,6 @@ DeepSpeed block) is kept whole. Every choice is logged, and the result is what
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,24 +52,13 @@ def _random_ltd(num_layers: int, seq_len: int, steps: int, start_fraction: float
     }
 
 
-#: What ``auto`` adds when a reference model is given: the token_selection section the selection study measured to
-#: pay, or ``None`` when no model-based arm paid (see docs/selection.md).
-AUTO_TOKEN_SELECTION: dict[str, Any] | None = None
-
-
-def recipe_sections(
-    name: str, *, num_layers: int, seq_len: int, steps: int, reference_model: Any = None
-) -> dict[str, Any]:
+def recipe_sections(name: str, *, num_layers: int, seq_len: int, steps: int) -> dict[str, Any]:
     """The config sections recipe ``name`` chooses for a model of ``num_layers`` random-LTD-capable layers, rows of
     ``seq_len`` tokens and ``steps`` optimizer steps (a ``DataEfficiencyConfig.from_dict`` layout, parts it leaves
-    off absent). ``reference_model``: a reference model (or its path) the run has; ``auto`` then adds token selection
-    when :data:`AUTO_TOKEN_SELECTION` says it pays."""
+    off absent)."""
     if name not in RECIPES:
         raise ValueError(f"data_efficiency_recipe={name!r} is not supported; allowed values: {', '.join(RECIPES)}.")
     sections: dict[str, Any] = {}
-    if name == "auto" and reference_model is not None and AUTO_TOKEN_SELECTION is not None:
-        path = reference_model if isinstance(reference_model, (str, os.PathLike)) else None
-        sections["token_selection"] = {**AUTO_TOKEN_SELECTION, "reference_model": str(path) if path else None}
     if num_layers >= 3 and seq_len >= 2:
         if name == "auto":
             sections["random_ltd"] = _random_ltd(num_layers, seq_len, steps, 0.25, 8)
@@ -144,10 +132,9 @@ def apply_recipe(
     reference_model: Any = None,
 ) -> DataEfficiencyConfig:
     """``config`` with the parts it leaves off filled by recipe ``name``; logs every choice. ``reference_model``: a
-    reference the run has (a path or a model), which ``auto`` may use for token selection."""
-    chosen = recipe_sections(
-        name, num_layers=len(layers), seq_len=seq_len, steps=steps, reference_model=reference_model
-    )
+    reference the run has (a path or a model); ``auto`` adds no model-based selection for it (it paid only on data
+    with junk in it, which the recipe cannot know), and logs that."""
+    chosen = recipe_sections(name, num_layers=len(layers), seq_len=seq_len, steps=steps)
     merged = config.to_dict()
     for part, section in chosen.items():
         if merged.get(part) is not None:
@@ -160,10 +147,11 @@ def apply_recipe(
             f"data_efficiency_recipe={name}: no random-LTD ({len(layers)} supported layers and rows of {seq_len} "
             "tokens; it needs at least 3 layers, as the first and the last keep every token)."
         )
-    if name == "auto" and reference_model is not None and "token_selection" not in chosen:
+    if name == "auto" and reference_model is not None and merged.get("token_selection") is None:
         logger.warning(
             "data_efficiency_recipe=auto: a reference model is given, but no token selection or reference-loss "
-            "curriculum is added: none paid at equal compute in the selection study (docs/selection.md)."
+            "curriculum is added: at equal compute they paid only on data with junk documents and lost on clean "
+            "corpora (docs/selection.md); for noisy data set token_selection='excess_loss' yourself."
         )
     if name == "auto":
         logger.warning(

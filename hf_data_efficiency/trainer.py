@@ -117,14 +117,12 @@ class DataEfficiencyTrainer(Trainer):
         self._de_scaled_lr: Any = None
         model = kwargs.get("model", args[0] if args else None)
         cfg = resolve_trainer_config(training_args)
-        if getattr(training_args, "data_efficiency_recipe", None) is not None:
-            if model is None:
-                raise ValueError(
-                    "data_efficiency_recipe needs the model when the Trainer is built (its layers decide random-LTD); "
-                    "pass model=... instead of model_init, or configure the settings explicitly."
-                )
-            train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
-            cfg = training_args.apply_data_efficiency_recipe(model, train_dataset, reference_model=reference_model)
+        recipe = getattr(training_args, "data_efficiency_recipe", None)
+        if recipe is not None and model is None:
+            raise ValueError(
+                "data_efficiency_recipe needs the model when the Trainer is built (its layers decide random-LTD); "
+                "pass model=... instead of model_init, or configure the settings explicitly."
+            )
         self.engine = DataEfficiencyEngine(
             cfg,
             batch_size=training_args.train_batch_size if training_args is not None else 8,
@@ -137,9 +135,12 @@ class DataEfficiencyTrainer(Trainer):
             declare_causal_lm_loss(model)
         super().__init__(*args, **kwargs)
         _warn_if_launch_ignored(self.accelerator.num_processes)
+        if recipe is not None:
+            cfg = self._apply_recipe(training_args, reference_model)
         self._attach_reference(cfg, reference_model)
         if not cfg.enabled:
             return
+        self._check_options()
         self.engine.pad_token_id = getattr(self.processing_class, "pad_token_id", None)
         if cfg.curriculum is not None:
             self.engine.check_dataset(self.train_dataset)
@@ -178,6 +179,35 @@ class DataEfficiencyTrainer(Trainer):
     def curriculum_sampler(self) -> Any:
         """The :class:`~hf_data_efficiency.CurriculumSampler` of the last train dataloader (``None`` before)."""
         return self.engine.sampler
+
+    def _apply_recipe(self, training_args: DataEfficiencyTrainingArguments, reference_model: Any) -> DataEfficiencyConfig:
+        """``--data_efficiency_recipe``'s choices for the model and the training rows as this Trainer holds them: a
+        subclass that prepares its data in its constructor (trl's ``SFTTrainer`` tokenizes, truncates and packs) has
+        done so by now, so the recipe reads the rows that are trained on. ``reference_model``: the one passed to the
+        constructor, which ``auto`` may use."""
+        cfg = training_args.apply_data_efficiency_recipe(self.model, self.train_dataset, reference_model=reference_model)
+        self.engine.config = cfg
+        if cfg.enabled and declare_causal_lm_loss(self.model):
+            self._loss_shifts_labels = True  # Trainer.__init__ read the loss type before it was declared
+        return cfg
+
+    def _check_options(self) -> None:
+        """Refuse the data-efficiency options this Trainer cannot honour (the config is resolved, the model not yet
+        patched). A generation-group trainer (trl's ``GRPOTrainer``/``RLOOTrainer``: ``args.num_generations``) draws
+        each prompt ``num_generations`` times in a row so that each group holds one prompt's completions; the
+        curriculum sampler and dynamic batching replace that sampler and would mix prompts within a group, silently.
+        """
+        cfg = self.engine.config
+        num_generations = getattr(self.args, "num_generations", None)
+        if num_generations is not None and (cfg.curriculum is not None or cfg.dynamic_batching is not None):
+            raise ValueError(
+                f"args.num_generations={num_generations}: {type(self).__name__} is a generation-group trainer, whose "
+                "sampler repeats each prompt num_generations times in a row so that every group holds the completions "
+                "of one prompt. Curriculum learning (curriculum_metrics / seqlen_curriculum) and dynamic batching "
+                "replace that sampler and would put different prompts in one group. Use "
+                "hf_data_efficiency.integrations.trl.DataEfficiencyGRPOTrainer, whose curriculum orders prompts and "
+                "keeps the groups whole."
+            )
 
     def call_model_init(self, trial: Any = None) -> Any:
         model = super().call_model_init(trial)

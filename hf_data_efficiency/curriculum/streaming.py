@@ -20,6 +20,9 @@ A map-style curriculum draws each batch from an index of the whole corpus; a str
 * **One global batch per optimizer step.** Step ``k`` takes the ``batch_size * gradient_accumulation_steps`` oldest
   buffered samples eligible at step ``k`` on every process (``G = batch_size * world_size * GA`` in all), reading
   more while too few are eligible. With the schedule at its final difficulty the stream passes through in order.
+  The step is formed by a selection hook (:class:`StepSelection`, offered the step's :class:`StepCandidates`): this
+  fixed batch by default, token-budget micro-batches with
+  :class:`~hf_data_efficiency.batching.stream.StreamTokenBudget`.
 * **Buffer full** (no room for a chunk in ``buffer_size`` samples, at least ``G``): ``drop`` evicts the hardest samples (highest level,
   newest first) to read on, ``hold`` keeps them and completes the step with the buffered samples closest to
   eligibility (counted as ``admitted_early``), ``error`` refuses. When the stream ends, the buffer drains in whole
@@ -27,7 +30,8 @@ A map-style curriculum draws each batch from an index of the whole corpus; a str
   counted. Served samples are exactly the input minus ``dropped`` and ``excluded``.
 * **Distributed.** Each process reads its own shard (``datasets.distributed.split_dataset_by_node`` for a
   ``datasets.IterableDataset``; a torch ``IterableDataset`` must yield its process's shard itself). Before each step
-  the processes agree (all-reduce MIN) that every one of them has a full batch, so all run the same steps.
+  the processes agree (one all-reduce, which also carries the selection's step totals) that every one of them can
+  form its part, so all run the same steps.
 * **Exact resume.** :meth:`state_dict` is JSON: the source's own ``state_dict()`` after the reads of the step, the
   buffered samples (their metrics are recomputed on load), the warm-up estimates and the counters. Nothing is random, so the
   batches after :meth:`load_state_dict` equal those of an uninterrupted run. A source without

@@ -77,6 +77,25 @@ def gpt2_tokenizer(cache_dir: str | os.PathLike | None = None):
     return tok
 
 
+#: The characters of :func:`char_tokenizer`'s default vocabulary: digits, arithmetic, lower-case letters, punctuation.
+CHAR_ALPHABET = "0123456789+-*=?.,:;!'()/ abcdefghijklmnopqrstuvwxyz"
+
+
+def char_tokenizer(alphabet: str = CHAR_ALPHABET):
+    """A character-level ``PreTrainedTokenizerFast`` built in code (nothing on disk or from a hub): one id per
+    character of ``alphabet`` after ``<pad>`` (0), ``<eos>`` (1) and ``<unk>`` (2). For tiny models on generated
+    tasks (arithmetic), where a 50k BPE vocabulary would dwarf the model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"]
+    vocab = {token: i for i, token in enumerate([*specials, *dict.fromkeys(alphabet)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # every character is a token
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
 BBC_NEWS_LABELS = ("business", "entertainment", "politics", "sports", "tech")
 MNIST_SPLITS = ("train", "test")
 

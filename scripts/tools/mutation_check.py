@@ -65,6 +65,7 @@ TRANSFORMS = "curriculum/transforms.py"
 RLTD = "routing/random_ltd.py"
 T_SAMPLER = "tests/test_sampler.py"
 T_TRAINER = "tests/test_trainer.py"
+T_TRL = "tests/test_trl.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ sampler
@@ -729,8 +730,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "reference-loss-unshifted",
         "curriculum/reference.py",
-        "flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()",
-        "flat = logits[:, 1:].reshape(-1, logits.shape[-1]).float()",
+        "targets = torch.cat([labels[:, 1:], labels.new_full((b, 1), -100)], dim=1).reshape(-1)",
+        "targets = labels.reshape(-1)",
         ["tests/test_reference_loss.py::test_reference_loss_equals_the_models_own_per_sample_loss"],
         "the reference loss scores each token from its own position instead of the one before",
     ),
@@ -741,6 +742,39 @@ MUTATIONS: tuple[Mutation, ...] = (
         "pass",
         ["tests/test_reference_loss.py::test_fingerprint_is_the_models_identity_and_the_datasets_cache_uses_it"],
         "the datasets cache reuses a column scored by another model",
+    ),
+    # ------------------------------------------------------------------ trl: generation groups and pass rates
+    _m(
+        "generation-drawn-at-next-step",
+        "curriculum/generation_groups.py",
+        "return generation * self.repeat_count // self.gradient_accumulation_steps + 1",
+        "return generation * self.repeat_count // self.gradient_accumulation_steps + 2",
+        [f"{T_TRL}::test_grpo_prompts_follow_the_schedule_in_whole_groups"],
+        "a generation's prompts are drawn at the difficulty of the step after the one it is generated in",
+    ),
+    _m(
+        "pass-rate-not-smoothed",
+        "curriculum/generation_groups.py",
+        "rates[prompts] = np.where(seen, (1 - a) * rates[prompts] + a * fractions, fractions)",
+        "rates[prompts] = fractions",
+        [f"{T_TRL}::test_pass_rate_curriculum_draws_by_the_documented_rule"],
+        "a prompt's pass rate is its last group's pass fraction (no moving average)",
+    ),
+    _m(
+        "pass-rate-lag-one-short",
+        "integrations/trl.py",
+        "return max(1, math.ceil((self.args.gradient_accumulation_steps + 1) / self.repeat_count))",
+        "return max(1, math.ceil(self.args.gradient_accumulation_steps / self.repeat_count))",
+        [f"{T_TRL}::test_pass_rate_curriculum_draws_by_the_documented_rule"],
+        "the pass-rate draws wait for one generation fewer than the data loader runs ahead",
+    ),
+    _m(
+        "pass-rates-not-restored",
+        "integrations/trl.py",
+        'self.pass_rates.load_state_dict(state["pass_rates"])',
+        "self.pass_rates.reset()",
+        [f"{T_TRL}::test_grpo_resume_with_pass_rates_equals_uninterrupted"],
+        "a resumed GRPO run restarts its pass rates from scratch",
     ),
 )
 
