@@ -23,11 +23,16 @@ _LAZY = {
     "StreamingConfig": ".config",
     "MixingConfig": ".config",
     "BatchSizeWarmupConfig": ".config",
+    "TokenSelectionConfig": ".config",
     "DifficultySchedule": ".schedules",
     # curriculum (data sampling)
     "compute_metrics": ".curriculum.metrics",
+    "ReferenceLoss": ".curriculum.reference",
     "register_curriculum_metric": ".curriculum.metrics",
     "CurriculumSampler": ".curriculum.sampler",
+    "GroupedPromptSampler": ".curriculum.generation_groups",
+    "PassRateConfig": ".curriculum.generation_groups",
+    "PassRateTracker": ".curriculum.generation_groups",
     "StreamingCurriculum": ".curriculum.streaming",
     "SeqlenTransform": ".curriculum.transforms",
     "CurriculumDataset": ".curriculum.transforms",
@@ -53,6 +58,8 @@ _LAZY = {
     "RandomLTDScheduler": ".routing.scheduler",
     "get_layer_token_lr_scheduler": ".routing.lr_schedule",
     "LayerTokenLRScheduler": ".routing.lr_schedule",
+    # model-based selection
+    "ExcessLossSelection": ".selection",
     # integration
     "DataEfficiencyEngine": ".engine",
     "save_checkpoint": ".checkpoints",

@@ -171,8 +171,8 @@ class Rule:
     """How one config field is checked and how its flag looks.
 
     ``kind`` is one of :data:`KINDS`; ``minimum`` bounds integers (and ``int_list`` items) and numbers, ``above``
-    bounds numbers (exclusive); ``nullable`` allows ``None``; ``flag=False`` keeps the field out of the
-    generated Trainer flags.
+    bounds numbers (exclusive), ``maximum`` numbers (inclusive); ``nullable`` allows ``None``; ``flag=False`` keeps
+    the field out of the generated Trainer flags.
     """
 
     kind: str
@@ -180,6 +180,7 @@ class Rule:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     above: float | None = None
+    maximum: float | None = None
     nullable: bool = False
     flag: bool = True
 
@@ -193,7 +194,7 @@ class Rule:
         if self.kind == "int":
             return check_int(value, path, minimum=self.minimum)
         if self.kind == "number":
-            return check_number(value, path, minimum=self.minimum, above=self.above)
+            return check_number(value, path, minimum=self.minimum, above=self.above, maximum=self.maximum)
         if self.kind == "bool":
             return check_bool(value, path)
         if self.kind == "str":

@@ -65,6 +65,11 @@ MAX_CONFIG_DEPTH = 32
 MAX_CONFIG_BYTES = 16 * 2**20
 #: Top-level DeepSpeed keys that hold data-efficiency settings.
 DEEPSPEED_KEYS = ("data_efficiency", "curriculum_learning")
+#: The curriculum metric scored by a reference model (``CurriculumMetricConfig.reference_model``).
+REFERENCE_LOSS_METRIC = "reference_loss"
+#: Token-selection methods: RHO-1's excess loss (training loss minus reference loss).
+TOKEN_SELECTION_METHODS = ("excess_loss",)
+_NO_BLOCK = "The DeepSpeed config has no 'data_efficiency' or 'curriculum_learning' block."
 
 
 def _deprecated(message: str) -> None:
@@ -142,9 +147,21 @@ class CurriculumMetricConfig(_ScheduledMetric):
     index_to_metric_path: str | None = setting(
         None, kind="str", nullable=True, help="DeepSpeed index_to_metric file prefix.", flag=False
     )
+    reference_model: str | None = setting(
+        None,
+        kind="str",
+        nullable=True,
+        help="Reference model (a local path) scoring the 'reference_loss' metric: each sample's mean token loss "
+        "under it, computed once with datasets.map and cached by the model's fingerprint.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.reference_model is not None and self.name != REFERENCE_LOSS_METRIC:
+            raise ValueError(
+                f"{self.path}.reference_model={self.reference_model!r}: only the {REFERENCE_LOSS_METRIC!r} metric "
+                f"reads a reference model; drop it, or name the metric {REFERENCE_LOSS_METRIC!r}."
+            )
         if self.difficulty_type == "percentile":
             for key in ("min_difficulty", "max_difficulty"):
                 value = getattr(self, key)
@@ -797,6 +814,73 @@ _RANDOM_LTD_TOP_LEVEL = tuple(
 
 
 @dataclass
+class TokenSelectionConfig:
+    """Model-based token selection (RHO-1, Lin et al. 2024): each micro-batch's loss keeps the ``ratio`` of its label
+    tokens with the highest *excess loss*, the training model's token loss minus a reference model's.
+
+    The reference losses come from ``reference_model`` (a path; or a model passed to the Trainer as
+    ``reference_model=``), run without gradients on every micro-batch (online), or from ``reference_column``, the
+    per-token losses ``ReferenceLoss(..., token_losses=True)`` stored with the data (offline). See docs/selection.md.
+    """
+
+    method: str = setting(
+        "excess_loss",
+        kind="str",
+        choices=TOKEN_SELECTION_METHODS,
+        help="Token-selection method: excess_loss (training loss minus reference loss).",
+        flag=False,
+    )
+    ratio: float = setting(
+        0.6,
+        kind="number",
+        above=0,
+        maximum=1,
+        help="Fraction of each micro-batch's label tokens the loss keeps (those of highest excess loss), in (0, 1].",
+    )
+    reference_model: str | None = setting(
+        None,
+        kind="str",
+        nullable=True,
+        help="Reference model (a local path) run without gradients on every micro-batch, on the training device and "
+        "dtype (online selection); or pass reference_model= to the Trainer.",
+    )
+    reference_column: str | None = setting(
+        None,
+        kind="str",
+        nullable=True,
+        help="Offline selection: the dataset column of per-token reference losses written by "
+        "ReferenceLoss(..., token_losses=True), used instead of a reference model.",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self, "token_selection")
+        if self.reference_model is not None and self.reference_column is not None:
+            raise ValueError(
+                f"token_selection.reference_model={self.reference_model!r} and token_selection.reference_column="
+                f"{self.reference_column!r} are both given; allowed: one of them (online or offline selection)."
+            )
+
+    @property
+    def offline(self) -> bool:
+        """Whether the reference losses are read from a dataset column instead of a reference forward."""
+        return self.reference_column is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TokenSelectionConfig:
+        return from_mapping(cls, d, "token_selection")
+
+    @classmethod
+    def from_deepspeed(cls, section: Mapping[str, Any]) -> TokenSelectionConfig:
+        """Build from the ``token_selection`` section of a ``data_efficiency`` block (our own key; its ``enabled`` is
+        read by the caller)."""
+        path = "data_efficiency.token_selection"
+        return from_mapping(cls, {k: v for k, v in expect_mapping(section, path).items() if k != "enabled"}, path)
+
+
+@dataclass
 class DataEfficiencyConfig:
     """All data-efficiency techniques; each part may be ``None`` (off)."""
 
@@ -806,6 +890,7 @@ class DataEfficiencyConfig:
     dynamic_batching: DynamicBatchingConfig | None = None
     mixing: MixingConfig | None = None
     batch_size_warmup: BatchSizeWarmupConfig | None = None
+    token_selection: TokenSelectionConfig | None = None
 
     def __post_init__(self) -> None:
         self.seed = check_int(self.seed, "seed", minimum=0)
@@ -813,6 +898,14 @@ class DataEfficiencyConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, cls):
                 raise ValueError(f"{name} must be a {cls.__name__} or None, got {type(value).__name__}.")
+        selection, curriculum = self.token_selection, self.curriculum
+        if selection is not None and selection.offline and curriculum is not None and curriculum.transform is not None:
+            if curriculum.transform.name == "seqlen_reshape":
+                raise ValueError(
+                    f"token_selection.reference_column={selection.reference_column!r} holds reference losses computed "
+                    "with each sample's whole context, which seqlen_reshape cuts into rows with less context; allowed: "
+                    "online selection (token_selection.reference_model) or seqlen_truncate."
+                )
 
     @property
     def enabled(self) -> bool:
@@ -877,7 +970,8 @@ class DataEfficiencyConfig:
         out: dict[str, Any] = {"seed": self.seed}
         for name in _PARTS:
             part = getattr(self, name)
-            out[name] = part.to_dict() if part is not None else None
+            if part is not None or name not in _OPTIONAL_PARTS:
+                out[name] = part.to_dict() if part is not None else None
         return out
 
     @classmethod
@@ -926,15 +1020,15 @@ class DataEfficiencyConfig:
         if not isinstance(ds_config, Mapping):
             ds_config = load_config_file(ds_config)
         ds_config = copy.deepcopy(dict(expect_mapping(ds_config, "ds_config")))
-        block_keys = ("enabled", "seed", "data_sampling", "data_routing")
+        block_keys = ("enabled", "seed", "data_sampling", "data_routing", "token_selection")
         if "curriculum_type" in ds_config:  # the legacy block on its own
             legacy, block = ds_config, {}
         elif any(k in ds_config for k in DEEPSPEED_KEYS) or not set(block_keys) & set(ds_config):
             _warn_near_misses(ds_config)
             legacy = ds_config.get("curriculum_learning")
             block = expect_mapping(ds_config.get("data_efficiency", {}), "data_efficiency")
-            if legacy is None and not block:
-                logger.warning("The DeepSpeed config has no 'data_efficiency' or 'curriculum_learning' block.")
+            if legacy is None and not block and not any(_near_deepspeed_key(key) for key in ds_config):
+                logger.warning(_NO_BLOCK)
         else:  # only the data_efficiency block
             legacy, block = None, ds_config
         check_keys(block, block_keys, "data_efficiency")
@@ -945,6 +1039,12 @@ class DataEfficiencyConfig:
         random_ltd = _routing_from_deepspeed(
             expect_mapping(block.get("data_routing", {}), "data_efficiency.data_routing"), on
         )
+        selection_block = expect_mapping(block.get("token_selection", {}), "data_efficiency.token_selection")
+        token_selection = (
+            TokenSelectionConfig.from_deepspeed(selection_block)
+            if _section_on(selection_block, "data_efficiency.token_selection", (on, "data_efficiency"))
+            else None
+        )
         if legacy is not None and _section_on(
             expect_mapping(legacy, "curriculum_learning"), "curriculum_learning", None
         ):
@@ -954,7 +1054,13 @@ class DataEfficiencyConfig:
                     "curriculum_learning are enabled; keep only one."
                 )
             curriculum = _curriculum_from_legacy(legacy, seed)
-        return cls(curriculum=curriculum, random_ltd=random_ltd, seed=seed, dynamic_batching=dynamic_batching)
+        return cls(
+            curriculum=curriculum,
+            random_ltd=random_ltd,
+            seed=seed,
+            dynamic_batching=dynamic_batching,
+            token_selection=token_selection,
+        )
 
     def to_deepspeed(self) -> dict[str, Any]:
         """The ``data_efficiency`` block DeepSpeed would read for this config (group mixing and batch-size warmup
@@ -982,7 +1088,10 @@ class DataEfficiencyConfig:
         routing: dict[str, Any] = {"enabled": self.random_ltd is not None}
         if self.random_ltd is not None:
             routing["random_ltd"] = self.random_ltd.to_deepspeed()
-        return {"enabled": self.enabled, "seed": self.seed, "data_sampling": sampling, "data_routing": routing}
+        out = {"enabled": self.enabled, "seed": self.seed, "data_sampling": sampling, "data_routing": routing}
+        if self.token_selection is not None:  # our own key: DeepSpeed has no token selection
+            out["token_selection"] = {"enabled": True, **self.token_selection.to_dict()}
+        return out
 
 
 #: The parts of a DataEfficiencyConfig, by their key in our JSON.
@@ -992,7 +1101,10 @@ _PARTS: dict[str, Any] = {
     "dynamic_batching": DynamicBatchingConfig,
     "mixing": MixingConfig,
     "batch_size_warmup": BatchSizeWarmupConfig,
+    "token_selection": TokenSelectionConfig,
 }
+#: Parts written by ``to_dict`` only when on (added after configs were first saved, so older dicts stay equal).
+_OPTIONAL_PARTS = ("token_selection",)
 
 
 def _near_deepspeed_key(key: Any) -> str:
@@ -1003,13 +1115,16 @@ def _near_deepspeed_key(key: Any) -> str:
 
 
 def _warn_near_misses(ds_config: Mapping[str, Any]) -> None:
-    """Warn about top-level keys that look like a misspelled data-efficiency block (DeepSpeed ignores them)."""
-    for key in ds_config:
-        hint = _near_deepspeed_key(key)
-        if hint:
-            logger.warning(
-                f"The DeepSpeed config has a top-level key {key!r}{hint}; it is not read as data-efficiency settings."
-            )
+    """Warn about top-level keys that look like a misspelled data-efficiency block (DeepSpeed ignores them), and, when
+    there is one but no real block, that the config has none."""
+    near = [key for key in ds_config if _near_deepspeed_key(key)]
+    for key in near:
+        logger.warning(
+            f"The DeepSpeed config has a top-level key {key!r}{_near_deepspeed_key(key)}; it is not read as "
+            "data-efficiency settings."
+        )
+    if near and not any(key in ds_config for key in DEEPSPEED_KEYS):
+        logger.warning(_NO_BLOCK)
 
 
 def _section_on(section: Mapping[str, Any], path: str, parent: tuple[bool, str] | None) -> bool:

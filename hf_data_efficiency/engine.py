@@ -132,7 +132,7 @@ def add_metric_columns(
     ``metrics`` are names or ``CurriculumMetricConfig`` entries. A metric comes from the dataset column of its name;
     else from DeepSpeed index files when its config names them (``index_to_sample_path``/``index_to_metric_path``);
     else it is computed, when it is registered (``register_curriculum_metric``; the built-in ones are)."""
-    from .curriculum.metrics import compute_metrics, is_registered_metric, registered_metrics
+    from .curriculum.metrics import compute_metrics, get_curriculum_metric, is_registered_metric, registered_metrics
 
     added = []
     for m in metrics:
@@ -161,9 +161,10 @@ def add_metric_columns(
             f"nor registered metrics ({', '.join(registered_metrics())}); add the column(s), or register a metric "
             "with hf_data_efficiency.register_curriculum_metric(name, fn)."
         )
-    if input_column not in dataset.column_names:
+    by_tokens = [n for n in missing if get_curriculum_metric(n).inputs == "tokens"]
+    if by_tokens and input_column not in dataset.column_names:  # a metric of the batch reads its own columns
         raise ValueError(
-            f"curriculum metric(s) {missing} are not columns of the dataset and cannot be computed: it has no "
+            f"curriculum metric(s) {by_tokens} are not columns of the dataset and cannot be computed: it has no "
             f"{input_column!r} column (columns: {dataset.column_names}). Tokenize the dataset first, or add the metric "
             "columns yourself (one number per sample, named after the metric)."
         )
@@ -178,6 +179,17 @@ def is_stream(dataset: Any) -> bool:
     import datasets
 
     return isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset))
+
+
+def _real_tokens(dataset: Any, pad_token_id: int | None) -> int:
+    """Real tokens of a tokenized ``datasets.Dataset`` (its ``attention_mask`` ones, else its non-padding ids)."""
+    from .curriculum.metrics import metric_arrays
+
+    return int(
+        metric_arrays(add_metric_columns(dataset, ["seqlen"], pad_token_id=pad_token_id)[0], ["seqlen"])[
+            "seqlen"
+        ].sum()
+    )
 
 
 @dataclass
@@ -295,6 +307,14 @@ class DataEfficiencyEngine:
         self._totals = dict.fromkeys(_COUNTERS, 0)
         self._local = {"samples": 0, "tokens": 0}
         self._layer_token_mark = 0
+        #: the model being trained (sizes the reference models' cost) and the device reference models run on
+        self.model: torch.nn.Module | None = None
+        self.device: Any = None
+        #: excess-loss token selection (:meth:`attach_reference`), or ``None``
+        self.token_selection: Any = None
+        #: tokens the ``reference_loss`` metric scored for this run, and their cost in effective tokens per token
+        self.reference_scoring_tokens = 0
+        self.reference_scoring_cost = 1.0 / 3.0
         self._check_combinations()
 
     # ----- geometry ---------------------------------------------------------------------------------------
@@ -397,14 +417,35 @@ class DataEfficiencyEngine:
             return dataset
         context = main_process_first() if main_process_first else None
         with context or contextlib.nullcontext():
+            scored, by_reference = self._score_reference_metrics(dataset)
             result, added = add_metric_columns(
-                dataset,
+                scored,
                 self.config.curriculum.sampling_metrics,
                 num_proc=self.metrics_num_proc,
                 pad_token_id=self.pad_token_id,
             )
-        self._metric_cache = (dataset, result, added)
+        self._metric_cache = (dataset, result, by_reference + added)
         return result
+
+    def _score_reference_metrics(self, dataset: Any) -> tuple[Any, list[str]]:
+        """``dataset`` with the column of every ``reference_loss`` metric that names a reference model and is not a
+        column yet (:class:`~hf_data_efficiency.curriculum.reference.ReferenceLoss`, on :attr:`device`), and the
+        names added; the tokens scored are counted in :attr:`reference_scoring_tokens`."""
+        added = []
+        for m in self.config.curriculum.sampling_metrics:
+            if getattr(m, "reference_model", None) is None or m.name in dataset.column_names:
+                continue
+            from .curriculum.reference import ReferenceLoss, check_reference_compatible, reference_cost
+
+            where = f"curriculum_metrics.{m.name}.reference_model"
+            scorer = ReferenceLoss(m.reference_model, device=self.device, pad_token_id=self.pad_token_id)
+            if self.model is not None:
+                check_reference_compatible(scorer.model, self.model, where=where)
+                self.reference_scoring_cost = reference_cost(scorer.model, self.model)
+            dataset = scorer.map(dataset, column=m.name, num_proc=self.metrics_num_proc)
+            self.reference_scoring_tokens += _real_tokens(dataset, self.pad_token_id)
+            added.append(m.name)
+        return dataset, added
 
     def build_sampler(self, dataset: Any) -> Any:
         """Build the per-step draw of fixed batches as :attr:`sampler` (the :class:`CurriculumSampler` over
@@ -542,6 +583,14 @@ class DataEfficiencyEngine:
 
         cfg = self.config
         self.check_dataset(dataset)
+        metrics = cfg.curriculum.sampling_metrics if cfg.curriculum is not None else []
+        scored = [m.name for m in metrics if getattr(m, "reference_model", None)]
+        if scored:
+            raise ValueError(
+                f"curriculum metric(s) {scored} with a reference_model cannot be scored over a stream here; add the "
+                "column to the stream first (IterableDataset.map with ReferenceLoss(model), batched=True) and drop "
+                "reference_model, or materialise the dataset."
+            )
         selection = None
         if cfg.dynamic_batching is not None:
             from .batching.stream import StreamTokenBudget
@@ -679,7 +728,12 @@ class DataEfficiencyEngine:
 
         from .curriculum.transforms import GroupTags, SeededCollation, SeqlenTransform
 
-        if self.online_mixing:  # innermost: seqlen_reshape then repeats each row's group with its pieces
+        selection = self.config.token_selection
+        if selection is not None and selection.offline:  # innermost: the column is padded like the rows it scores
+            from .selection.excess_loss import ReferenceColumnCollator
+
+            collator = ReferenceColumnCollator(collator or default_data_collator, selection.reference_column)
+        if self.online_mixing:  # inside the transform: seqlen_reshape then repeats each row's group with its pieces
             collator = GroupTags(collator or default_data_collator)
         transform = self.config.curriculum.transform if self.config.curriculum is not None else None
         mode = transform.name if transform is not None else None
@@ -706,6 +760,7 @@ class DataEfficiencyEngine:
     # ----- model ----------------------------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module) -> Any:
         """Patch ``model`` for random-LTD in place (``None`` without random-LTD); returns the handle."""
+        self.model = model
         if self.config.random_ltd is None:
             return None
         from .routing.random_ltd import apply_random_ltd
@@ -715,6 +770,50 @@ class DataEfficiencyEngine:
         )
         self._layer_token_mark = self.random_ltd_handle.actual_layer_tokens
         return self.random_ltd_handle
+
+    def attach_reference(
+        self,
+        reference: Any = None,
+        *,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> Any:
+        """Set up excess-loss token selection (``config.token_selection``) as :attr:`token_selection`: the reference
+        model (``reference``: a module or a path, default the config's) loaded onto ``device`` in ``dtype`` (the
+        training device and dtype; under DDP and ZeRO every process holds a whole copy, never sharded), checked
+        against ``model`` (and ``tokenizer``). ``None`` when token selection is off."""
+        cfg = self.config.token_selection
+        if cfg is None:
+            if reference is not None:
+                raise ValueError(
+                    "a reference model was given but token selection is off; set token_selection='excess_loss' "
+                    "(flag --token_selection excess_loss) to train on the tokens of highest excess loss."
+                )
+            return None
+        from .selection import ExcessLossSelection
+
+        if model is not None:
+            self.model = model
+        self.token_selection = ExcessLossSelection(
+            cfg, reference, model=self.model, tokenizer=tokenizer, device=device, dtype=dtype
+        )
+        return self.token_selection
+
+    def selected_tokens(self, micro_batches: Sequence[Mapping[str, Any]]) -> int:
+        """Tokens this process's token selection keeps over one optimizer step's ``micro_batches`` (sum it over the
+        processes for the ``num_selected`` of :meth:`selection_loss`)."""
+        if self.token_selection is None:
+            raise ValueError("selected_tokens needs token selection on (config.token_selection, attach_reference).")
+        return self.token_selection.step_selected(micro_batches)
+
+    def selection_loss(self, model: Any, inputs: Mapping[str, Any], num_selected: Any, scale: float = 1.0) -> Any:
+        """A micro-batch's loss under token selection: its selected tokens' loss summed, times ``scale``, over the
+        step's ``num_selected`` (see :mod:`hf_data_efficiency.selection.excess_loss`); returns ``(loss, outputs)``."""
+        if self.token_selection is None:
+            raise ValueError("selection_loss needs token selection on (config.token_selection, attach_reference).")
+        return self.token_selection.loss(model, inputs, num_selected, scale=scale)
 
     def begin_step(self, global_step: int) -> None:
         """Before the forward passes of optimizer step ``global_step + 1``: set the kept length from the 0-based
@@ -755,6 +854,17 @@ class DataEfficiencyEngine:
         self._totals["tokens"] += tokens
         self._totals["layer_tokens"] += layer_tokens
         self._local = {"samples": 0, "tokens": 0}
+        if self.token_selection is not None:
+            self.token_selection.sync(reduce if self.world_size > 1 else None, device)
+
+    @property
+    def reference_effective_tokens(self) -> float:
+        """The reference models' forwards in effective training tokens: the ``reference_loss`` metric's scoring of
+        the dataset and token selection's per-step forwards (see :mod:`hf_data_efficiency.curriculum.reference`)."""
+        total = self.reference_scoring_tokens * self.reference_scoring_cost
+        if self.token_selection is not None:
+            total += self.token_selection.reference_effective_tokens
+        return total
 
     def consumed_samples(self, global_step: int) -> int:
         """Samples consumed after ``global_step`` optimizer steps (all processes)."""
@@ -792,6 +902,14 @@ class DataEfficiencyEngine:
             out["data_efficiency/effective_tokens"] = self._totals["layer_tokens"] / handle.total_layers
         elif self._totals["tokens"]:  # a float on both paths: layer-tokens per layer, or tokens
             out["data_efficiency/effective_tokens"] = float(self._totals["tokens"])
+        if self.token_selection is not None:
+            out.update(self.token_selection.step_logs(reduce if self.world_size > 1 else None, device))
+        if self.reference_scoring_tokens:
+            out["curriculum/reference_scoring_tokens"] = self.reference_scoring_tokens
+        reference = self.reference_effective_tokens
+        if reference:  # honest accounting: the reference forwards count as compute
+            out["data_efficiency/reference_effective_tokens"] = reference
+            out["data_efficiency/effective_tokens"] = out.get("data_efficiency/effective_tokens", 0.0) + reference
         return out
 
     def _stream_logs(
@@ -930,6 +1048,7 @@ class DataEfficiencyEngine:
             "batch_size_warmup": (
                 self.batch_sampler.state_dict(position=global_step) if self._warmup_section else None
             ),
+            **({"token_selection": self.token_selection.state_dict()} if self.token_selection is not None else {}),
         }
 
     @property
@@ -987,6 +1106,12 @@ class DataEfficiencyEngine:
                 f"state.version={state.get('version')!r} is not supported; allowed: {list(_READABLE_VERSIONS)}."
             )
         keys = _KEYS_OF_VERSION[state["version"]]
+        selecting = self.config.token_selection is not None
+        if ("token_selection" in state) != selecting:  # the section exists exactly when token selection is on
+            wanted = "present (this run has token selection on)" if selecting else "absent (this run has it off)"
+            raise ValueError(f"state.token_selection must be {wanted}.")
+        if selecting:
+            keys = (*keys, "token_selection")
         check_keys(state, keys, "state", required=keys)
         check_state_int(state["global_step"], "state.global_step", 0, _INT64_MAX)
         counters = expect_mapping(state["counters"], "state.counters")
@@ -1021,6 +1146,8 @@ class DataEfficiencyEngine:
         self._group_losses = None
         handle = self.random_ltd_handle
         self._layer_token_mark = handle.actual_layer_tokens if handle is not None else 0
+        if self.token_selection is not None:
+            self.token_selection.reset()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state from :meth:`read_state` (after :meth:`attach` and :meth:`build_sampler`).
@@ -1055,6 +1182,8 @@ class DataEfficiencyEngine:
                         f"sampler.position={state['sampler']['position']!r} disagrees with global_step="
                         f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}."
                     )
+            if self.token_selection is not None:
+                self.token_selection.check_state(state["token_selection"], "token_selection")
             if self.mixer is not None:
                 self.mixer.load_state_dict(state["mixing"])
             handle = self.random_ltd_handle
@@ -1064,5 +1193,7 @@ class DataEfficiencyEngine:
                 self.batch_sampler.load_state_dict(state[section])
             self.reset()
             self._totals.update({key: int(state["counters"][key]) for key in _COUNTERS})
+            if self.token_selection is not None:
+                self.token_selection.load_state_dict(state["token_selection"])
         except (KeyError, TypeError, ValueError) as e:
             raise ResumeError(str(e)) from e

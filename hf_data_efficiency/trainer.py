@@ -117,21 +117,20 @@ class DataEfficiencyTrainer(Trainer):
     the train dataloader).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, reference_model: Any = None, **kwargs: Any) -> None:
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        self._de_counting_step = False  # inside the training loop's get_batch_samples (token selection counts then)
         self._de_pending_state: dict[str, Any] | None = None
         self._de_rng_checkpoint: str | None = None  # a resumed stream's RNG state, restored after its first fetch
         self._de_scaled_lr: Any = None
         model = kwargs.get("model", args[0] if args else None)
         cfg = resolve_trainer_config(training_args)
-        if getattr(training_args, "data_efficiency_recipe", None) is not None:
-            if model is None:
-                raise ValueError(
-                    "data_efficiency_recipe needs the model when the Trainer is built (its layers decide random-LTD); "
-                    "pass model=... instead of model_init, or configure the settings explicitly."
-                )
-            train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
-            cfg = training_args.apply_data_efficiency_recipe(model, train_dataset)
+        recipe = getattr(training_args, "data_efficiency_recipe", None)
+        if recipe is not None and model is None:
+            raise ValueError(
+                "data_efficiency_recipe needs the model when the Trainer is built (its layers decide random-LTD); "
+                "pass model=... instead of model_init, or configure the settings explicitly."
+            )
         self.engine = DataEfficiencyEngine(
             cfg,
             batch_size=training_args.train_batch_size if training_args is not None else 8,
@@ -144,8 +143,12 @@ class DataEfficiencyTrainer(Trainer):
             declare_causal_lm_loss(model)
         super().__init__(*args, **kwargs)
         _warn_if_launch_ignored(self.accelerator.num_processes)
+        if recipe is not None:
+            cfg = self._apply_recipe(training_args, reference_model)
+        self._attach_reference(cfg, reference_model)
         if not cfg.enabled:
             return
+        self._check_options()
         self.engine.pad_token_id = getattr(self.processing_class, "pad_token_id", None)
         if cfg.curriculum is not None or cfg.mixing is not None:
             self.engine.check_dataset(self.train_dataset)
@@ -186,12 +189,140 @@ class DataEfficiencyTrainer(Trainer):
         """The :class:`~hf_data_efficiency.CurriculumSampler` of the last train dataloader (``None`` before)."""
         return self.engine.sampler
 
+    def _apply_recipe(
+        self, training_args: DataEfficiencyTrainingArguments, reference_model: Any
+    ) -> DataEfficiencyConfig:
+        """``--data_efficiency_recipe``'s choices for the model and the training rows as this Trainer holds them: a
+        subclass that prepares its data in its constructor (trl's ``SFTTrainer`` tokenizes, truncates and packs) has
+        done so by now, so the recipe reads the rows that are trained on. ``reference_model``: the one passed to the
+        constructor, which ``auto`` may use."""
+        cfg = training_args.apply_data_efficiency_recipe(
+            self.model, self.train_dataset, reference_model=reference_model
+        )
+        self.engine.config = cfg
+        if cfg.enabled and declare_causal_lm_loss(self.model):
+            self._loss_shifts_labels = True  # Trainer.__init__ read the loss type before it was declared
+        return cfg
+
+    def _check_options(self) -> None:
+        """Refuse the data-efficiency options this Trainer cannot honour (the config is resolved, the model not yet
+        patched). A generation-group trainer (trl's ``GRPOTrainer``/``RLOOTrainer``: ``args.num_generations``) draws
+        each prompt ``num_generations`` times in a row so that each group holds one prompt's completions; the
+        curriculum sampler and dynamic batching replace that sampler and would mix prompts within a group, silently.
+        """
+        cfg = self.engine.config
+        num_generations = getattr(self.args, "num_generations", None)
+        if num_generations is not None and (cfg.curriculum is not None or cfg.dynamic_batching is not None):
+            raise ValueError(
+                f"args.num_generations={num_generations}: {type(self).__name__} is a generation-group trainer, whose "
+                "sampler repeats each prompt num_generations times in a row so that every group holds the completions "
+                "of one prompt. Curriculum learning (curriculum_metrics / seqlen_curriculum) and dynamic batching "
+                "replace that sampler and would put different prompts in one group. Use "
+                "hf_data_efficiency.integrations.trl.DataEfficiencyGRPOTrainer, whose curriculum orders prompts and "
+                "keeps the groups whole."
+            )
+
     def call_model_init(self, trial: Any = None) -> Any:
         model = super().call_model_init(trial)
         if self.engine.enabled:
             declare_causal_lm_loss(model)
         self.engine.attach(model)
         return model
+
+    # ----- token selection ------------------------------------------------------------------------------------
+    def _attach_reference(self, cfg: DataEfficiencyConfig, reference_model: Any) -> None:
+        """The engine's reference models run where training does: the training device, and the training dtype
+        (bf16/fp16 with mixed precision, else the model's own). Every process holds a whole copy (never sharded)."""
+        self.engine.device = self.args.device
+        if cfg.enabled:
+            self.engine.model = self.model
+        recipe = getattr(self.args, "data_efficiency_recipe", None)
+        if cfg.token_selection is None and reference_model is not None and recipe:
+            logger.warning(
+                f"data_efficiency_recipe={recipe} added no token selection, so the "
+                "reference_model passed to the Trainer is not used (see docs/selection.md for why)."
+            )
+            return
+        if cfg.token_selection is None and reference_model is None:
+            return
+        if cfg.token_selection is not None and (self.args.label_smoothing_factor or self.compute_loss_func):
+            raise ValueError(
+                "token selection computes the training loss itself (the mean over the selected tokens); it cannot be "
+                f"combined with label_smoothing_factor={self.args.label_smoothing_factor} or a compute_loss_func; "
+                "allowed: label_smoothing_factor=0 and no compute_loss_func."
+            )
+        if self.args.bf16:
+            dtype = torch.bfloat16
+        elif self.args.fp16:
+            dtype = torch.float16
+        else:
+            dtype = next(self.model.parameters()).dtype
+        self.engine.attach_reference(
+            reference_model, model=self.model, tokenizer=self.processing_class, device=self.args.device, dtype=dtype
+        )
+        self.loss_is_scaled_for_ga = True  # the selected-token loss is normalised over the whole step
+
+    def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
+        self._de_counting_step = True
+        try:
+            out = super().get_batch_samples(*args, **kwargs)
+        finally:
+            self._de_counting_step = False
+        checkpoint, self._de_rng_checkpoint = self._de_rng_checkpoint, None
+        if checkpoint is not None:
+            super()._load_rng_state(checkpoint)
+        return out
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> Any:
+        # with token selection, a training step's loss is normalised by its selected tokens, over the accumulated
+        # micro-batches and (average_tokens_across_devices) the processes; evaluation counts as the Trainer does
+        if self.engine.token_selection is None or not self._de_counting_step:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        count = torch.tensor(self.engine.selected_tokens(batch_samples), dtype=torch.int64, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return count
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        # online mixing: the batch's group tags come out before the forward; token selection: a training step's
+        # loss is over its selected tokens (evaluation: the plain loss over every token)
+        groups = self.engine.pop_groups(inputs) if self.engine.online_mixing else None
+        selection = self.engine.token_selection
+        if selection is not None and not model.training:
+            inputs = {k: v for k, v in inputs.items() if k != selection.column}
+            selection = None
+        if groups is None and selection is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.get("labels")
+        if groups is not None and labels is None:
+            raise ValueError(
+                "online group mixing needs labels in every training batch to attribute the loss to the groups; "
+                f"the batch has {sorted(inputs)}."
+            )
+        if selection is not None:
+            # DDP averages gradients over the processes; the count already sums them (as the Trainer does)
+            scale = 1
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                scale = self.accelerator.num_processes
+            loss, outputs = self.engine.selection_loss(model, inputs, num_items_in_batch, scale)
+        else:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if groups is not None:
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
+            self.engine.observe_losses(groups, logits, labels, causal=is_causal_lm(self.model))
+        return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        column = getattr(self.engine.config.token_selection, "reference_column", None)
+        if column is not None and column not in self._signature_columns:  # offline selection reads it
+            self._signature_columns.append(column)
 
     # ----- dynamic batching -----------------------------------------------------------------------------------
     def _check_dynamic_batching(self) -> None:
@@ -335,13 +466,6 @@ class DataEfficiencyTrainer(Trainer):
         if self._de_rng_checkpoint is None:
             super()._load_rng_state(checkpoint)
 
-    def get_batch_samples(self, *args: Any, **kwargs: Any) -> Any:
-        out = super().get_batch_samples(*args, **kwargs)
-        checkpoint, self._de_rng_checkpoint = self._de_rng_checkpoint, None
-        if checkpoint is not None:
-            super()._load_rng_state(checkpoint)
-        return out
-
     # ----- counters and logs -----------------------------------------------------------------------------
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
@@ -349,27 +473,6 @@ class DataEfficiencyTrainer(Trainer):
         if self.engine.enabled:
             self.engine.count_batch(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
-
-    def compute_loss(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: Any = None,
-    ) -> Any:
-        groups = self.engine.pop_groups(inputs) if self.engine.online_mixing else None
-        if groups is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        labels = inputs.get("labels")
-        if labels is None:
-            raise ValueError(
-                "online group mixing needs labels in every training batch to attribute the loss to the groups; "
-                f"the batch has {sorted(inputs)}."
-            )
-        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
-        self.engine.observe_losses(groups, logits, labels, causal=is_causal_lm(self.model))
-        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # only the Trainer's own training logs, which every process emits together (the sync is collective)

@@ -43,7 +43,9 @@ from transformers.utils import logging
 from ._validation import Rule, check_bool, check_int, check_list, check_str, rule_of
 from .config import (
     DEEPSPEED_KEYS,
+    REFERENCE_LOSS_METRIC,
     SEQLEN_TRANSFORMS,
+    TOKEN_SELECTION_METHODS,
     BatchSizeWarmupConfig,
     CurriculumConfig,
     CurriculumMetricConfig,
@@ -54,6 +56,7 @@ from .config import (
     RandomLTDConfig,
     SeqlenTransformConfig,
     StreamingConfig,
+    TokenSelectionConfig,
 )
 from .recipe import RECIPES
 from .schedules import ROOT_SCHEDULE_KEYS, ROOT_SCHEDULE_TYPES, schedule_keys
@@ -101,6 +104,7 @@ SECTIONS = {
         Section("dynamic_batching", "dynamic_batching_", DynamicBatchingConfig, "dynamic_batching"),
         Section("mixing", "mixing_", MixingConfig, "mixing_column"),
         Section("batch_size_warmup", "batch_size_warmup_", BatchSizeWarmupConfig, "batch_size_warmup_start"),
+        Section("token_selection", "token_selection_", TokenSelectionConfig, "token_selection"),
     )
 }
 
@@ -259,6 +263,15 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Turn on token-budget (dynamic) batching: micro-batches fit --dynamic_batching_max_tokens."},
     )
+    token_selection: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model-based token selection: 'excess_loss' trains on the tokens whose loss exceeds a reference "
+            "model's the most (RHO-1); the reference comes from --token_selection_reference_model or "
+            "--token_selection_reference_column (see docs/selection.md).",
+            "choices": list(TOKEN_SELECTION_METHODS),
+        },
+    )
     data_efficiency_recipe: str | None = field(
         default=None,
         metadata={
@@ -294,10 +307,13 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         :meth:`apply_data_efficiency_recipe` ran). ``.enabled`` is False when off."""
         return self._de_config
 
-    def apply_data_efficiency_recipe(self, model: Any, train_dataset: Any) -> DataEfficiencyConfig:
+    def apply_data_efficiency_recipe(
+        self, model: Any, train_dataset: Any, reference_model: Any = None
+    ) -> DataEfficiencyConfig:
         """Fill the parts left off with ``--data_efficiency_recipe``'s choices for this model and data (see
         :mod:`hf_data_efficiency.recipe`); returns the config, also what :meth:`get_data_efficiency_config` returns
-        from then on. Without a recipe, the config as it is."""
+        from then on. ``reference_model``: a reference passed to the Trainer (the recipe may then select tokens).
+        Without a recipe, the config as it is."""
         if self.data_efficiency_recipe is None or self._recipe_applied:
             return self._de_config
         from .recipe import apply_recipe, planned_steps, sequence_length
@@ -309,6 +325,7 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             layers=find_layers(model),
             seq_len=sequence_length(train_dataset, model),
             steps=planned_steps(self, train_dataset),
+            reference_model=reference_model,
         )
         self._recipe_applied = True
         return self._de_config
@@ -338,6 +355,8 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             check_str(self.seqlen_curriculum, "--seqlen_curriculum", SEQLEN_FLAG_CHOICES)
         if self.data_efficiency_recipe is not None:
             check_str(self.data_efficiency_recipe, "--data_efficiency_recipe", RECIPES)
+        if self.token_selection is not None:
+            check_str(self.token_selection, "--token_selection", TOKEN_SELECTION_METHODS)
         for switch in ("random_ltd", "layer_token_lr_schedule", "dynamic_batching"):
             check_bool(getattr(self, switch), f"--{switch}")
         if self.curriculum_metrics is not None:
@@ -384,14 +403,18 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             dynamic_batching=self._resolve_dynamic_batching(base.dynamic_batching, source),
             mixing=self._resolve_mixing(base.mixing, source),
             batch_size_warmup=self._resolve_batch_size_warmup(base.batch_size_warmup, source),
+            token_selection=self._resolve_token_selection(base.token_selection, source),
         )
 
     # ----- generic flag merging -----------------------------------------------------------------------------
     def _given(self, section: Section) -> list[Flag]:
         return [f for f in FLAGS.values() if f.section is section and getattr(self, f.name) is not None]
 
-    def _per_metric(self, flag: Flag, n: int) -> list[Any]:
+    def _per_metric(self, flag: Flag, n: int, names: list[str] | None = None) -> list[Any]:
         values = getattr(self, flag.name)
+        if len(values) == 1 and flag.key == "reference_model" and names is not None:
+            # one reference model for all metrics: the metric that reads one gets it
+            return [values[0] if name == REFERENCE_LOSS_METRIC else None for name in names]
         if len(values) == 1:
             return list(values) * n
         if len(values) != n:
@@ -485,7 +508,8 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         if given or (names is not None and not sampling):
             building = not sampling
             n = len(names) if building else len(sampling)
-            values = {f: self._per_metric(f, n) for f in given}
+            metric_names = list(names) if building else [m.name for m in sampling]
+            values = {f: self._per_metric(f, n, metric_names) for f in given}
             currents = [{"name": m, "schedule_config": dict(section.defaults)} for m in names] if building else None
             sampling = [
                 self._apply(
@@ -598,6 +622,22 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         values = {f: getattr(self, f.name) for f in self._given(section)}
         current = base.to_dict() if base is not None else {}
         return self._apply(section, current, values, source if base is not None else None, "--batch_size_warmup_start")
+
+    def _resolve_token_selection(
+        self, base: TokenSelectionConfig | None, source: str | None
+    ) -> TokenSelectionConfig | None:
+        section = SECTIONS["token_selection"]
+        if base is None and self.token_selection is None:
+            self._off(section, "token selection", " excess_loss (or a token_selection section in the config file)")
+            return None
+        values = {f: getattr(self, f.name) for f in self._given(section)}
+        current = base.to_dict() if base is not None else {"method": self.token_selection}
+        if base is not None and self.token_selection is not None and base.method != self.token_selection:
+            raise ValueError(
+                f"--token_selection {self.token_selection} contradicts token_selection.method={base.method!r} of "
+                f"{source}; drop the flag or edit the file."
+            )
+        return self._apply(section, current, values, source if base is not None else None, "--token_selection")
 
 
 def flag_table() -> str:

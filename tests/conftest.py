@@ -13,6 +13,14 @@ import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
+def _private_metric_registry(monkeypatch):
+    """Metrics a test registers stay in that test: a leaked registration changes what others see as built in."""
+    from hf_data_efficiency.curriculum import metrics
+
+    monkeypatch.setattr(metrics, "_REGISTRY", dict(metrics._REGISTRY))
+
+
+@pytest.fixture(autouse=True)
 def _one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)

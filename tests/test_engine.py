@@ -99,3 +99,19 @@ def test_resume_position_replays_the_micro_batches_of_completed_steps(ga):
         for step in range(0, 30):
             got = engine.resume_position(step, micro_batches_per_epoch)
             assert got == replay_position(step, micro_batches_per_epoch, ga), (step, micro_batches_per_epoch)
+
+
+def test_a_registered_metric_of_the_batch_needs_no_token_column():
+    """A registered metric that reads the batch (e.g. the prompt text of a GRPO dataset) is computed without an
+    input_ids column; a token metric still asks for one."""
+    from datasets import Dataset
+
+    from hf_data_efficiency import register_curriculum_metric
+    from hf_data_efficiency.engine import add_metric_columns
+
+    register_curriculum_metric("text_chars", lambda b: [len(t) for t in b["text"]], fingerprint="v1", overwrite=True)
+    text = Dataset.from_dict({"text": ["a", "bbb", "cc"]})
+    out, added = add_metric_columns(text, ["text_chars"])
+    assert out["text_chars"] == [1, 3, 2] and added == ["text_chars"]
+    with pytest.raises(ValueError, match=r"curriculum metric\(s\) \['seqlen'\] .* no 'input_ids' column"):
+        add_metric_columns(text, ["text_chars", "seqlen"])

@@ -42,10 +42,11 @@ def table_rows(study: str) -> dict[str, str]:
     """The docs' table rows of ``study``, by arm."""
     start = DOCS.index(f"**Mixture `{study}`**" if study != "warmup" else "**Batch-size warmup**")
     rows = {}
-    for line in DOCS[start:].splitlines()[3:]:
-        if not line.startswith("| `"):
+    for line in DOCS[start:].splitlines()[1:]:
+        if line.startswith("| `"):
+            rows[line.split("`")[1]] = line
+        elif rows:  # the end of the table
             break
-        rows[line.split("`")[1]] = line
     return rows
 
 

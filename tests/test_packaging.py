@@ -1,5 +1,6 @@
-"""The library boundary: the core's dependencies are exactly what it imports, DeepSpeed and matplotlib are optional
-extras, and without them (really absent from the import path) a curriculum + random-LTD Trainer run works."""
+"""The library boundary: the core's dependencies are exactly what it imports, DeepSpeed, matplotlib and trl are
+optional extras, and without them (really absent from the import path) a curriculum + random-LTD Trainer run works
+and the trl integration names its extra."""
 
 import ast
 import os
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hf_data_efficiency"
 #: import name -> distribution name, where they differ
 DISTRIBUTIONS = {"yaml": "pyyaml"}
-OPTIONAL = {"deepspeed": "deepspeed", "matplotlib": "plots"}
+OPTIONAL = {"deepspeed": "deepspeed", "matplotlib": "plots", "trl": "trl"}
 
 
 def _requirement_name(req: str) -> str:
@@ -45,7 +46,7 @@ def test_core_dependencies_are_what_the_core_imports():
     optional = {name for name in imported if name in OPTIONAL}
     assert optional <= set(OPTIONAL)
     assert imported - optional == core
-    assert not core & {"deepspeed", "matplotlib", "evaluate", "psutil"}
+    assert not core & {"deepspeed", "matplotlib", "evaluate", "psutil", "trl"}
     for module, extra in OPTIONAL.items():
         assert module in {_requirement_name(r) for r in project["optional-dependencies"][extra]}
 
@@ -93,4 +94,24 @@ def test_trainer_runs_without_deepspeed_and_matplotlib(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-S", "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_trl_integration_names_its_extra_when_trl_is_missing(tmp_path):
+    site = _site_packages_without(tmp_path, ("trl",))
+    script = textwrap.dedent(
+        """
+        import importlib.util
+        assert importlib.util.find_spec("trl") is None
+        import hf_data_efficiency as hfde
+        hfde.DataEfficiencyTrainer, hfde.DataEfficiencyTrainingArguments
+        try:
+            import hf_data_efficiency.integrations.trl
+        except ImportError as e:
+            assert "pip install 'hf-data-efficiency[trl]'" in str(e), e
+            print("OK")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (ROOT, site))), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-S", "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout[-2000:] + proc.stderr[-4000:]

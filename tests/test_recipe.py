@@ -97,3 +97,21 @@ def test_errors_name_the_setting():
 
 def test_too_shallow_a_model_gets_no_random_ltd():
     assert "random_ltd" not in recipe_sections("auto", num_layers=2, seq_len=128, steps=10)
+
+
+def test_auto_with_a_reference_model_adds_no_selection_and_says_why(tmp_path):
+    """The selection study found model-based selection paying only on noisy data, which auto cannot know: a
+    reference model passed to the Trainer leaves token selection off, and the log says so and where to read why."""
+    from transformers.testing_utils import CaptureLogger
+
+    from hf_data_efficiency import recipe
+
+    args = args_for(tmp_path, data_efficiency_recipe="auto")
+    with CaptureLogger(recipe.logger) as cl:
+        DataEfficiencyTrainer(
+            model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate,
+            reference_model=tiny_model(),
+        )  # fmt: skip
+    cfg = args.get_data_efficiency_config()
+    assert cfg.token_selection is None and cfg.random_ltd is not None
+    assert "a reference model is given, but no token selection" in cl.out and "docs/selection.md" in cl.out

@@ -285,3 +285,59 @@ def test_seeded_collation_is_a_function_of_the_stream_position_only():
     assert not torch.equal(collate(tagged_by_index.__getitems__([3, 5, 8, 14]))["noise"], first)
     collate.epoch = 1
     assert not torch.equal(collate(batch)["noise"], first)
+
+
+# ----- packed rows (padding-free collators): the transform applies to each document ------------------------------
+def test_packed_rows_are_truncated_per_document_through_the_trainer(tmp_path):
+    """With DataCollatorWithFlattening the seqlen curriculum cuts each document to the step's max tokens before the
+    documents are concatenated (cutting the row would cut whole documents off): recomputed from each document's
+    index tokens, its length and DeepSpeed's schedule."""
+    from _helpers import training_kwargs
+    from deepspeed.runtime.data_pipeline.curriculum_scheduler import CurriculumScheduler
+    from tiny import BASE, CURRICULUM_FLAGS, RADIX, TRUNCATE_METRIC, make_dataset, sample_lengths, tiny_model
+    from transformers import DataCollatorWithFlattening
+
+    from hf_data_efficiency import DataEfficiencyTrainer, DataEfficiencyTrainingArguments
+
+    flags = {k: v for k, v in CURRICULUM_FLAGS.items() if k.startswith("seqlen_curriculum")}
+    args = DataEfficiencyTrainingArguments(**training_kwargs(tmp_path, max_steps=6), **flags)
+    rows = []
+
+    class Recording(DataEfficiencyTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            rows.append(
+                (self.state.global_step + 1, inputs["input_ids"][0].tolist(), inputs["position_ids"][0].tolist())
+            )
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    data = make_dataset().remove_columns("attention_mask")
+    Recording(model=tiny_model(), args=args, train_dataset=data, data_collator=DataCollatorWithFlattening()).train()
+    lengths, schedule = sample_lengths(), CurriculumScheduler(TRUNCATE_METRIC)
+    assert len(rows) == 12
+    for step, ids, positions in rows:
+        starts = [i for i, p in enumerate(positions) if p == 0]
+        docs = [ids[a:b] for a, b in zip(starts, [*starts[1:], len(ids)])]
+        assert len(docs) == 4  # every sample of the micro-batch is still there
+        for doc in docs:
+            index = (doc[0] - BASE) * RADIX + (doc[1] - BASE)
+            assert len(doc) == min(int(lengths[index]), schedule.get_difficulty(step))
+
+
+def test_packed_rows_are_reshaped_per_document():
+    """Reshape on a packed row: each document is cut into pieces of at most max_tokens, each piece a document of its
+    own (positions restart); no token is lost and no piece mixes documents."""
+    from transformers import DataCollatorWithFlattening
+
+    from hf_data_efficiency.curriculum.transforms import MAX_TOKENS_KEY, SeqlenTransform
+
+    lengths = [11, 3, 8]
+    features = [{"input_ids": list(range(100 * d, 100 * d + n)), MAX_TOKENS_KEY: 4} for d, n in enumerate(lengths)]
+    batch = SeqlenTransform("seqlen_reshape", DataCollatorWithFlattening())(features)
+    ids, positions = batch["input_ids"][0].tolist(), batch["position_ids"][0].tolist()
+    assert ids == [t for f in features for t in f["input_ids"]]
+    starts = [i for i, p in enumerate(positions) if p == 0]
+    pieces = [ids[a:b] for a, b in zip(starts, [*starts[1:], len(ids)])]
+    assert [len(p) for p in pieces] == [4, 4, 3, 3, 4, 4]
+    assert all(len({t // 100 for t in p}) == 1 for p in pieces)
+    truncated = SeqlenTransform("seqlen_truncate", DataCollatorWithFlattening())(features)
+    assert truncated["input_ids"][0].tolist() == [t for f in features for t in f["input_ids"][:4]]

@@ -39,7 +39,7 @@ from datasets.fingerprint import Hasher, generate_random_fingerprint
 from transformers.utils import logging
 
 from .. import __version__
-from ..config import SEQLEN_TRANSFORMS
+from ..config import REFERENCE_LOSS_METRIC, SEQLEN_TRANSFORMS
 from .eligibility import check_finite, numeric_array
 from .index import check_metric_name
 
@@ -438,6 +438,8 @@ def _resolve_metrics(metrics: MetricSpec | Iterable[MetricSpec] | Mapping[str, C
             )
         if name in out:
             raise ValueError(f"metrics: {name!r} is given twice.")
+        if fn is None and get_curriculum_metric(name).fn is _needs_reference_model:
+            _needs_reference_model(None)
         out[name] = get_curriculum_metric(name) if fn is None else CurriculumMetric(name, fn)
     if not out:
         raise ValueError(f"metrics is empty; give at least one of {', '.join(_REGISTRY)} or a callable.")
@@ -705,9 +707,22 @@ def _seqlen_vocab_rarity(tokens: TokenBatch) -> np.ndarray:
     return seqlen + mean / (tokens.log_total_tokens + 1.0)
 
 
+def _needs_reference_model(batch: Any) -> Any:
+    """The registered ``reference_loss`` metric: it needs a reference model, which a name alone does not give."""
+    raise ValueError(
+        f"curriculum metric {REFERENCE_LOSS_METRIC!r} needs a reference model: set its reference_model (Trainer flag "
+        "--curriculum_reference_model PATH), or compute the column first with "
+        f"hf_data_efficiency.ReferenceLoss(model).map(dataset), or pass {{{REFERENCE_LOSS_METRIC!r}: ReferenceLoss(model)}} "
+        "as the metric."
+    )
+
+
 register_curriculum_metric("seqlen", _seqlen, inputs="tokens")
 register_curriculum_metric("vocab_rarity", _vocab_rarity, inputs="tokens", needs_token_counts=True)
 register_curriculum_metric("seqlen_vocab_rarity", _seqlen_vocab_rarity, inputs="tokens", needs_token_counts=True)
+# each sample's mean token loss under a reference model (curriculum/reference.py's ReferenceLoss); the engine computes
+# it from the metric's reference_model
+register_curriculum_metric(REFERENCE_LOSS_METRIC, _needs_reference_model, fingerprint="needs-a-reference-model")
 
 #: The metrics this library registers itself (derived from the registry; use :func:`is_registered_metric` to
 #: also accept user-registered ones).

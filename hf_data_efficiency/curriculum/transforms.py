@@ -184,6 +184,34 @@ def seqlen_reshape(
     return out
 
 
+def packs_rows(collator: Any) -> bool:
+    """Whether ``collator`` concatenates a batch's samples into one row of documents (``DataCollatorWithFlattening``,
+    trl's padding-free collator), looking through wrappers that keep the wrapped collator as ``.collator``."""
+    from transformers import DataCollatorWithFlattening
+
+    while collator is not None:
+        if isinstance(collator, DataCollatorWithFlattening) or getattr(collator, "padding_free", False) is True:
+            return True
+        collator = getattr(collator, "collator", None) or getattr(collator, "data_collator", None)
+    return False
+
+
+def split_documents(features: list[Mapping[str, Any]], max_tokens: int, reshape: bool) -> list[dict[str, Any]]:
+    """Per-document sequence-length transform of not-yet-collated samples, for collators that pack them into one row:
+    every per-token field (a list or 1-D tensor as long as ``input_ids``) of a sample is cut to its first
+    ``max_tokens`` tokens (truncate), or cut into consecutive pieces of at most ``max_tokens`` tokens that become
+    samples of their own (reshape: each piece is a document, its positions restart)."""
+    m = _check_max_tokens(max_tokens)
+    out = []
+    for feature in features:
+        n = len(feature["input_ids"])
+        per_token = [k for k, v in feature.items() if hasattr(v, "__len__") and not isinstance(v, str) and len(v) == n]
+        starts = range(0, n, m) if reshape else [0]
+        for a in starts:
+            out.append({k: (v[a : a + m] if k in per_token else v) for k, v in feature.items()})
+    return out
+
+
 class CurriculumDataset(Dataset):
     """Thin dataset wrapper that attaches per-draw tags to examples, so they reach the collator with the batch.
 
@@ -344,7 +372,9 @@ class SeqlenTransform(_CollatorWrapper):
     """Collator wrapper applying ``seqlen_truncate``/``seqlen_reshape`` with each batch's own max tokens.
 
     Pops ``MAX_TOKENS_KEY`` from every feature (put there by ``CurriculumDataset``), checks the batch
-    agrees on it, collates the rest with ``collator`` and transforms the result. Features without the key
+    agrees on it, collates the rest with ``collator`` and transforms the result; a collator that packs the batch into
+    one row of documents (:func:`packs_rows`) gets the documents transformed first (:func:`split_documents`), since
+    cutting the packed row would cut whole documents off it. Features without the key
     (e.g. evaluation batches) are collated and returned unchanged. Use it as the outermost collator, so
     no column-removing wrapper drops the key first.
 
@@ -380,6 +410,8 @@ class SeqlenTransform(_CollatorWrapper):
         self.collator = collator
         self.pad_token_id = 0 if pad_token_id is None else int(pad_token_id)
         self.padding_side = padding_side
+        #: the collator packs a batch into one row of documents: the transform applies to each document first
+        self.per_document = packs_rows(collator)
 
     def __call__(self, features: list[Mapping[str, Any]]) -> dict[str, Any]:
         tags = [f.get(MAX_TOKENS_KEY) if isinstance(f, Mapping) else None for f in features]
@@ -390,7 +422,10 @@ class SeqlenTransform(_CollatorWrapper):
                 f"a batch mixes {MAX_TOKENS_KEY} values {sorted(set(tags), key=str)}: every micro-batch must come from "
                 "one optimizer step (use batch sizes that divide CurriculumSampler's global batch)."
             )
-        batch = self.collator([{k: v for k, v in f.items() if k != MAX_TOKENS_KEY} for f in features])
+        features = [{k: v for k, v in f.items() if k != MAX_TOKENS_KEY} for f in features]
+        if self.per_document:
+            return self.collator(split_documents(features, tags[0], reshape=self.mode == "seqlen_reshape"))
+        batch = self.collator(features)
         if self.mode == "seqlen_truncate":
             return seqlen_truncate(batch, tags[0], padding_side=self.padding_side)
         return seqlen_reshape(batch, tags[0], pad_token_id=self.pad_token_id, padding_side=self.padding_side)

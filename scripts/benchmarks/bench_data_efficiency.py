@@ -555,6 +555,18 @@ def _subsections(body: str) -> dict[str, str]:
     return {m["name"]: m["text"] for m in re.finditer(pattern, body, flags=re.S)}
 
 
+def replace_marked_block(doc: Path, begin: str, end: str, body: str) -> None:
+    """Write ``body`` between the ``begin`` and ``end`` markers of ``doc`` (appended with them when absent); nothing
+    outside the markers changes. The studies re-tabulate their records into the docs with it."""
+    text = doc.read_text()
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(doc, text)
+
+
 def write_docs(task_name: str, section: str, doc: Path) -> None:
     """Replace this task's subsection between the data-efficiency markers of ``doc``; nothing outside them changes."""
     text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{DOC_BEGIN}\n{DOC_END}\n"

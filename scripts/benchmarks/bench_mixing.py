@@ -44,6 +44,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_data_efficiency import replace_marked_block  # noqa: E402
 
 from hf_data_efficiency.fileio import atomic_write_text  # noqa: E402
 
@@ -386,17 +389,6 @@ def tables(records_dir: Path, seeds: list[int], steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(text: str, command: str) -> None:
-    doc = DOC.read_text()
-    body = f"{DOC_BEGIN}\n{text}\nCommand (re-tabulates from the records): `{command}`\n{DOC_END}"
-    if DOC_BEGIN in doc:
-        start, end = doc.index(DOC_BEGIN), doc.index(DOC_END) + len(DOC_END)
-        doc = doc[:start] + body + doc[end:]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + body + "\n"
-    atomic_write_text(DOC, doc)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -442,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if not args.no_docs:
         seeds = " ".join(map(str, args.seeds))
-        write_docs(text, f"python scripts/benchmarks/bench_mixing.py --seeds {seeds} --only_existing")
+        command = f"python scripts/benchmarks/bench_mixing.py --seeds {seeds} --only_existing"
+        replace_marked_block(DOC, DOC_BEGIN, DOC_END, f"{text}\nCommand (re-tabulates from the records): `{command}`")
 
 
 if __name__ == "__main__":

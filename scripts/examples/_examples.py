@@ -119,7 +119,9 @@ class CurveRecorder(TrainerCallback):
     * ``layer_tokens``: tokens that actually went through each transformer layer in training
       forwards, counted by hooks on the layers' attention submodules (so random-LTD's shorter
       inputs are seen as they are), summed over layers;
-    * ``effective_tokens``: ``layer_tokens / num_layers`` (equal to the data tokens without random-LTD);
+    * ``effective_tokens``: ``layer_tokens / num_layers`` (equal to the data tokens without random-LTD), plus the
+      reference-model forwards of model-based selection in the same units (``reference_effective_tokens``; see
+      :meth:`watch_references`);
     * ``tokens``: the Trainer's ``num_input_tokens_seen`` when it is tracked, else the tokens seen by
       the first layer;
     * ``train_seconds``: wall-clock of training with evaluation time taken out;
@@ -140,6 +142,10 @@ class CurveRecorder(TrainerCallback):
         for i, layer in enumerate(layers):
             self._handles.append(_attention_of(layer).register_forward_hook(self._make_hook(i)))
         self.curve: list[dict[str, float]] = []
+        # reference-model forwards (model-based selection), counted by a hook of their own and costed per token
+        self.reference_tokens = 0
+        self.reference_cost = 0.0
+        self._engine = None
         self.summary: dict[str, Any] = {}
         self._start = None
         self._eval_seconds = 0.0
@@ -160,13 +166,38 @@ class CurveRecorder(TrainerCallback):
 
         return hook
 
+    def watch_references(self, trainer) -> None:
+        """Count the reference forwards of the trainer's token selection (online: a hook on the reference model) and
+        its reference-loss scoring, at their cost per token (``hf_data_efficiency.curriculum.reference``)."""
+        engine = getattr(trainer, "engine", None)
+        selection = getattr(engine, "token_selection", None)
+        self._engine = engine
+        if selection is None or selection.reference is None:
+            return
+        self.reference_cost = selection.cost
+
+        def hook(module, args, kwargs, output):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            self.reference_tokens += int(ids.numel())
+
+        self._handles.append(selection.reference.register_forward_hook(hook, with_kwargs=True))
+
+    def reference_effective_tokens(self) -> float:
+        """The reference forwards so far in effective tokens: the per-step forwards (hooked) and the dataset scoring."""
+        scoring = 0.0
+        if self._engine is not None:
+            scoring = self._engine.reference_scoring_tokens * self._engine.reference_scoring_cost
+        return self.reference_tokens * self.reference_cost + scoring
+
     def point(self, state) -> dict[str, float]:
         seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+        reference = self.reference_effective_tokens()
         return {
             "step": state.global_step,
             "tokens": seen or self.first_layer_tokens,
             "layer_tokens": self.layer_tokens,
-            "effective_tokens": self.layer_tokens / self.num_layers,
+            "reference_effective_tokens": reference,
+            "effective_tokens": self.layer_tokens / self.num_layers + reference,
             "train_seconds": self.train_seconds(),
             "train_cpu_seconds": time.process_time() - self._cpu_start - self._eval_cpu_seconds,
         }

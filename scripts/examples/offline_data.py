@@ -77,6 +77,25 @@ def gpt2_tokenizer(cache_dir: str | os.PathLike | None = None):
     return tok
 
 
+#: The characters of :func:`char_tokenizer`'s default vocabulary: digits, arithmetic, lower-case letters, punctuation.
+CHAR_ALPHABET = "0123456789+-*=?.,:;!'()/ abcdefghijklmnopqrstuvwxyz"
+
+
+def char_tokenizer(alphabet: str = CHAR_ALPHABET):
+    """A character-level ``PreTrainedTokenizerFast`` built in code (nothing on disk or from a hub): one id per
+    character of ``alphabet`` after ``<pad>`` (0), ``<eos>`` (1) and ``<unk>`` (2). For tiny models on generated
+    tasks (arithmetic), where a 50k BPE vocabulary would dwarf the model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"]
+    vocab = {token: i for i, token in enumerate([*specials, *dict.fromkeys(alphabet)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # every character is a token
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+
 BBC_NEWS_LABELS = ("business", "entertainment", "politics", "sports", "tech")
 MNIST_SPLITS = ("train", "test")
 
@@ -119,6 +138,55 @@ def load_bbc_news() -> datasets.Dataset:
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(BBC_NEWS_LABELS))}
     )
     return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+#: Junk kinds of :func:`noisy_mixture`, mixed in equal shares.
+JUNK_KINDS = ("random_words", "shuffled", "boilerplate")
+#: The repeated boilerplate of :func:`noisy_mixture` (web page furniture).
+BOILERPLATE = (
+    "Click here to subscribe to our newsletter.",
+    "All rights reserved.",
+    "This site uses cookies to improve your experience.",
+    "Share this article on social media.",
+    "Advertisement.",
+    "Read more stories like this on our homepage.",
+)
+
+
+def noisy_mixture(clean: list[str], junk_share: float = 0.4, seed: int = 0) -> tuple[list[str], list[str]]:
+    """``clean`` documents mixed with junk documents that make up ``junk_share`` of the result, shuffled; returns the
+    texts and each one's kind (``"clean"`` or one of :data:`JUNK_KINDS`, in equal shares).
+
+    Junk mimics what a web crawl lets through: *random_words* draws words uniformly from the clean documents'
+    vocabulary, *shuffled* is a clean document with its words in random order, *boilerplate* repeats page furniture
+    (:data:`BOILERPLATE`). Each junk document takes the length in words of a random clean one. Deterministic in
+    ``seed``.
+    """
+    import numpy as np
+
+    if not 0 <= junk_share < 1:
+        raise ValueError(f"junk_share={junk_share} must lie in [0, 1).")
+    rng = np.random.default_rng(seed)
+    words = [text.split() for text in clean]
+    vocabulary = sorted({w for doc in words for w in doc})
+    n_junk = round(len(clean) * junk_share / (1 - junk_share))
+    texts, kinds = list(clean), ["clean"] * len(clean)
+    for i in range(n_junk):
+        kind = JUNK_KINDS[i % len(JUNK_KINDS)]
+        source = words[int(rng.integers(len(words)))]
+        if kind == "random_words":
+            doc = [vocabulary[j] for j in rng.integers(len(vocabulary), size=len(source))]
+        elif kind == "shuffled":
+            doc = [source[j] for j in rng.permutation(len(source))]
+        else:
+            doc = []
+            while len(doc) < len(source):
+                doc += BOILERPLATE[int(rng.integers(len(BOILERPLATE)))].split()
+            doc = doc[: len(source)]
+        texts.append(" ".join(doc))
+        kinds.append(kind)
+    order = rng.permutation(len(texts))
+    return [texts[i] for i in order], [kinds[i] for i in order]
 
 
 def _read_idx(path: Path):

@@ -43,7 +43,7 @@ from transformers.utils import logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import _examples  # noqa: E402
-from offline_data import gpt2_tokenizer, load_bbc_news, load_ptb  # noqa: E402
+from offline_data import gpt2_tokenizer, load_bbc_news, load_ptb, noisy_mixture  # noqa: E402
 
 from hf_data_efficiency.fileio import atomic_write_text  # noqa: E402
 
@@ -69,7 +69,8 @@ class DataArguments:
         default="ptb",
         metadata={
             "help": "'ptb' (Penn Treebank, offline), 'bbc' (BBC News articles as an LM corpus, offline, split 90/5/5 "
-            "with seed 0), a datasets name/path, or 'none' with --train_file."
+            "with seed 0), 'noisy_bbc' (bbc with --junk_share junk documents in its training split; validation and "
+            "test stay clean), a datasets name/path, or 'none' with --train_file."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "datasets config name."})
@@ -90,6 +91,25 @@ class DataArguments:
         },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training samples."})
+    train_subset_seed: int | None = field(
+        default=None,
+        metadata={"help": "With --max_train_samples: keep N samples drawn at random with this seed, not the first N."},
+    )
+    held_out_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hold out this fraction of the training documents (the last ones, before packing) as a "
+            "'held_out' split: a clean slice to train a reference model on (--train_split held_out). The vocabulary "
+            "is compacted over both, so the models share their ids."
+        },
+    )
+    train_split: str = field(
+        default="train", metadata={"help": "The split to train on: 'train', or 'held_out' (see --held_out_fraction)."}
+    )
+    junk_share: float = field(
+        default=0.4,
+        metadata={"help": "--dataset_name noisy_bbc: the share of junk documents mixed into the training split."},
+    )
     streaming: bool = field(
         default=False,
         metadata={
@@ -114,6 +134,12 @@ class DataArguments:
             )
         if self.block_size < 2:
             raise ValueError(f"--block_size={self.block_size} must be >= 2.")
+        if self.held_out_fraction is not None and not 0 < self.held_out_fraction < 1:
+            raise ValueError(f"--held_out_fraction={self.held_out_fraction} must lie in (0, 1).")
+        if self.train_split not in ("train", "held_out"):
+            raise ValueError(f"--train_split={self.train_split!r} is not supported; allowed: train, held_out.")
+        if self.train_split == "held_out" and self.held_out_fraction is None:
+            raise ValueError("--train_split held_out needs --held_out_fraction.")
 
 
 TINY_DEFAULTS = {
@@ -144,7 +170,7 @@ def load_raw_text(args: DataArguments) -> datasets.DatasetDict:
         raw = datasets.DatasetDict(
             {s: load_ptb(p) for s, p in (("train", "train"), ("validation", "valid"), ("test", "test"))}
         )
-    elif args.dataset_name == "bbc":
+    elif args.dataset_name in ("bbc", "noisy_bbc"):
         split = load_bbc_news().remove_columns("label").train_test_split(test_size=0.1, seed=0)
         held_out = split["test"].train_test_split(test_size=0.5, seed=0)
         raw = datasets.DatasetDict(train=split["train"], validation=held_out["train"], test=held_out["test"])
@@ -158,6 +184,15 @@ def load_raw_text(args: DataArguments) -> datasets.DatasetDict:
                 raw["train"], raw["validation"] = split["train"], split["test"]
     if "validation" not in raw:
         raise ValueError("a validation split is needed: give --validation_file or a dataset with one.")
+    if args.held_out_fraction is not None:  # the last documents, before any noise is mixed in
+        n = len(raw["train"])
+        k = max(1, round(n * args.held_out_fraction))
+        raw["held_out"] = raw["train"].select(range(n - k, n))
+        raw["train"] = raw["train"].select(range(n - k))
+    if args.dataset_name == "noisy_bbc":
+        texts, kinds = noisy_mixture(raw["train"][args.text_column], args.junk_share, seed=0)
+        raw["train"] = datasets.Dataset.from_dict({args.text_column: texts})
+        logger.warning(f"noisy_bbc: {sum(k != 'clean' for k in kinds)} junk of {len(kinds)} training documents.")
     for name, split in raw.items():
         if args.text_column not in split.column_names:
             raise ValueError(
@@ -209,7 +244,8 @@ def compact_vocabulary(
 ) -> tuple[datasets.DatasetDict, np.ndarray]:
     """Renumber token ids to ``0..K-1`` (ids seen in training, EOS included; with ``max_vocab``, only the
     ``max_vocab`` most frequent of them) and ``K`` for every other id."""
-    ids, counts = np.unique(np.concatenate(ds["train"]["input_ids"]), return_counts=True)
+    counted = [ds[s]["input_ids"] for s in ("train", "held_out") if s in ds]  # both: a reference shares the ids
+    ids, counts = np.unique(np.concatenate([row for rows in counted for row in rows]), return_counts=True)
     if max_vocab is not None:
         if max_vocab < 2:
             raise ValueError(f"max_vocab must be at least 2 (EOS and one more id), got {max_vocab}.")
@@ -274,6 +310,26 @@ def build_model(model_args: ModelArguments, vocab_size: int, n_positions: int, e
     return model
 
 
+def check_reference_vocab(training_args, kept: np.ndarray) -> None:
+    """A reference model saved by this script (its ``vocab_map.json``) must use this run's compact ids: the same
+    vocabulary size with other ids would compare losses of different tokens."""
+    cfg = training_args.get_data_efficiency_config() if hasattr(training_args, "get_data_efficiency_config") else None
+    paths = []
+    if cfg is not None and cfg.token_selection is not None and cfg.token_selection.reference_model:
+        paths.append(("--token_selection_reference_model", cfg.token_selection.reference_model))
+    if cfg is not None and cfg.curriculum is not None:
+        paths += [("--curriculum_reference_model", m.reference_model) for m in cfg.curriculum.sampling_metrics]
+    for flag, path in paths:
+        vocab_file = Path(path or "") / "vocab_map.json"
+        if path and vocab_file.is_file():
+            theirs = json.loads(vocab_file.read_text())["gpt2_token_ids"]
+            if theirs != kept.tolist():
+                raise ValueError(
+                    f"{flag}={path}: the reference model was trained on another compact vocabulary ({len(theirs)} ids, "
+                    f"this run {len(kept)}); train it with the same --dataset_name, --max_vocab and --held_out_fraction."
+                )
+
+
 def main(argv: list[str] | None = None) -> dict:
     args_cls, trainer_cls = _examples.training_classes()
     model_args, data_args, training_args = _examples.parse_args(
@@ -291,9 +347,13 @@ def main(argv: list[str] | None = None) -> dict:
             lm, kept = compact_vocabulary(lm, eos, data_args.max_vocab)
             eos = int(np.searchsorted(kept, tokenizer.eos_token_id))
     vocab_size = len(kept) + 1 if kept is not None else len(tokenizer)
-    train = lm["train"]
+    train = lm[data_args.train_split]
     if data_args.max_train_samples is not None:
-        train = train.select(range(min(data_args.max_train_samples, len(train))))
+        n = min(data_args.max_train_samples, len(train))
+        if data_args.train_subset_seed is None:
+            train = train.select(range(n))
+        else:
+            train = train.select(np.random.default_rng(data_args.train_subset_seed).permutation(len(train))[:n])
     n_train = len(train)
     if data_args.streaming:
         train = train.to_iterable_dataset(num_shards=16).shuffle(seed=training_args.seed, buffer_size=1024)
@@ -307,6 +367,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; {n_train} train samples "
         f"({data_args.sample_mode}{', streamed' if data_args.streaming else ''}), {len(eval_subset)} eval samples during training."
     )
+    if kept is not None:
+        check_reference_vocab(training_args, kept)
     recorder = _examples.CurveRecorder(model, training_args.output_dir)
     trainer = trainer_cls(
         model=model,
@@ -316,6 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=CausalLMCollator(eos),
         callbacks=[recorder],
     )
+    recorder.watch_references(trainer)
     eval_sets = _examples.final_eval_sets(data_args.final_eval_splits, lm)
     result = _examples.finish(trainer, recorder, eval_sets, task="lm")
     if training_args.should_save:

@@ -67,6 +67,7 @@ T_SAMPLER = "tests/test_sampler.py"
 T_TRAINER = "tests/test_trainer.py"
 T_MIXING = "tests/test_mixing.py"
 T_WARMUP = "tests/test_batch_size_warmup.py"
+T_TRL = "tests/test_trl.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # ------------------------------------------------------------------ sampler
@@ -750,6 +751,100 @@ MUTATIONS: tuple[Mutation, ...] = (
         "return max(max_tokens, least)",
         [f"{T_WARMUP}::test_token_budget_ramps_with_the_batch"],
         "a token budget keeps max_tokens during the warmup",
+    ),
+    # ------------------------------------------------------------------ model-based selection
+    _m(
+        "selection-excess-sign",
+        "selection/excess_loss.py",
+        "excess = train.detach() - reference",
+        "excess = reference - train.detach()",
+        [
+            "tests/test_token_selection.py::test_one_step_loss_and_gradient_equal_the_recomputation_under_gradient_accumulation"
+        ],
+        "token selection keeps the tokens of lowest excess loss",
+    ),
+    _m(
+        "selection-per-micro-batch-mean",
+        "selection/excess_loss.py",
+        "loss = (train * chosen).sum() * scale / num_selected",
+        "loss = (train * chosen).sum() * scale / max(k, 1) / 3",
+        [
+            "tests/test_token_selection.py::test_one_step_loss_and_gradient_equal_the_recomputation_under_gradient_accumulation"
+        ],
+        "each micro-batch is averaged over its own selected tokens (wrong weights under accumulation)",
+    ),
+    _m(
+        "selection-count-rounds-up",
+        "selection/excess_loss.py",
+        "return max(1, min(num_tokens, math.floor(ratio * num_tokens + 0.5)))",
+        "return max(1, min(num_tokens, math.ceil(ratio * num_tokens)))",
+        ["tests/test_token_selection.py::test_selected_count_rounds_to_the_nearest_token"],
+        "the kept count rounds up instead of to the nearest token",
+    ),
+    _m(
+        "selection-resume-ignores-reference",
+        "selection/excess_loss.py",
+        'if state["reference"] != self.identity:',
+        "if False:",
+        ["tests/test_token_selection.py::test_resume_is_exact_with_selection_curriculum_and_random_ltd"],
+        "a checkpoint resumes against another reference model",
+    ),
+    _m(
+        "reference-cost-half",
+        "curriculum/reference.py",
+        "FORWARD_FRACTION = 1.0 / 3.0",
+        "FORWARD_FRACTION = 1.0 / 2.0",
+        ["tests/test_token_selection.py::test_effective_tokens_count_the_reference_forwards_as_a_third"],
+        "a reference forward is counted as half a training step",
+    ),
+    _m(
+        "reference-loss-unshifted",
+        "curriculum/reference.py",
+        "targets = torch.cat([labels[:, 1:], labels.new_full((b, 1), -100)], dim=1).reshape(-1)",
+        "targets = labels.reshape(-1)",
+        ["tests/test_reference_loss.py::test_reference_loss_equals_the_models_own_per_sample_loss"],
+        "the reference loss scores each token from its own position instead of the one before",
+    ),
+    _m(
+        "reference-fingerprint-ignores-weights",
+        "curriculum/reference.py",
+        "h.update(memoryview(t.view(torch.uint8).numpy()))",
+        "pass",
+        ["tests/test_reference_loss.py::test_fingerprint_is_the_models_identity_and_the_datasets_cache_uses_it"],
+        "the datasets cache reuses a column scored by another model",
+    ),
+    # ------------------------------------------------------------------ trl: generation groups and pass rates
+    _m(
+        "generation-drawn-at-next-step",
+        "curriculum/generation_groups.py",
+        "return generation * self.repeat_count // self.gradient_accumulation_steps + 1",
+        "return generation * self.repeat_count // self.gradient_accumulation_steps + 2",
+        [f"{T_TRL}::test_grpo_prompts_follow_the_schedule_in_whole_groups"],
+        "a generation's prompts are drawn at the difficulty of the step after the one it is generated in",
+    ),
+    _m(
+        "pass-rate-not-smoothed",
+        "curriculum/generation_groups.py",
+        "rates[prompts] = np.where(seen, (1 - a) * rates[prompts] + a * fractions, fractions)",
+        "rates[prompts] = fractions",
+        [f"{T_TRL}::test_pass_rate_curriculum_draws_by_the_documented_rule"],
+        "a prompt's pass rate is its last group's pass fraction (no moving average)",
+    ),
+    _m(
+        "pass-rate-lag-one-short",
+        "integrations/trl.py",
+        "return max(1, math.ceil((self.args.gradient_accumulation_steps + 1) / self.repeat_count))",
+        "return max(1, math.ceil(self.args.gradient_accumulation_steps / self.repeat_count))",
+        [f"{T_TRL}::test_pass_rate_curriculum_draws_by_the_documented_rule"],
+        "the pass-rate draws wait for one generation fewer than the data loader runs ahead",
+    ),
+    _m(
+        "pass-rates-not-restored",
+        "integrations/trl.py",
+        'self.pass_rates.load_state_dict(state["pass_rates"])',
+        "self.pass_rates.reset()",
+        [f"{T_TRL}::test_grpo_resume_with_pass_rates_equals_uninterrupted"],
+        "a resumed GRPO run restarts its pass rates from scratch",
     ),
 )
 

@@ -87,10 +87,12 @@ def build_trainer(
     layer_token_lr: bool = False,
     stream: bool = False,
     dynamic_max_tokens: int = 0,
+    token_selection: bool = False,
 ) -> RecordingTrainer:
     """Curriculum (seqlen + truncate) and random-LTD from flags, or (``zero_stage`` 2 or 3) from the
     data_efficiency block of a DeepSpeed ZeRO config. ``deterministic`` turns dropout off, so runs on different
-    process layouts can be compared loss for loss. ``stream``: the data as a 4-shard ``datasets.IterableDataset``."""
+    process layouts can be compared loss for loss. ``stream``: the data as a 4-shard ``datasets.IterableDataset``.
+    ``token_selection``: excess-loss selection (ratio 0.5) against a second tiny GPT-2."""
     kwargs = dict(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
@@ -123,6 +125,8 @@ def build_trainer(
     if dynamic_max_tokens:
         kwargs.update(dynamic_batching=True, dynamic_batching_max_tokens=dynamic_max_tokens)
         kwargs.update(dynamic_batching_lr_scaling_method="sqrt")
+    if token_selection:
+        kwargs.update(token_selection="excess_loss", token_selection_ratio=0.5)
     args = DataEfficiencyTrainingArguments(**kwargs)
     return RecordingTrainer(
         model=tiny_model(dropout=0.0 if deterministic else 0.1),
@@ -130,6 +134,7 @@ def build_trainer(
         train_dataset=make_dataset().to_iterable_dataset(num_shards=4) if stream else make_dataset(),
         data_collator=collate,
         callbacks=callbacks,
+        reference_model=tiny_model(seed=7, dropout=0.0) if token_selection else None,
     )
 
 
@@ -152,6 +157,7 @@ def main() -> None:
     p.add_argument("--layer_token_lr", action="store_true", help="the layer-token LR schedule, 2 warmup steps")
     p.add_argument("--stream", action="store_true", help="the data as a datasets.IterableDataset (4 shards)")
     p.add_argument("--dynamic_max_tokens", type=int, default=0, help="token-budget batching with this budget")
+    p.add_argument("--token_selection", action="store_true", help="excess-loss token selection (ratio 0.5)")
     p.add_argument("--slow_saves", type=float, default=0.0, help="seconds to sleep before each checkpoint file write")
     a = p.parse_args()
     if a.slow_saves:
@@ -170,6 +176,7 @@ def main() -> None:
         layer_token_lr=a.layer_token_lr,
         stream=a.stream,
         dynamic_max_tokens=a.dynamic_max_tokens,
+        token_selection=a.token_selection,
         callbacks=[PrintSteps()] + ([Stall(a.stall_after)] if a.stall_after else []),
     )
     args = trainer.args
