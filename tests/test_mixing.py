@@ -236,6 +236,23 @@ def test_online_mixing_in_a_trainer_moves_weight_off_a_noise_group(tmp_path):
     assert len(noise) / late < 0.35
 
 
+def assert_mixer_holds_the_per_group_losses(trainer, data, model) -> None:
+    """The mixer's fast averages after one step equal each group's mean token loss under ``model`` (the weights the
+    step trained from) over the samples the step drew, recomputed row by row."""
+    sums = {"text": [0.0, 0], "noise": [0.0, 0]}
+    for record in trainer.records:
+        batch = collate([data[i] for i in record["indices"]])
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        for row, i in enumerate(record["indices"]):
+            loss = torch.nn.functional.cross_entropy(logits[row, :-1], batch["labels"][row, 1:], reduction="sum")
+            sums[data[i]["domain"]][0] += float(loss)
+            sums[data[i]["domain"]][1] += int((batch["labels"][row, 1:] != -100).sum())
+    state = trainer.engine.mixer.state_dict()
+    for g, (total, count) in sums.items():
+        assert state["fast"][state["groups"].index(g)] == pytest.approx(total / count, rel=1e-5)
+
+
 def test_online_losses_are_the_steps_per_group_token_losses(tmp_path):
     """After step 1 the mixer's averages hold step 1's mean token loss per group; recomputed here with the initial
     model (no dropout) on the samples step 1 drew (GA 2: both micro-batches see the initial weights)."""
@@ -244,18 +261,28 @@ def test_online_losses_are_the_steps_per_group_token_losses(tmp_path):
     trainer = RecordingTrainer(model=tiny_model(dropout=0.0), args=args, train_dataset=data, data_collator=collate)
     trainer.train()
     reference = tiny_model(dropout=0.0)
-    sums = {"text": [0.0, 0], "noise": [0.0, 0]}
-    for record in trainer.records:
-        batch = collate([data[i] for i in record["indices"]])
-        with torch.no_grad():
-            logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        for row, i in enumerate(record["indices"]):
-            loss = torch.nn.functional.cross_entropy(logits[row, :-1], batch["labels"][row, 1:], reduction="sum")
-            sums[data[i]["domain"]][0] += float(loss)
-            sums[data[i]["domain"]][1] += int((batch["labels"][row, 1:] != -100).sum())
-    state = trainer.engine.mixer.state_dict()
-    for g, (total, count) in sums.items():
-        assert state["fast"][state["groups"].index(g)] == pytest.approx(total / count, rel=1e-5)
+    assert_mixer_holds_the_per_group_losses(trainer, data, reference)
+
+
+def test_online_mixing_with_token_selection_trains_on_the_selected_tokens_and_learns_from_all(tmp_path):
+    """Both on: the step's loss is token selection's (the from-scratch top-k recomputation of
+    test_token_selection), and the mixer's per-group averages are the loss over every token (recomputed with the
+    initial model on the samples the step drew)."""
+    from test_token_selection import RATIO, CapturingTrainer, oracle_step_loss
+
+    data = _learnable_and_noise()
+    args = DataEfficiencyTrainingArguments(
+        **training_kwargs(tmp_path, max_steps=1), **ONLINE, token_selection="excess_loss", token_selection_ratio=RATIO
+    )
+    model, reference = tiny_model(dropout=0.0), tiny_model(seed=7, dropout=0.0)
+    initial = tiny_model(dropout=0.0)
+    trainer = CapturingTrainer(
+        model=model, args=args, train_dataset=data, data_collator=collate, reference_model=reference
+    )
+    trainer.train()
+    oracle = oracle_step_loss(initial, reference, trainer.batches, RATIO)
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(oracle.item(), rel=1e-5)
+    assert_mixer_holds_the_per_group_losses(trainer, data, initial)
 
 
 def _run(tmp_path, name, flags, train, max_steps=6, resume=None, **extra):
