@@ -15,16 +15,9 @@ def free_port() -> int:
 
 
 def torchrun(nproc: int = 2) -> list[str]:
-    """The command prefix that starts ``nproc`` local processes (gloo on CPU) on a free port."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(nproc),
-        "--master_port",
-        str(free_port()),
-    ]
+    """The command prefix that starts ``nproc`` local processes (gloo on CPU). ``--standalone`` has the rendezvous
+    bind a free port itself: a port picked here and bound later could be taken in between."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
 
 
 def training_kwargs(out_dir: Any, **overrides: Any) -> dict[str, Any]:

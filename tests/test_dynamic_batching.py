@@ -323,7 +323,7 @@ def test_resume_gives_identical_batches_and_losses(tmp_path):
 
     whole_records, whole_logs = run()
     state = json.loads((tmp_path / "checkpoint-4" / "data_efficiency_state.json").read_text())
-    assert state["version"] == 3 and state["dynamic_batching"]["position"] == 4
+    assert state["version"] == 4 and state["dynamic_batching"]["position"] == 4
     records, logs = run(resume=str(tmp_path / "checkpoint-4"))
     assert records == [r for r in whole_records if r["step"] > 4]
     for step in range(5, 9):
@@ -377,17 +377,19 @@ def test_engine_refuses_a_state_of_another_run():
         engine.load_state_dict(state)
 
 
-def test_version_2_states_still_load():
-    """A state written before dynamic batching existed (version 2, no such section) loads into a run without it."""
+def test_version_2_and_3_states_still_load():
+    """States written before dynamic batching (version 2) and before mixing and warmup (version 3) existed, without
+    those sections, load into a run without them."""
     block = {"enabled": True, "data_sampling": {"enabled": True, "curriculum_learning": CURRICULUM}}
     engine = DataEfficiencyEngine(DataEfficiencyConfig.from_deepspeed(block), batch_size=2)
     engine.build_sampler(make_dataset())
     state = engine.state_dict(0)
-    assert state["version"] == 3 and state["dynamic_batching"] is None
-    old = {k: v for k, v in state.items() if k != "dynamic_batching"}
+    assert state["version"] == 4 and state["dynamic_batching"] is None
+    old = {k: v for k, v in state.items() if k not in ("dynamic_batching", "mixing", "batch_size_warmup")}
     engine.load_state_dict({**old, "version": 2})
+    engine.load_state_dict({**old, "version": 3, "dynamic_batching": None})  # version 3: no mixing or warmup yet
     with pytest.raises(ResumeError, match="dynamic_batching"):
-        engine.load_state_dict(old)  # version 3 needs the section
+        engine.load_state_dict({**old, "version": 3})  # version 3 needs the section
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 if [ "${1:-}" = "--dry-run" ]; then
   python scripts/benchmarks/bench_packed.py --lengths saved --data ptb bbc --layers 3 --d-model 64 --vocab 256 \
     --max-len 256 --docs-per-step 16 2 --steps 1 --repeats 1 --compile aot_eager --json "$OUT/dry_run.json"
-  python -m torch.distributed.run --nproc_per_node 2 scripts/benchmarks/ddp_check.py --cpu --layers 3 --d-model 64 \
+  python -m torch.distributed.run --standalone --nproc_per_node 2 scripts/benchmarks/ddp_check.py --cpu --layers 3 --d-model 64 \
     --vocab 256 --max-len 256 --docs-per-step 2 --steps 2 | tee "$OUT/two_process.md"
   exit 0
 fi
@@ -27,5 +27,5 @@ timeout 480 python scripts/benchmarks/bench_packed.py --lengths saved --device c
   --layers 12 --d-model 768 --vocab 50257 --max-len 1024 --docs-per-step 256 8 --steps 3 --repeats 5 \
   --attn $attn --json "$OUT/bench_packed.json" 2>&1 | tee "$OUT/bench_packed.md"
 if [ "$(python -c 'import torch; print(torch.cuda.device_count())')" -gt 1 ]; then
-  timeout 120 torchrun --nproc_per_node 2 scripts/benchmarks/ddp_check.py 2>&1 | tee "$OUT/two_process.md"
+  timeout 120 torchrun --standalone --nproc_per_node 2 scripts/benchmarks/ddp_check.py 2>&1 | tee "$OUT/two_process.md"
 fi
