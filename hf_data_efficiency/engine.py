@@ -992,15 +992,23 @@ class DataEfficiencyEngine:
         return rl is not None and rl.layer_token_lr_schedule.enabled
 
     def layer_token_lr_scheduler(
-        self, optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_steps: int, lr_scheduler_type: Any
+        self,
+        optimizer: torch.optim.Optimizer,
+        num_training_steps: int,
+        warmup_steps: int,
+        lr_scheduler_type: Any,
+        document_lengths: Any = None,
     ) -> Any:
         """The layer-token LR scheduler (warmup and decay in consumed layer-tokens), or ``None`` when off.
 
         ``lr_scheduler_type`` (a ``--lr_scheduler_type`` value) picks the decay; warmup defaults to the layer-tokens
-        of ``warmup_steps``. Call :meth:`attach` first."""
+        of ``warmup_steps``. With packed rows (:attr:`packed`), ``document_lengths`` (the training documents'
+        lengths, and the documents per dataset row) makes each step count its expected real layer-tokens
+        (:func:`~hf_data_efficiency.routing.lr_schedule.packed_layer_tokens`) instead of DeepSpeed's formula. Call
+        :meth:`attach` first."""
         if not self.uses_layer_token_lr:
             return None
-        from .routing.lr_schedule import get_layer_token_lr_scheduler
+        from .routing.lr_schedule import get_layer_token_lr_scheduler, packed_layer_tokens
 
         name = str(getattr(lr_scheduler_type, "value", lr_scheduler_type))
         decay = LAYER_TOKEN_DECAYS.get(name)
@@ -1015,10 +1023,27 @@ class DataEfficiencyEngine:
             )
         lr_cfg = self.config.random_ltd.layer_token_lr_schedule
         scheduler = self.random_ltd_handle.scheduler
-        warmup = lr_cfg.warmup_layer_tokens or scheduler.total_layer_tokens(warmup_steps)
+        source: Any = scheduler
+        if self.packed:
+            fixed = self.config.dynamic_batching is None and self.config.batch_size_warmup is None
+            if document_lengths is not None and fixed:
+                source = packed_layer_tokens(scheduler, *document_lengths)
+                logger.info(
+                    "layer-token LR schedule on packed rows: each step counts the expected real layer-tokens of its "
+                    f"documents ({len(document_lengths[0])} training documents' lengths, {document_lengths[1]:.2f} "
+                    "per row)."
+                )
+            else:
+                why = "a stream has no document lengths up front" if fixed else "the documents per step vary"
+                logger.warning(
+                    f"layer-token LR schedule on packed rows: {why}, so each step counts DeepSpeed's formula, "
+                    "every document at max_value tokens (an over-count of shorter documents)."
+                )
+        tokens_at = scheduler.layer_tokens_at if source is scheduler else source
+        warmup = lr_cfg.warmup_layer_tokens or sum(tokens_at(j) for j in range(warmup_steps))
         return get_layer_token_lr_scheduler(
             optimizer,
-            scheduler,
+            source,
             total_layer_tokens=lr_cfg.total_layer_tokens,
             warmup_layer_tokens=warmup,
             warmup_type=lr_cfg.warmup_type,

@@ -165,6 +165,7 @@ class DataEfficiencyTrainer(Trainer):
                     f"--dataloader_num_workers={self.args.dataloader_num_workers} and --dataloader_pin_memory="
                     f"{self.args.dataloader_pin_memory} instead."
                 )
+        self.engine.packed = self._rows_are_packed()
         if cfg.dynamic_batching is not None or cfg.batch_size_warmup is not None:
             self._check_dynamic_batching()
         # the outermost collator, so the tags reach it; batches without tags (evaluation) pass unchanged
@@ -328,8 +329,6 @@ class DataEfficiencyTrainer(Trainer):
     def _check_dynamic_batching(self) -> None:
         """Refuse the Trainer options dynamic batching and batch-size warmup cannot honour; their batch sampler decides
         every micro-batch's size."""
-        from transformers import DataCollatorWithFlattening
-
         args = self.args
         cfg = self.engine.config
         what = "dynamic batching" if cfg.dynamic_batching is not None else "batch-size warmup"
@@ -359,7 +358,6 @@ class DataEfficiencyTrainer(Trainer):
                 f"{key}.lr_scaling_method={section.lr_scaling_method!r} cannot be applied under DeepSpeed, whose "
                 "engine steps the optimizer inside backward; allowed with DeepSpeed: 'none'."
             )
-        self.engine.packed = isinstance(self.data_collator, DataCollatorWithFlattening)
 
     def _begin_scaled_lr(self) -> None:
         if self.engine.batch_sampler is not None:
@@ -486,13 +484,32 @@ class DataEfficiencyTrainer(Trainer):
             return super().create_scheduler(num_training_steps, optimizer)
         optimizer = optimizer if optimizer is not None else self.optimizer
         scheduler = self.engine.layer_token_lr_scheduler(
-            optimizer, num_training_steps, self.args.get_warmup_steps(num_training_steps), self.args.lr_scheduler_type
+            optimizer,
+            num_training_steps,
+            self.args.get_warmup_steps(num_training_steps),
+            self.args.lr_scheduler_type,
+            document_lengths=self._document_lengths(),
         )
         # the Trainer builds (and marks as its own, to rebuild it on the next train()) its step-based scheduler;
         # ours replaces it, and sets the LR it starts from
         super().create_scheduler(num_training_steps, optimizer)
         self.lr_scheduler = scheduler
         return scheduler
+
+    def _rows_are_packed(self) -> bool:
+        """Whether the collator concatenates each micro-batch's documents into one row."""
+        from transformers import DataCollatorWithFlattening
+
+        return isinstance(self.data_collator, DataCollatorWithFlattening)
+
+    def _document_lengths(self) -> tuple[Any, float] | None:
+        """With packed rows on map-style data: the training documents' lengths and the documents per dataset row
+        (each row is one document here), for the layer-token LR schedule; else ``None``."""
+        if not self.engine.packed or isinstance(self.train_dataset, torch.utils.data.IterableDataset):
+            return None
+        from .batching.lengths import sample_lengths
+
+        return sample_lengths(self.train_dataset), 1.0
 
     # ----- checkpoints ---------------------------------------------------------------------------------------
     def _save_checkpoint(self, model: Any, trial: Any) -> None:

@@ -269,3 +269,33 @@ def test_the_prepared_gpu_check_runs_in_its_cpu_dry_mode(tmp_path):
     assert len(rows) == len(arms) == 16  # ptb and bbc x padded/packed x random-LTD off/on x eager/compiled
     assert all(r["real_tokens_per_s"] > 0 for r in rows) and all(0 < r["theory"] < 1 for r in rows if r["random_ltd"])
     assert (tmp_path / "two_process.md").read_text().count("parameters equal across ranks: True") == 2
+
+
+def test_layer_token_lr_schedule_on_packed_rows_counts_the_documents_real_tokens(tmp_path):
+    """On packed rows each step counts G documents of the training set's lengths, each keeping min(len, kept) tokens
+    in the dropped layer (1 of 3) and len in the others: every logged LR equals base x f(c) recomputed from the
+    dataset's rows by a loop, not DeepSpeed's formula (every document at max_value); and the expected count is
+    within 15% of the tokens the dropped layer really saw."""
+    trainer = flattening_trainer(tmp_path, max_steps=6, warmup_steps=2, layer_token_lr_schedule=True)
+    seen = []
+    layer = trainer.random_ltd_handle.layers[0]
+    layer.attn.register_forward_pre_hook(lambda m, a, k: seen.append(a[0].shape[1]), with_kwargs=True)
+    trainer.train()
+    lengths = [len(row) for row in trainer.train_dataset["input_ids"]]
+    kept = [k for _, k in trainer.records]
+
+    def layer_tokens(step0: int) -> float:
+        mean = sum(min(n, kept[step0]) + 2 * n for n in lengths) / len(lengths)
+        return round(6 * mean)
+
+    warmup, total = layer_tokens(0) + layer_tokens(1), sum(layer_tokens(j) for j in range(6))
+    formula = 6 * sum(k + 2 * 40 for k in kept)  # DeepSpeed's count of the same steps
+    assert total < 0.8 * formula
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 6
+    for h in logged:
+        consumed = sum(layer_tokens(j) for j in range(h["step"] - 1))
+        factor = consumed / warmup if consumed < warmup else 1 - (consumed - warmup) / (total - warmup)
+        assert h["learning_rate"] == pytest.approx(1e-3 * factor)
+    expected_dropped = sum(6 * sum(min(n, k) for n in lengths) / len(lengths) for k in kept)
+    assert sum(seen) == pytest.approx(expected_dropped, rel=0.15)

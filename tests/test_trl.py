@@ -296,6 +296,33 @@ def test_sft_padding_free_random_ltd_keeps_per_document(tmp_path, options):
     assert dropped > 0
 
 
+@pytest.mark.parametrize("options", [{"padding_free": True}, {"packing": True, "max_length": 16}], ids=str)
+def test_sft_padding_free_layer_token_lr_counts_the_documents(tmp_path, options):
+    """trl's padding-free rows: the layer-token LR schedule's total is the steps' expected real layer-tokens,
+    recomputed by a loop from the prepared rows (each row one document, or bfd's seq_lengths per row)."""
+    args = DataEfficiencySFTConfig(
+        **sft_kwargs(tmp_path, max_steps=4), **{"max_length": None, **options}, **RANDOM_LTD, random_ltd_layer_id=[1],
+        layer_token_lr_schedule=True,
+    )  # fmt: skip
+    trainer = RecordingSFT(
+        model=tiny_lm(), args=args, train_dataset=addition_completions(), processing_class=TOKENIZER
+    )
+    trainer.train()
+    rows = trainer.train_dataset
+    if "seq_lengths" in rows.column_names:
+        docs = [n for row in rows["seq_lengths"] for n in row]
+    else:
+        docs = [len(ids) for ids in rows["input_ids"]]
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * len(docs) / len(rows)
+    schedule, layers = trainer.random_ltd_handle.scheduler, trainer.model.config.num_hidden_layers
+    total = 0
+    for step in range(4):
+        k = schedule.kept_length(step)
+        total += round(per_step * sum(min(n, k) + n * (layers - 1) for n in docs) / len(docs))
+    assert trainer.lr_scheduler.total_layer_tokens == total
+    assert total < schedule.total_layer_tokens(4)  # DeepSpeed's formula counts every document at max_value
+
+
 def test_sft_padding_free_seqlen_curriculum_cuts_each_document(tmp_path):
     """The seqlen curriculum on trl's padding-free rows cuts every document to the step's max tokens before they are
     concatenated (DeepSpeed's schedule is the oracle), and keeps every document of the micro-batch."""

@@ -25,6 +25,7 @@ next to trl's and shows in ``HfArgumentParser(...).parse_args(["--help"])``; the
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -124,10 +125,18 @@ class DataEfficiencySFTTrainer(DataEfficiencyTrainer, SFTTrainer):
                 "mixes documents of every difficulty. Set packing=False (padding_free=True still removes the padding)."
             )
 
-    def _check_dynamic_batching(self) -> None:
-        super()._check_dynamic_batching()
-        # trl's padding-free collator concatenates the rows: the token budget counts real tokens
-        self.engine.packed = self.engine.packed or self.padding_free
+    def _rows_are_packed(self) -> bool:
+        # trl's padding-free collator (padding_free, or bfd packing) concatenates the rows
+        return super()._rows_are_packed() or bool(self.padding_free)
+
+    def _document_lengths(self) -> tuple[Any, float] | None:
+        # bfd packing leaves several documents per row, with their lengths in a seq_lengths column
+        found = super()._document_lengths()
+        if found is None or "seq_lengths" not in (self.train_dataset.column_names or ()):
+            return found
+        per_row = self.train_dataset["seq_lengths"]
+        lengths = np.fromiter(itertools.chain.from_iterable(per_row), dtype=np.int64)
+        return lengths, len(lengths) / max(1, len(per_row))
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -20,14 +20,21 @@ LR of parameter group ``g`` at step ``k`` is ``lr_g = base_lr_g * f(c_k)`` with
 
 ``C`` is ``total_layer_tokens`` (or the layer-tokens of ``num_training_steps`` steps). The counter
 ``c`` is part of the scheduler's ``state_dict``, so it comes back on resume.
+
+On packed (padding-free) rows a sequence is a document of its own length, which keeps ``min(len, s_j)`` tokens in
+the random-LTD layers. There :func:`packed_layer_tokens` gives ``\ell(j) = G \, d \cdot
+\overline{\min(len, s_j) \, n + len \, (L - n)}``, with ``d`` documents per dataset row (1 unless the dataset is
+pre-packed) and the mean over the training documents' lengths: each step's expected real layer-tokens, still a pure
+function of the step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers.utils import logging
@@ -155,6 +162,32 @@ class LayerTokenLRScheduler(LRScheduler):
         self.__dict__.update(progress)
         self._advance()
         self._last_lr = [base * self.factor() for base in self.base_lrs]
+
+
+def packed_layer_tokens(
+    scheduler: RandomLTDScheduler, lengths: Sequence[int] | np.ndarray, documents_per_row: float = 1.0
+) -> Callable[[int], int]:
+    """The layer-tokens of optimizer step ``j`` when rows are packed documents: ``scheduler.global_batch_size x
+    documents_per_row`` documents (the dataset's rows per step, times the documents each holds), each keeping
+    ``min(len, kept)`` tokens in the random-LTD layers and ``len`` in the others, averaged over the document
+    ``lengths`` (the training set's). A source for :class:`LayerTokenLRScheduler`."""
+    sorted_lengths = np.sort(np.asarray(lengths, dtype=np.int64))
+    if sorted_lengths.size == 0 or sorted_lengths[0] < 1:
+        raise ValueError("packed_layer_tokens needs the length (>= 1) of at least one document.")
+    prefix = np.concatenate([[0], np.cumsum(sorted_lengths)])
+    count = sorted_lengths.size
+    n, total = scheduler.random_ltd_layer_num, scheduler.total_layer_num
+    scheduler.layer_tokens_per_sequence(0)  # refuses a schedule without its layer counts
+    batch = (scheduler.global_batch_size or 1) * documents_per_row
+    mean_length = prefix[-1] / count
+
+    def layer_tokens_at(step: int) -> int:
+        kept = scheduler.kept_length(step)
+        shorter = int(np.searchsorted(sorted_lengths, kept))  # documents shorter than kept keep all their tokens
+        mean_kept = (prefix[shorter] + kept * (count - shorter)) / count
+        return round(batch * (mean_kept * n + mean_length * (total - n)))
+
+    return layer_tokens_at
 
 
 def get_layer_token_lr_scheduler(

@@ -471,8 +471,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "lr-warmup-one-step-long",
         "engine.py",
-        "warmup = lr_cfg.warmup_layer_tokens or scheduler.total_layer_tokens(warmup_steps)",
-        "warmup = lr_cfg.warmup_layer_tokens or scheduler.total_layer_tokens(warmup_steps + 1)",
+        "warmup = lr_cfg.warmup_layer_tokens or sum(tokens_at(j) for j in range(warmup_steps))",
+        "warmup = lr_cfg.warmup_layer_tokens or sum(tokens_at(j) for j in range(warmup_steps + 1))",
         [f"{T_TRAINER}::test_layer_token_lr_schedule"],
         "the Trainer's layer-token warmup covers one step more than --warmup_steps",
     ),
@@ -631,6 +631,27 @@ MUTATIONS: tuple[Mutation, ...] = (
         "    def _plan(",
         ["tests/test_random_ltd_packed.py::test_trainer_under_torch_compile_matches_eager"],
         "the sampling (data-dependent sizes) is traced by torch.compile",
+    ),
+    _m(
+        "packed-lr-schedule-counts-the-formula",
+        "engine.py",
+        "            if document_lengths is not None and fixed:",
+        "            if False:",
+        [
+            "tests/test_random_ltd_packed.py::test_layer_token_lr_schedule_on_packed_rows_counts_the_documents_real_tokens",
+            "tests/test_trl.py::test_sft_padding_free_layer_token_lr_counts_the_documents",
+        ],
+        "the layer-token LR schedule counts every packed document at max_value (DeepSpeed's formula)",
+    ),
+    _m(
+        "packed-lr-schedule-ignores-short-documents",
+        "routing/lr_schedule.py",
+        "mean_kept = (prefix[shorter] + kept * (count - shorter)) / count",
+        "mean_kept = kept",
+        [
+            "tests/test_random_ltd_packed.py::test_layer_token_lr_schedule_on_packed_rows_counts_the_documents_real_tokens"
+        ],
+        "a packed document shorter than the kept length is counted at the kept length",
     ),
     # ------------------------------------------------------------------ token budgets and the stream's selection
     _m(
