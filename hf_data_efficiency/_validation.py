@@ -133,6 +133,17 @@ def check_list(value: Any, path: str, item: Callable[[Any, str], Any], *, nonemp
     return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
 
 
+def check_same_geometry(state: Mapping[str, Any], path: str, run: Any, keys: Iterable[str]) -> None:
+    """Refuse a sampler state whose ``keys`` (seed, data size, batch geometry) differ from ``run``'s attributes,
+    naming the first that does."""
+    for key in keys:
+        if state[key] != getattr(run, key):
+            raise ValueError(
+                f"{path}.{key}={state[key]!r} but this run has {key}={getattr(run, key)!r}; resume with the same "
+                "seed, dataset and batch geometry."
+            )
+
+
 def check_state_keys(where: str, state: Any, keys: Iterable[str]) -> Mapping[str, Any]:
     """A checkpoint state read back: a mapping holding exactly ``keys`` (a ``TypeError`` when not a mapping);
     returns it. States are checked like configs, but strictly: they are written by this package."""

@@ -387,17 +387,7 @@ class DataEfficiencyTrainer(Trainer):
         collator = self.data_collator
         if plan.per_process:  # a stream's samples keep their fields: the collator prunes them
             collator = self._get_collator_with_removed_columns(collator, description="Training")
-        loader = plan.dataloader(
-            collator,
-            num_workers=args.dataloader_num_workers,
-            pin_memory=args.dataloader_pin_memory,
-            persistent_workers=args.dataloader_persistent_workers,
-            multiprocessing_context=args.dataloader_multiprocessing_context,
-            prefetch_factor=args.dataloader_prefetch_factor,
-            in_order=args.dataloader_in_order,
-            drop_last=args.dataloader_drop_last,
-            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
-        )
+        loader = plan.dataloader(collator, **self._dataloader_options())
         if not plan.per_process:
             return self.accelerator.prepare(loader)
         # every process reads its own shard and forms its share of each global batch, so accelerate neither
@@ -412,6 +402,20 @@ class DataEfficiencyTrainer(Trainer):
         if isinstance(shard, IterableDatasetShard):  # a passthrough: the stream is this process's already
             shard.num_processes, shard.process_index = 1, 0
         return loader
+
+    def _dataloader_options(self) -> dict[str, Any]:
+        """The ``--dataloader_*`` settings as ``DataLoader`` keywords, with the Trainer's worker seeding."""
+        args = self.args
+        return {
+            "num_workers": args.dataloader_num_workers,
+            "pin_memory": args.dataloader_pin_memory,
+            "persistent_workers": args.dataloader_persistent_workers,
+            "multiprocessing_context": args.dataloader_multiprocessing_context,
+            "prefetch_factor": args.dataloader_prefetch_factor,
+            "in_order": args.dataloader_in_order,
+            "drop_last": args.dataloader_drop_last,
+            "worker_init_fn": partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
+        }
 
     def _prune_training_columns(self, dataset: Any) -> Any:
         """``remove_unused_columns`` of a ``datasets.Dataset`` (the Trainer's own; the engine wraps the result)."""

@@ -29,7 +29,7 @@ import numpy as np
 from torch.utils.data import Sampler
 from transformers.utils import logging
 
-from .._validation import check_int, check_keys, expect_mapping
+from .._validation import check_int, check_keys, check_same_geometry, expect_mapping
 from ..config import DynamicBatchingConfig
 from ..curriculum.transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
 from .budget import TokenBudget
@@ -274,12 +274,7 @@ class StepPlanSampler(Sampler):
         if isinstance(state["version"], bool) or state["version"] != STATE_VERSION:
             raise ValueError(f"{path}.version={state['version']!r} is not supported; allowed: [{STATE_VERSION}].")
         position = check_int(state["position"], f"{path}.position", minimum=0)
-        for key in _STATE_KEYS[2:-1]:
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"{path}.{key}={state[key]!r} but this run has {key}={getattr(self, key)!r}; resume with the same "
-                    "seed, dataset and batch geometry."
-                )
+        check_same_geometry(state, path, self, _STATE_KEYS[2:-1])
         if state["fingerprint"] != self._fingerprint:
             raise ValueError(
                 f"{path}.fingerprint does not match: {self._fingerprint_changes} changed since the checkpoint; resume "

@@ -39,14 +39,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
 from transformers.utils import logging
 
 from .._validation import check_list, check_number, check_state_int, check_state_keys, state_int
 from ..config import CurriculumConfig
 from ..schedules import DifficultySchedule
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array
-from .sampler import dataset_column
+from .sampler import EpochStreamSampler, dataset_column
 
 logger = logging.get_logger(__name__)
 
@@ -325,7 +324,7 @@ class PassRateTracker:
         return [float(check_number(v, f"{path}[{i}]", minimum=0, maximum=1)) for i, v in enumerate(value)]
 
 
-class GroupedPromptSampler(Sampler):
+class GroupedPromptSampler(EpochStreamSampler):
     """Prompt indices in generation groups (trl's ``RepeatSampler`` layout), drawn by the curriculum.
 
     Yields ``(index, {PROMPT_KEY: index, GENERATION_KEY: c})`` for ``CurriculumDataset``, so every row knows its
@@ -511,20 +510,6 @@ class GroupedPromptSampler(Sampler):
         return chosen
 
     # ------------------------------------------------------------------ stream
-    def __len__(self) -> int:
-        return self.epoch_length
-
-    @property
-    def position(self) -> int:
-        """Stream positions yielded so far (across epochs); the next entry is at this position."""
-        return self._position
-
-    def set_epoch(self, epoch: int) -> None:
-        """Position the stream at the start of ``epoch``."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r} must be a non-negative integer.")
-        self._position = int(epoch) * self.epoch_length
-
     def __iter__(self) -> Iterator[tuple[int, dict[str, int]]]:
         end = (self._position // self.epoch_length + 1) * self.epoch_length
         while self._position < end:

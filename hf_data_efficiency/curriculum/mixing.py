@@ -47,12 +47,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 from transformers.utils import logging
 
-from .._validation import check_state_int, check_state_keys, did_you_mean
+from .._validation import check_same_geometry, check_state_int, check_state_keys, did_you_mean
 from ..config import CurriculumConfig, MixingConfig, check_groups
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array
+from .sampler import CurriculumSampler, EpochStreamSampler, dataset_column
 from .transforms import GROUP_KEY, MAX_TOKENS_KEY
 
 logger = logging.get_logger(__name__)
@@ -357,7 +357,7 @@ def group_loss_sums(
     return out
 
 
-class GroupMixingSampler(Sampler):
+class GroupMixingSampler(EpochStreamSampler):
     """Group mixing over map-style data: the global batch of every step, drawn group by group (module docstring).
 
     As a DataLoader sampler it yields one infinite stream of indices, global batch after global batch (position ``p``
@@ -388,8 +388,6 @@ class GroupMixingSampler(Sampler):
         return_max_tokens: bool = False,
         tag_groups: bool = False,
     ) -> None:
-        from .sampler import CurriculumSampler, dataset_column
-
         self.mixer = mixer
         self._groups = np.asarray(group_ids, dtype=np.int64)
         self.num_samples = int(self._groups.size)
@@ -567,20 +565,6 @@ class GroupMixingSampler(Sampler):
         return out
 
     # ----- the sampler protocol ----------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return self.epoch_length
-
-    @property
-    def position(self) -> int:
-        """Stream positions yielded so far (across epochs)."""
-        return self._position
-
-    def set_epoch(self, epoch: int) -> None:
-        """Position the stream at the start of ``epoch`` (``epoch * len(self)``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r} must be a non-negative integer.")
-        self._position = int(epoch) * self.epoch_length
-
     def tags(self, step: int, indices: Sequence[int]) -> list[dict[str, int]]:
         """Per index of ``step``: its max tokens (with a sequence-length transform) and group (``tag_groups``)."""
         base: dict[str, int] = {}
@@ -632,12 +616,7 @@ class GroupMixingSampler(Sampler):
                 f"{path} (version={state['version']!r}, kind={state['kind']!r}) is not a group-mixing sampler state; "
                 f"allowed: version {STATE_VERSION}, kind 'mixing'."
             )
-        for key in ("seed", "num_samples", "global_batch_size"):
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"{path}.{key}={state[key]!r} but this run has {key}={getattr(self, key)!r}; resume with the same "
-                    "seed, dataset and batch geometry."
-                )
+        check_same_geometry(state, path, self, ("seed", "num_samples", "global_batch_size"))
         if state["fingerprint"] != self._fingerprint:
             raise ValueError(
                 f"{path}.fingerprint does not match: the groups, the metric values or the mixing config changed "

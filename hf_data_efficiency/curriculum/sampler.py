@@ -59,7 +59,29 @@ def dataset_column(dataset: Any, name: str) -> np.ndarray:
     return column
 
 
-class CurriculumSampler(Sampler[int]):
+class EpochStreamSampler(Sampler):
+    """A sampler read as one stream of positions across epochs: epoch ``e`` starts at position ``e * len(self)``.
+    Subclasses set ``epoch_length`` and ``_position``; accelerate's loaders call :meth:`set_epoch` on every pass."""
+
+    epoch_length: int
+    _position: int
+
+    def __len__(self) -> int:
+        return self.epoch_length
+
+    @property
+    def position(self) -> int:
+        """Stream positions yielded so far (across epochs); the next entry is at this position."""
+        return self._position
+
+    def set_epoch(self, epoch: int) -> None:
+        """Position the stream at the start of ``epoch`` (``epoch * len(self)``)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch={epoch!r} must be a non-negative integer.")
+        self._position = int(epoch) * self.epoch_length
+
+
+class CurriculumSampler(EpochStreamSampler):
     """Curriculum-learning sampler: the batch of optimizer step ``k`` holds only samples eligible at step ``k``.
 
     Args:
@@ -311,18 +333,10 @@ class CurriculumSampler(Sampler[int]):
             self._build_clusters()
 
     # ------------------------------------------------------------------ public queries
-    def __len__(self) -> int:
-        return self.epoch_length
-
     @property
     def transform(self) -> Any:
         """The sequence-length transform config (``None`` without one)."""
         return self.config.transform
-
-    @property
-    def position(self) -> int:
-        """Number of stream positions yielded so far (across epochs); the next index yielded is at this position."""
-        return self._position
 
     @property
     def cluster_sizes(self) -> list[int]:
@@ -380,12 +394,6 @@ class CurriculumSampler(Sampler[int]):
         return self._block_indices(block)[offset : offset + g]
 
     # ------------------------------------------------------------------ stream
-    def set_epoch(self, epoch: int) -> None:
-        """Position the stream at the start of ``epoch`` (``epoch * len(self)``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r} must be a non-negative integer.")
-        self._position = int(epoch) * self.epoch_length
-
     def _block_draws(self, block: int) -> np.ndarray:
         """Cluster id of every slot of the ``block_steps`` global batches of ``block``, shape (steps, G)."""
         first_step = block * self.block_steps + 1

@@ -30,13 +30,12 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, seed_worker
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
 from .._validation import UnreadableFileError, check_state_keys, read_json
@@ -357,17 +356,7 @@ class DataEfficiencyGRPOTrainer(DataEfficiencyTrainer, GRPOTrainer):
         plan = TrainLoader(
             data, batch_size=self._train_batch_size * args.steps_per_generation, sampler=self.prompt_sampler
         )
-        loader = plan.dataloader(
-            self.data_collator,
-            num_workers=args.dataloader_num_workers,
-            pin_memory=args.dataloader_pin_memory,
-            persistent_workers=args.dataloader_persistent_workers,
-            multiprocessing_context=args.dataloader_multiprocessing_context,
-            prefetch_factor=args.dataloader_prefetch_factor,
-            in_order=args.dataloader_in_order,
-            drop_last=args.dataloader_drop_last,
-            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
-        )
+        loader = plan.dataloader(self.data_collator, **self._dataloader_options())
         return self.accelerator.prepare(loader)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
