@@ -132,8 +132,8 @@ def apply_recipe(
     reference_model: Any = None,
 ) -> DataEfficiencyConfig:
     """``config`` with the parts it leaves off filled by recipe ``name``; logs every choice. ``reference_model``: a
-    reference the run has (a path or a model); ``auto`` adds no model-based selection for it (it paid only on data
-    with junk in it, which the recipe cannot know), and logs that."""
+    reference the run has (a path or a model); no recipe adds model-based selection for it (it paid only on data
+    with junk in it, which a recipe cannot know), and the log says so."""
     chosen = recipe_sections(name, num_layers=len(layers), seq_len=seq_len, steps=steps)
     merged = config.to_dict()
     for part, section in chosen.items():
@@ -147,11 +147,11 @@ def apply_recipe(
             f"data_efficiency_recipe={name}: no random-LTD ({len(layers)} supported layers and rows of {seq_len} "
             "tokens; it needs at least 3 layers, as the first and the last keep every token)."
         )
-    if name == "auto" and reference_model is not None and merged.get("token_selection") is None:
+    if reference_model is not None and merged.get("token_selection") is None:
         logger.warning(
-            "data_efficiency_recipe=auto: a reference model is given, but no token selection or reference-loss "
-            "curriculum is added: at equal compute they paid only on data with junk documents and lost on clean "
-            "corpora (docs/selection.md); for noisy data set token_selection='excess_loss' yourself."
+            f"data_efficiency_recipe={name}: a reference model is given, but no token selection or reference-loss "
+            "curriculum is added, so it is not used: at equal compute they paid only on data with junk documents and "
+            "lost on clean corpora (docs/selection.md); for noisy data set token_selection='excess_loss' yourself."
         )
     if name == "auto":
         logger.warning(

@@ -237,13 +237,12 @@ class DataEfficiencyTrainer(Trainer):
         self.engine.device = self.args.device
         if cfg.enabled:
             self.engine.model = self.model
-        recipe = getattr(self.args, "data_efficiency_recipe", None)
-        if cfg.token_selection is None and reference_model is not None and recipe:
-            logger.warning(
-                f"data_efficiency_recipe={recipe} added no token selection, so the "
-                "reference_model passed to the Trainer is not used (see docs/selection.md for why)."
-            )
-            return
+        if (
+            cfg.token_selection is None
+            and reference_model is not None
+            and getattr(self.args, "data_efficiency_recipe", None)
+        ):
+            return  # the recipe added no selection and said why: the reference is not used
         if cfg.token_selection is None and reference_model is None:
             return
         if cfg.token_selection is not None and (self.args.label_smoothing_factor or self.compute_loss_func):
