@@ -368,9 +368,12 @@ def per_seed_reach(runs: list[dict], target: float, base_tokens: float, base_sec
     return f"{tokens}x, {seconds}x ({len(hits)}/{len(runs)} seeds)"
 
 
-def mean_curve(records: list[dict]) -> list[dict]:
+def mean_curve(
+    records: list[dict],
+    keys: tuple[str, ...] = ("effective_tokens", "tokens", "train_seconds", "train_cpu_seconds", "eval_loss"),
+) -> list[dict]:
+    """The seed-mean curve: each evaluation's ``keys`` averaged over ``records`` (up to the shortest curve)."""
     n = min(len(r["curve"]) for r in records)
-    keys = ("effective_tokens", "tokens", "train_seconds", "train_cpu_seconds", "eval_loss")
     return [{k: float(np.mean([r["curve"][i][k] for r in records])) for k in keys} for i in range(n)]
 
 

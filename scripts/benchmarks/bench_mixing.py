@@ -46,7 +46,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts" / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_data_efficiency import replace_marked_block  # noqa: E402
+import bench_data_efficiency  # noqa: E402
+from bench_data_efficiency import fmt_spread, reach, replace_marked_block  # noqa: E402
 
 from hf_data_efficiency.fileio import atomic_write_text  # noqa: E402
 
@@ -273,29 +274,8 @@ def train_one(run: dict, out_dir: Path, records_dir: Path) -> dict:
 
 
 # ----- tables -------------------------------------------------------------------------------------------------
-def reach(curve: list[dict], target: float, key: str) -> float | None:
-    """First ``key`` at which the clean validation loss reaches ``target`` (linear interpolation between evals)."""
-    prev = None
-    for point in curve:
-        if point["eval_loss"] <= target:
-            if prev is None:
-                return point[key]
-            frac = (prev["eval_loss"] - target) / max(prev["eval_loss"] - point["eval_loss"], 1e-12)
-            return prev[key] + frac * (point[key] - prev[key])
-        prev = point
-    return None
-
-
 def mean_curve(records: list[dict]) -> list[dict]:
-    n = min(len(r["curve"]) for r in records)
-    keys = ("step", "samples", "tokens", "train_seconds", "eval_loss")
-    return [{k: float(np.mean([r["curve"][i][k] for r in records])) for k in keys} for i in range(n)]
-
-
-def spread(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+    return bench_data_efficiency.mean_curve(records, ("step", "samples", "tokens", "train_seconds", "eval_loss"))
 
 
 def crossing(records: list[dict], control: list[dict]) -> tuple[str, str, str]:
@@ -307,7 +287,9 @@ def crossing(records: list[dict], control: list[dict]) -> tuple[str, str, str]:
     steps, tokens = reach(curve, target, "step"), reach(curve, target, "tokens")
     own = [reach(r["curve"], target, "step") for r in records]
     hits = [s / base["step"] for s in own if s is not None]
-    seeds = f"{spread(hits, 2)}x ({len(hits)}/{len(records)} seeds)" if hits else f"0/{len(records)} seeds reach it"
+    seeds = (
+        f"{fmt_spread(hits, 2)}x ({len(hits)}/{len(records)} seeds)" if hits else f"0/{len(records)} seeds reach it"
+    )
     if steps is None:
         return "not reached", "not reached", seeds
     return f"{steps / base['step']:.2f}x ({steps:.0f})", f"{tokens / base['tokens']:.2f}x", seeds
@@ -345,8 +327,8 @@ def tables(records_dir: Path, seeds: list[int], steps: int) -> str:
             step_x, token_x, seed_x = crossing(recs, found[(study, control)])
             seed_x = "-" if arm == control else seed_x
             lines.append(
-                f"| `{arm}` | {len(recs)} | {spread([f['eval_loss'] for f in finals])} "
-                f"| {spread([f['ptb_loss'] for f in finals])} | {spread([f['bbc_loss'] for f in finals])} "
+                f"| `{arm}` | {len(recs)} | {fmt_spread([f['eval_loss'] for f in finals], 3)} "
+                f"| {fmt_spread([f['ptb_loss'] for f in finals], 3)} | {fmt_spread([f['bbc_loss'] for f in finals], 3)} "
                 f"| {step_x} | {token_x} | {seed_x} | {shown} |"
             )
         lines.append("")
@@ -368,7 +350,7 @@ def tables(records_dir: Path, seeds: list[int], steps: int) -> str:
             seed_x = "-" if arm == "constant" else seed_x
             lines.append(
                 f"| `{arm}` | {len(recs)} | {batch} | {recs[0]['steps']} "
-                f"| {spread([r['curve'][-1]['eval_loss'] for r in recs])} | {step_x} | {token_x} | {seed_x} |"
+                f"| {fmt_spread([r['curve'][-1]['eval_loss'] for r in recs], 3)} | {step_x} | {token_x} | {seed_x} |"
             )
         lines.append("")
     online = [r for study in ("clean", "junk") for r in found.get((study, "online"), [])]

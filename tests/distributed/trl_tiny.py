@@ -124,45 +124,48 @@ class RecordingSFT(DataEfficiencySFTTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def grpo_kwargs(out_dir: Any, **overrides: Any) -> dict[str, Any]:
-    """``GRPOConfig`` keywords of a tiny CPU run: 4 completions per prompt, 8 per device, GA 2, 3-token completions."""
-    kwargs = dict(
+def _cpu_kwargs(out_dir: Any, **kwargs: Any) -> dict[str, Any]:
+    """trl config keywords every tiny CPU run shares (a log every step, no saves, fp32), with ``kwargs`` on top."""
+    base = dict(
         output_dir=str(out_dir),
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=2,
-        num_generations=4,
-        max_completion_length=3,
-        max_steps=4,
-        learning_rate=1e-2,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        seed=7,
         bf16=False,
         gradient_checkpointing=False,
         use_cpu=True,
         disable_tqdm=True,
     )
-    kwargs.update(overrides)
-    return kwargs
+    return {**base, **kwargs}
+
+
+def grpo_kwargs(out_dir: Any, **overrides: Any) -> dict[str, Any]:
+    """``GRPOConfig`` keywords of a tiny CPU run: 4 completions per prompt, 8 per device, GA 2, 3-token completions."""
+    return _cpu_kwargs(
+        out_dir,
+        **{
+            "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 2,
+            "num_generations": 4,
+            "max_completion_length": 3,
+            "max_steps": 4,
+            "learning_rate": 1e-2,
+            "seed": 7,
+            **overrides,
+        },
+    )
 
 
 def sft_kwargs(out_dir: Any, **overrides: Any) -> dict[str, Any]:
     """``SFTConfig`` keywords of a tiny CPU run: 4 rows x GA 2, 6 steps, a log every step, no saves."""
-    kwargs = dict(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=2,
-        max_steps=6,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=42,
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        disable_tqdm=True,
+    return _cpu_kwargs(
+        out_dir,
+        **{
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 2,
+            "max_steps": 6,
+            "learning_rate": 1e-3,
+            "seed": 42,
+            **overrides,
+        },
     )
-    kwargs.update(overrides)
-    return kwargs
