@@ -38,16 +38,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 # Megatron/DeepSpeed MMapIndexedDataset index header and dtype codes (deepspeed's indexed_dataset.dtypes).
 _MMAP_MAGIC = b"MMIDIDX\x00\x00"
 _MMAP_HEADER_BYTES = 9 + 8 + 1 + 8 + 8  # magic, version, dtype code, number of rows, number of documents
-_MMAP_DTYPES = {
-    1: np.uint8,
-    2: np.int8,
-    3: np.int16,
-    4: np.int32,
-    5: np.int64,
-    6: np.uint16,
-    7: np.uint32,
-    8: np.uint64,
-}
+_MMAP_DTYPES = dict(enumerate((np.uint8, np.int8, np.int16, np.int32, np.int64, np.uint16, np.uint32, np.uint64), 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,18 +157,13 @@ def load_metric_summary(output_dir: str | os.PathLike, name: str) -> dict[str, A
 # ---------------------------------------------------------------------------------------------
 # DeepSpeed DataAnalyzer index files
 # ---------------------------------------------------------------------------------------------
-def _prefix(path: str | os.PathLike) -> str:
-    path = str(path)
-    return path[:-4] if path.endswith((".bin", ".idx")) else path
-
-
 def read_mmap_indexed(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a Megatron/DeepSpeed ``MMapIndexedDataset`` (``path.bin`` + ``path.idx``).
 
     Returns the concatenated rows as one flat array and the row offsets (``len(rows) + 1`` int64),
     so row ``i`` is ``flat[offsets[i]:offsets[i + 1]]``.
     """
-    prefix = _prefix(path)
+    prefix = str(path)[:-4] if str(path).endswith((".bin", ".idx")) else str(path)
     idx_path, bin_path = Path(prefix + ".idx"), Path(prefix + ".bin")
     for p in (idx_path, bin_path):
         if not p.is_file():
@@ -214,8 +200,7 @@ def read_mmap_indexed(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"{bin_path} is shorter than its index {idx_path} says: the rows need {int(sizes.sum())} items of "
             f"{dtype.itemsize} bytes, the file has {bin_bytes} bytes."
         )
-    offsets = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
     total = int(offsets[-1])
     if total == 0:
         return np.zeros(0, dtype=dtype), offsets
@@ -249,14 +234,11 @@ def metric_array_from_deepspeed_index(
     samples = samples.astype(np.int64, copy=False)
     n = int(samples.size) if num_samples is None else int(num_samples)
     if samples.size != n or (n and (samples.min() < 0 or samples.max() >= n)):
-        hint = (
-            " DeepSpeed's DataAnalyzer writes corrupt indices when its batches are dicts (it counts the "
-            "keys as samples); re-run it with a collate_fn that returns a tensor."
-        )
         raise ValueError(
             f"{index_to_sample_path} lists {samples.size} sample ids in [{samples.min() if n else 0}, "
             f"{samples.max() if n else 0}] but num_samples={n}; every sample id in [0, num_samples) must "
-            f"appear exactly once.{hint}"
+            "appear exactly once. DeepSpeed's DataAnalyzer writes corrupt indices when its batches are dicts (it "
+            "counts the keys as samples); re-run it with a collate_fn that returns a tensor."
         )
     seen = np.bincount(samples, minlength=n)
     if n and seen.max() > 1:

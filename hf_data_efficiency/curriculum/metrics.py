@@ -180,6 +180,7 @@ def _count_batch(table: pa.Table, input_column: str, mask_column: str | None, pa
     return pa.table({"token_id": [ids.astype(np.int64)], "count": [counts[ids]]})
 
 
+@dataclass(eq=False, repr=False)
 class TokenBatch:
     """The token rows of one slice of a map batch as flat numpy arrays: what ``inputs="tokens"`` metrics receive.
 
@@ -190,17 +191,11 @@ class TokenBatch:
         log_total_tokens: ``log`` of the number of real tokens counted over the dataset (0 without counts).
     """
 
-    def __init__(
-        self,
-        ids: np.ndarray,
-        offsets: np.ndarray,
-        real: np.ndarray | None,
-        neg_log_prob: np.ndarray | None,
-        log_total_tokens: float,
-    ) -> None:
-        self.ids, self.offsets, self.real = ids, offsets, real
-        self.log_total_tokens = log_total_tokens
-        self._neg_log_prob = neg_log_prob
+    ids: np.ndarray
+    offsets: np.ndarray
+    real: np.ndarray | None
+    _neg_log_prob: np.ndarray | None  # -log(count / total) per token id, with a sentinel for unseen ids
+    log_total_tokens: float
 
     @property
     def num_rows(self) -> int:
@@ -400,33 +395,30 @@ def _check_dataset(dataset: Any, input_column: str, need_tokens: bool) -> None:
         )
     if not isinstance(dataset, datasets.Dataset):
         raise ValueError(f"dataset must be a datasets.Dataset, got {type(dataset).__name__}.")
-    if need_tokens and input_column not in dataset.column_names:
-        raise ValueError(
-            f"input_column={input_column!r} is not a column of the dataset; its columns are "
-            f"{dataset.column_names}. Tokenize first or pass input_column=<the token id column>."
-        )
     if need_tokens:
+        if input_column not in dataset.column_names:
+            raise ValueError(
+                f"input_column={input_column!r} is not a column of the dataset; its columns are "
+                f"{dataset.column_names}. Tokenize first or pass input_column=<the token id column>."
+            )
         _check_token_type(dataset.data.schema.field(input_column).type, input_column)
 
 
 def _resolve_metrics(metrics: MetricSpec | Iterable[MetricSpec] | Mapping[str, Callable]) -> list[CurriculumMetric]:
     """The requested metrics in the given order: registered names, callables (named after ``__name__``) and
     ``{name: callable}`` mappings; callables are ``inputs="batch"`` metrics."""
-    if isinstance(metrics, str) or callable(metrics):
+    if isinstance(metrics, (str, Mapping)) or callable(metrics):
         metrics = [metrics]
     items: list[tuple[str, Any]] = []
-    if isinstance(metrics, Mapping):
-        items = list(metrics.items())
-    else:
-        for m in metrics:
-            if isinstance(m, Mapping):
-                items.extend(m.items())
-            elif isinstance(m, str):
-                items.append((m, None))
-            elif callable(m):
-                items.append((getattr(m, "__name__", None), m))
-            else:
-                raise ValueError(f"metrics entry {m!r} must be a metric name or a callable.")
+    for m in metrics:
+        if isinstance(m, Mapping):
+            items.extend(m.items())
+        elif isinstance(m, str):
+            items.append((m, None))
+        elif callable(m):
+            items.append((getattr(m, "__name__", None), m))
+        else:
+            raise ValueError(f"metrics entry {m!r} must be a metric name or a callable.")
     out: dict[str, CurriculumMetric] = {}
     for name, fn in items:
         if fn is not None and not callable(fn):
@@ -500,13 +492,8 @@ def count_tokens(
 
 def _sum_sparse(ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Dense int64 counts from (id, count) pairs that may repeat ids."""
-    if ids.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(ids, kind="stable")
-    ids, counts = ids[order], counts[order]
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    dense = np.zeros(int(ids[-1]) + 1, dtype=np.int64)
-    dense[ids[starts]] = np.add.reduceat(counts, starts)
+    dense = np.zeros(int(ids.max()) + 1 if ids.size else 0, dtype=np.int64)
+    np.add.at(dense, ids, counts)
     return dense
 
 
@@ -622,14 +609,10 @@ def compute_metrics(
     if world > 1:
         result = datasets.Dataset.from_dict(arrays, features=result.features)
     out = datasets.concatenate_datasets([base.with_format(None), result.with_format(None)], axis=1)
-    fmt = dict(dataset.format)
-    if fmt.get("columns") is not None:
-        fmt["columns"] = [c for c in fmt["columns"] if c not in names] + names
+    fmt = dataset.format
+    columns = None if fmt["columns"] is None else [c for c in fmt["columns"] if c not in names] + names
     return out.with_format(
-        fmt.pop("type"),
-        columns=fmt.pop("columns"),
-        output_all_columns=fmt.pop("output_all_columns"),
-        **fmt.pop("format_kwargs"),
+        fmt["type"], columns=columns, output_all_columns=fmt["output_all_columns"], **fmt["format_kwargs"]
     )
 
 
@@ -678,10 +661,8 @@ def _all_gather_columns(result: datasets.Dataset, names: list[str]) -> dict[str,
     dist.all_gather(sizes, torch.tensor([len(result)], dtype=torch.int64))
     sizes = [int(s.item()) for s in sizes]
     longest = max(sizes)
-    local = metric_arrays(result, names)
     out = {}
-    for name in names:
-        arr = local[name]
+    for name, arr in metric_arrays(result, names).items():
         buf = torch.zeros(longest, dtype=torch.float64 if arr.dtype.kind == "f" else torch.int64)
         buf[: arr.size] = torch.from_numpy(np.ascontiguousarray(arr))
         parts = [torch.empty_like(buf) for _ in range(world)]

@@ -28,6 +28,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -117,9 +118,7 @@ def check_reference_compatible(
             f"{where}: the reference model's vocabulary has {theirs} ids but the trained model's has {ours}; allowed: "
             "a reference with the same tokenizer and vocabulary as the model it scores."
         )
-    if tokenizer is None or reference_tokenizer is None:
-        return
-    if not (hasattr(tokenizer, "get_vocab") and hasattr(reference_tokenizer, "get_vocab")):
+    if not (hasattr(tokenizer, "get_vocab") and hasattr(reference_tokenizer, "get_vocab")):  # also when not given
         return
     a, b = tokenizer.get_vocab(), reference_tokenizer.get_vocab()
     if a != b:
@@ -246,7 +245,6 @@ class ReferenceLoss:
         self.labels_column = labels_column
         self.pad_token_id = pad_token_id
         self.progress = progress
-        self._model_fingerprint: str | None = None
         self.scored_tokens = 0
 
     # ----- identity ----------------------------------------------------------------------------------------
@@ -255,12 +253,10 @@ class ReferenceLoss:
         param = next(self.model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
 
-    @property
+    @cached_property
     def model_fingerprint(self) -> str:
         """:func:`model_fingerprint` of the reference, computed once."""
-        if self._model_fingerprint is None:
-            self._model_fingerprint = model_fingerprint(self.model)
-        return self._model_fingerprint
+        return model_fingerprint(self.model)
 
     @property
     def fingerprint(self) -> str:
@@ -312,59 +308,46 @@ class ReferenceLoss:
         if self.progress:
             chunks = logging.tqdm(chunks, desc="Reference loss", unit="batch")
         for chunk in chunks:
-            self._score_chunk(chunk, rows, masks, labels, lengths, means, per_token)
-        return means, per_token
-
-    def _score_chunk(
-        self,
-        chunk: np.ndarray,
-        rows: Sequence[Any],
-        masks: Sequence[Any] | None,
-        labels: Sequence[Any] | None,
-        lengths: np.ndarray,
-        means: list[float],
-        per_token: list[list[float]] | None,
-    ) -> None:
-        width = int(lengths[chunk].max()) if len(chunk) else 0
-        b = len(chunk)
-        if width == 0:
-            return
-        pad = self.pad_token_id if self.pad_token_id is not None else 0
-        ids = torch.full((b, width), pad, dtype=torch.long)
-        real = torch.zeros((b, width), dtype=torch.bool)
-        target = torch.full((b, width), -100, dtype=torch.long)
-        for i, k in enumerate(chunk):
-            length = int(lengths[k])
-            if length == 0:
+            width = int(lengths[chunk].max()) if len(chunk) else 0
+            b = len(chunk)
+            if width == 0:
                 continue
-            row = torch.as_tensor(rows[k], dtype=torch.long)
-            ids[i, :length] = row
-            if masks is not None:
-                real[i, :length] = torch.as_tensor(masks[k]).bool()
-            elif self.pad_token_id is not None:
-                real[i, :length] = row != self.pad_token_id
-            else:
-                real[i, :length] = True
-            if labels is not None:
-                target[i, :length] = torch.as_tensor(labels[k], dtype=torch.long)
-        if labels is None:
-            target = ids.masked_fill(~real, -100)
-        device = self.device
-        with torch.inference_mode():
-            outputs = self.model(input_ids=ids.to(device), attention_mask=real.long().to(device))
-            logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-            losses, valid = shifted_token_losses(logits, target.to(device))
-            counts = valid.sum(1)
-            sums = losses.sum(1, dtype=torch.float64)
-        self.scored_tokens += int(real.sum())
-        sums, counts = sums.cpu().numpy(), counts.cpu().numpy()
-        if per_token is not None:
-            table = torch.where(valid, losses, torch.full_like(losses, math.nan)).cpu().numpy()
-        for i, k in enumerate(chunk):
-            means[k] = float(sums[i] / counts[i]) if counts[i] else math.nan
-            if per_token is not None:
+            pad = self.pad_token_id if self.pad_token_id is not None else 0
+            ids = torch.full((b, width), pad, dtype=torch.long)
+            real = torch.zeros((b, width), dtype=torch.bool)
+            target = torch.full((b, width), -100, dtype=torch.long)
+            for i, k in enumerate(chunk):
                 length = int(lengths[k])
-                per_token[k] = [math.nan, *table[i, : max(0, length - 1)].tolist()] if length else []
+                if length == 0:
+                    continue
+                row = torch.as_tensor(rows[k], dtype=torch.long)
+                ids[i, :length] = row
+                if masks is not None:
+                    real[i, :length] = torch.as_tensor(masks[k]).bool()
+                elif self.pad_token_id is not None:
+                    real[i, :length] = row != self.pad_token_id
+                else:
+                    real[i, :length] = True
+                if labels is not None:
+                    target[i, :length] = torch.as_tensor(labels[k], dtype=torch.long)
+            if labels is None:
+                target = ids.masked_fill(~real, -100)
+            device = self.device
+            with torch.inference_mode():
+                inputs = {"input_ids": ids.to(device), "attention_mask": real.long().to(device)}
+                losses, valid = forward_token_losses(self.model, inputs, target.to(device))
+                counts = valid.sum(1)
+                sums = losses.sum(1, dtype=torch.float64)
+            self.scored_tokens += int(real.sum())
+            sums, counts = sums.cpu().numpy(), counts.cpu().numpy()
+            if per_token is not None:
+                table = torch.where(valid, losses, torch.full_like(losses, math.nan)).cpu().numpy()
+            for i, k in enumerate(chunk):
+                means[k] = float(sums[i] / counts[i]) if counts[i] else math.nan
+                if per_token is not None:
+                    length = int(lengths[k])
+                    per_token[k] = [math.nan, *table[i, : max(0, length - 1)].tolist()] if length else []
+        return means, per_token
 
     def map(
         self,

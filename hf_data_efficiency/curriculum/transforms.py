@@ -85,20 +85,6 @@ def _gather_columns(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index)
 
 
-def _left_to_right(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """Column index turning left-padded rows of ``width`` into right-padded ones (padding read from column 0)."""
-    j = torch.arange(width, device=lengths.device)
-    pad = (width - lengths)[:, None]
-    return torch.where(j < lengths[:, None], j + pad, torch.zeros_like(j))
-
-
-def _right_to_left(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """Column index turning right-padded rows into left-padded ones (padding read from the last column)."""
-    j = torch.arange(width, device=lengths.device)
-    pad = (width - lengths)[:, None]
-    return torch.where(j < pad, torch.full_like(j, width - 1), j - pad)
-
-
 def seqlen_truncate(batch: Mapping[str, Any], max_tokens: int, *, padding_side: str = "auto") -> dict[str, Any]:
     """Keep the first ``max_tokens`` tokens of every row of a collated batch.
 
@@ -152,8 +138,9 @@ def seqlen_reshape(
     pieces = math.ceil(t / m)
     width = pieces * m
     seqs = {k: batch[k] for k in keys}
-    if left:
-        src = _left_to_right(mask.ne(0).sum(1), t)
+    if left:  # right-pad the rows first (padding read from column 0), cut them, then left-pad the pieces again
+        lengths, j = mask.ne(0).sum(1)[:, None], torch.arange(t, device=mask.device)
+        src = torch.where(j < lengths, j + t - lengths, torch.zeros_like(j))
         seqs = {k: _gather_columns(v, src) for k, v in seqs.items()}
     out = dict(batch)
     for k, v in seqs.items():
@@ -170,8 +157,9 @@ def seqlen_reshape(
                 if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == b * pieces:
                     out[k] = v[keep]
         new_mask = out["attention_mask"]
-    if left:
-        src = _right_to_left(new_mask.ne(0).sum(1), m)
+    if left:  # padding read from the last column
+        pad, j = m - new_mask.ne(0).sum(1)[:, None], torch.arange(m, device=new_mask.device)
+        src = torch.where(j < pad, torch.full_like(j, m - 1), j - pad)
         for k in seqs:
             out[k] = _gather_columns(out[k], src)
         new_mask = out["attention_mask"]

@@ -1,16 +1,9 @@
 """Which transformer layer classes random-LTD can patch, and what each one's forward receives.
 
-A :class:`LayerSpec` names the arguments of a layer's ``forward`` that random-LTD must change when
-the layer sees only a subset of the tokens: the hidden states (gathered), the attention masks
-(restricted by rows and columns), per-position inputs such as ``position_ids`` and rotary
-``position_embeddings`` (gathered along the sequence dimension), arguments it cannot restrict
-(cross-attention inputs, which are refused) and KV-cache arguments (refused when they hold tokens).
-Where argument names are not enough, a spec carries behaviour hooks: a custom gather per argument,
-the longest sequence the model accepts, and how many tokens a cache argument already holds.
-
-A layer with the standard argument names is added with one :func:`register_random_ltd_layer` line.
-Classes are matched by their qualified name through the MRO, so no model module is imported and
-subclasses match too.
+A :class:`LayerSpec` names the arguments of a layer's ``forward`` that random-LTD must change when the layer sees
+only a subset of the tokens, and carries behaviour hooks where argument names are not enough. A layer with the
+standard argument names is added with one :func:`register_random_ltd_layer` line. Classes are matched by their
+qualified name through the MRO, so no model module is imported and subclasses match too.
 """
 
 from __future__ import annotations

@@ -124,14 +124,7 @@ class LayerTokenLRScheduler(LRScheduler):
 
     def factor(self) -> float:
         """Current LR multiplier ``f(c)``."""
-        return layer_token_lr_factor(
-            self.consumed_layer_tokens,
-            total_layer_tokens=self.total_layer_tokens,
-            warmup_layer_tokens=self.warmup_layer_tokens,
-            warmup_type=self.warmup_type,
-            decay_type=self.decay_type,
-            min_lr_ratio=self.min_lr_ratio,
-        )
+        return layer_token_lr_factor(self.consumed_layer_tokens, **{key: getattr(self, key) for key in _SETTING_KEYS})
 
     def get_lr(self) -> list[float]:
         self._advance()
@@ -149,19 +142,16 @@ class LayerTokenLRScheduler(LRScheduler):
         where = "layer_token_lr_schedule"
         check_state_keys(where, state_dict, (*_SETTING_KEYS, *_PROGRESS_KEYS))
         last_epoch = state_int(where, "last_epoch", state_dict["last_epoch"], 0)
-        progress = {
-            "last_epoch": last_epoch,
-            "_step_count": state_int(where, "_step_count", state_dict["_step_count"], 0),
-            "_counted_steps": state_int(where, "_counted_steps", state_dict["_counted_steps"], 0, last_epoch),
-            "consumed_layer_tokens": state_int(where, "consumed_layer_tokens", state_dict["consumed_layer_tokens"], 0),
+        progress = {  # steps counted into consumed_layer_tokens: at most last_epoch
+            key: state_int(where, key, state_dict[key], 0, last_epoch if key == "_counted_steps" else None)
+            for key in _PROGRESS_KEYS
         }
         changed = {key: state_dict[key] for key in _SETTING_KEYS if state_dict[key] != getattr(self, key)}
         if changed:
             now = {key: getattr(self, key) for key in changed}
             logger.warning(f"{where}: the checkpoint was written with {changed}; this run uses {now}.")
         self.__dict__.update(progress)
-        self._advance()
-        self._last_lr = [base * self.factor() for base in self.base_lrs]
+        self._last_lr = self.get_lr()
 
 
 def packed_layer_tokens(
@@ -211,10 +201,8 @@ def get_layer_token_lr_scheduler(
     if total_layer_tokens is None:
         if num_training_steps is None:
             raise ValueError("get_layer_token_lr_scheduler needs total_layer_tokens or num_training_steps.")
-        if isinstance(layer_tokens, RandomLTDScheduler):
-            total_layer_tokens = layer_tokens.total_layer_tokens(num_training_steps)
-        else:
-            total_layer_tokens = sum(int(layer_tokens(j)) for j in range(num_training_steps))
+        tokens_at = layer_tokens.layer_tokens_at if isinstance(layer_tokens, RandomLTDScheduler) else layer_tokens
+        total_layer_tokens = sum(int(tokens_at(j)) for j in range(num_training_steps))
     return LayerTokenLRScheduler(
         optimizer,
         layer_tokens,

@@ -188,18 +188,6 @@ def restrict_mask(mask: torch.Tensor | None, idx: torch.Tensor, seq_len: int, wh
     return mask.gather(3, idx[:, None, None, :].expand(B, heads, mask.shape[2], k))
 
 
-def _is_block_mask(mask: Any) -> bool:
-    return type(mask).__name__ == "BlockMask"
-
-
-def _attention_layer_idx(module: nn.Module) -> int | None:
-    for sub in module.modules():
-        layer_idx = getattr(sub, "layer_idx", None)
-        if isinstance(layer_idx, int):
-            return layer_idx
-    return None
-
-
 def _model_config(model: nn.Module) -> Any:
     """The transformers config of ``model`` or of the model a DDP/FSDP-style wrapper holds in ``.module``."""
     return getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
@@ -242,30 +230,23 @@ class _LayerCall:
         if patch.varkw:
             self.arguments[patch.varkw] = self.extra
 
-    def has(self, name: str) -> bool:
-        return name in self.arguments or name in self.extra
-
     def get(self, name: str) -> Any:
         return self.arguments[name] if name in self.arguments else self.extra.get(name)
 
-    def put(self, name: str, value: Any, *, add: bool = False) -> bool:
+    def put(self, name: str, value: Any, *, add: bool = False) -> None:
         """Replace an argument the caller passed; one it did not pass stays absent unless ``add`` (through the
-        layer's ``**kwargs``). Returns whether the argument is set."""
+        layer's ``**kwargs``)."""
         if name in self.arguments:
             self.arguments[name] = value
         elif name in self.extra or (add and self.varkw):
             self.extra[name] = value
-        else:
-            return False
-        return True
 
     def run(self, forward: Any) -> Any:
         return forward(*self.bound.args[1:], **self.bound.kwargs)
 
 
 def _patched_forward(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    patch = module._random_ltd_patch
-    return module._random_ltd_handle._forward(patch, args, kwargs)
+    return module._random_ltd_handle._forward(module._random_ltd_patch, args, kwargs)
 
 
 class RandomLTDHandle:
@@ -414,7 +395,12 @@ class RandomLTDHandle:
         if not patch.module.training or self._kept_length is None:
             return original(*args, **kwargs)
         call = _LayerCall(patch, args, kwargs)
-        hidden = self._hidden_states(patch, call)
+        hidden = call.get(patch.spec.hidden_states_arg)
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() < 3:
+            raise ValueError(
+                f"random-LTD: {type(patch.module).__name__}.{patch.spec.hidden_states_arg} must be a batch-first "
+                f"(batch, seq, hidden) tensor, got {type(hidden).__name__}."
+            )
         config = _model_config(self.model)
         plan = self._plan(patch, call, hidden, config)
         if plan is None:
@@ -426,8 +412,18 @@ class RandomLTDHandle:
         self._gather_inputs(patch, call, hidden, idx, T, flash)
         if kept_docs is not None:
             self._set_varlen(call, kept_docs, flash, hidden.device)
-        self._restrict_masks(patch, call, idx, T)
-        return self._scatter_output(patch, hidden, idx, call.run(original))
+        for name in patch.spec.mask_args:
+            call.put(name, restrict_mask(call.get(name), idx, T, what=name))
+        # write the hidden-state output back at the kept positions; dropped tokens pass through
+        output = call.run(original)
+        if isinstance(output, torch.Tensor):
+            return scatter_tokens(hidden, idx, output)
+        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+            return type(output)((scatter_tokens(hidden, idx, output[0]), *output[1:]))
+        raise TypeError(
+            f"random-LTD: {type(patch.module).__name__}.forward returned {type(output).__name__}; expected the hidden "
+            "states as a tensor or as the first element of a tuple."
+        )
 
     @torch.compiler.disable
     def _plan(
@@ -457,7 +453,7 @@ class RandomLTDHandle:
             return None
         reason = self._full_length_reason(patch, call, B, T, config)
         if reason is not None:
-            self._warn_once(reason)
+            self._warn(f"{reason}; running these layers on the full sequence (no tokens dropped)")
             self.kept_tokens_seen += B * T
             return None
         self.kept_tokens_seen += kept
@@ -469,19 +465,6 @@ class RandomLTDHandle:
             self.last_indices[patch.layer_id] = idx
         torch._dynamo.maybe_mark_dynamic(idx, 1)
         return idx, kept_docs
-
-    @staticmethod
-    def _hidden_states(patch: _Patch, call: _LayerCall) -> torch.Tensor:
-        hidden = call.get(patch.spec.hidden_states_arg)
-        if not isinstance(hidden, torch.Tensor) or hidden.dim() < 3:
-            raise ValueError(
-                f"random-LTD: {type(patch.module).__name__}.{patch.spec.hidden_states_arg} must be a batch-first "
-                f"(batch, seq, hidden) tensor, got {type(hidden).__name__}."
-            )
-        return hidden
-
-    def _warn_once(self, reason: str) -> None:
-        self._warn(f"{reason}; running these layers on the full sequence (no tokens dropped)")
 
     def _warn(self, message: str) -> None:
         if message not in self._warned:
@@ -499,7 +482,7 @@ class RandomLTDHandle:
                     f"random-LTD cannot drop tokens in {type(patch.module).__name__} with {name} (cross-attention) "
                     "set; patch only self-attention layers (random_ltd_layer_id) or call model.eval()."
                 )
-        if any(_is_block_mask(call.get(name)) for name in spec.mask_args):
+        if any(type(call.get(name)).__name__ == "BlockMask" for name in spec.mask_args):
             return "a flex-attention BlockMask cannot be restricted to a token subset"
         if _uses_flash_attention(config):
             window = getattr(config, "sliding_window", None)
@@ -527,8 +510,7 @@ class RandomLTDHandle:
                     f"({name}=None, use_cache=False)."
                 )
             call.put(name, None)
-        if call.has("use_cache"):
-            call.put("use_cache", False)
+        call.put("use_cache", False)  # only where the caller passed it
 
     @staticmethod
     def _gather_inputs(
@@ -564,23 +546,6 @@ class RandomLTDHandle:
         cu = torch.tensor([0, *kept_docs], dtype=dtype, device=device).cumsum(0).to(dtype)
         for name, value in zip(_VARLEN_KWARGS, (cu, cu, max(kept_docs), max(kept_docs))):
             call.put(name, value, add=flash)
-
-    @staticmethod
-    def _restrict_masks(patch: _Patch, call: _LayerCall, idx: torch.Tensor, T: int) -> None:
-        for name in patch.spec.mask_args:
-            call.put(name, restrict_mask(call.get(name), idx, T, what=name))
-
-    @staticmethod
-    def _scatter_output(patch: _Patch, hidden: torch.Tensor, idx: torch.Tensor, output: Any) -> Any:
-        """Write the layer's hidden-state output back at the kept positions; dropped tokens pass through."""
-        if isinstance(output, torch.Tensor):
-            return scatter_tokens(hidden, idx, output)
-        if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-            return type(output)((scatter_tokens(hidden, idx, output[0]), *output[1:]))
-        raise TypeError(
-            f"random-LTD: {type(patch.module).__name__}.forward returned {type(output).__name__}; expected the hidden "
-            "states as a tensor or as the first element of a tuple."
-        )
 
 
 def apply_random_ltd(
@@ -641,7 +606,6 @@ def apply_random_ltd(
         cfg, total_layer_num=total, random_ltd_layer_num=len(layer_ids), global_batch_size=global_batch_size
     )
     handle = RandomLTDHandle(model, [], total, scheduler, scheduler.current_kept_length)
-    patches = []
     for layer_id in layer_ids:
         name, module, spec = found[layer_id]
         if hasattr(module, "_random_ltd_handle"):
@@ -666,13 +630,14 @@ def apply_random_ltd(
             varkw=varkw,
             had_instance_forward="forward" in module.__dict__,
             previous_forward=module.__dict__.get("forward"),
-            cache_layer_idx=_attention_layer_idx(module),
+            cache_layer_idx=next(
+                (m.layer_idx for m in module.modules() if isinstance(getattr(m, "layer_idx", None), int)), None
+            ),
         )
         module._random_ltd_patch = patch
         module._random_ltd_handle = handle
         module.forward = types.MethodType(_patched_forward, module)
-        patches.append(patch)
-    handle._patches = patches
+        handle._patches.append(patch)
     for key in ("model_mask_name", "model_type", "hidden_state_order", "micro_batch_size"):
         if getattr(cfg, key) is not None:
             logger.info(f"random_ltd.{key} is DeepSpeed-specific and not needed here; it is ignored.")

@@ -19,6 +19,7 @@ from ..schedules import root_pacing
 logger = logging.get_logger(__name__)
 
 _STATE_KEYS = ("current_kept_length", "last_step", "consumed_layer_tokens")
+_SCHEDULE_KEYS = ("min_value", "max_value", "require_steps", "seq_per_step", "schedule_type", "root_degree")
 
 
 class RandomLTDScheduler:
@@ -56,21 +57,12 @@ class RandomLTDScheduler:
             schedule_type=schedule_type,
             root_degree=root_degree,
         )
-        self._setup(config, total_layer_num, random_ltd_layer_num, global_batch_size)
-
-    def _setup(
-        self,
-        cfg: RandomLTDConfig,
-        total_layer_num: int | None,
-        random_ltd_layer_num: int | None,
-        global_batch_size: int | None,
-    ) -> None:
-        self.min_value = int(cfg.min_value)
-        self.max_value = int(cfg.max_value)
-        self.require_steps = cfg.require_steps
-        self.seq_per_step = int(cfg.seq_per_step)
-        self.schedule_type = cfg.schedule_type
-        self.root_degree = cfg.root_degree
+        self.min_value = int(config.min_value)
+        self.max_value = int(config.max_value)
+        self.require_steps = config.require_steps
+        self.seq_per_step = int(config.seq_per_step)
+        self.schedule_type = config.schedule_type
+        self.root_degree = config.root_degree
         self.total_layer_num = total_layer_num
         self.random_ltd_layer_num = random_ltd_layer_num
         self.global_batch_size = global_batch_size
@@ -82,7 +74,7 @@ class RandomLTDScheduler:
     # ----- construction ------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: RandomLTDConfig, **overrides: Any) -> RandomLTDScheduler:
-        """Build from a :class:`~hf_data_efficiency.RandomLTDConfig` (already checked); ``overrides`` replace counter
+        """Build from a :class:`~hf_data_efficiency.RandomLTDConfig`; ``overrides`` replace counter
         fields (``total_layer_num``, ``random_ltd_layer_num``, ``global_batch_size``)."""
         counters: dict[str, Any] = {
             "total_layer_num": cfg.total_layer_num,
@@ -92,9 +84,7 @@ class RandomLTDScheduler:
             "global_batch_size": cfg.global_batch_size,
         }
         counters.update({k: v for k, v in overrides.items() if v is not None})
-        scheduler = cls.__new__(cls)
-        scheduler._setup(cfg, **counters)
-        return scheduler
+        return cls(**{key: getattr(cfg, key) for key in _SCHEDULE_KEYS}, **counters)
 
     @classmethod
     def from_dict(cls, section: Mapping[str, Any] | RandomLTDConfig) -> RandomLTDScheduler:
@@ -171,13 +161,11 @@ class RandomLTDScheduler:
         where = "random_ltd.scheduler"
         check_state_keys(where, state, _STATE_KEYS)
         low, high = self.kept_length_bounds()
-        values = {
-            "current_kept_length": state_int(where, "current_kept_length", state["current_kept_length"], low, high),
-            "last_step": state_int(where, "last_step", state["last_step"], -1),
-            "consumed_layer_tokens": state_int(where, "consumed_layer_tokens", state["consumed_layer_tokens"], 0),
-        }
-        for key, value in values.items():
-            setattr(self, key, value)
+        self.current_kept_length, self.last_step, self.consumed_layer_tokens = (  # all checked before any is set
+            state_int(where, "current_kept_length", state["current_kept_length"], low, high),
+            state_int(where, "last_step", state["last_step"], -1),
+            state_int(where, "consumed_layer_tokens", state["consumed_layer_tokens"], 0),
+        )
 
     def __repr__(self) -> str:
         return (

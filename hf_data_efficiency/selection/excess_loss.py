@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from .._validation import check_keys, check_state_int, expect_mapping
 from ..config import TokenSelectionConfig
 from ..curriculum.reference import (
     check_reference_compatible,
+    forward_token_losses,
     load_reference_model,
     model_fingerprint,
     reference_cost,
@@ -131,20 +133,13 @@ class ExcessLossSelection:
                     where=where,
                 )
         self.cost = reference_cost(self.reference, model) if self.reference is not None and model else 1.0 / 3.0
-        self._identity: str | None = None
-        self.reference_tokens = 0  # all processes, after sync
-        self._local_reference_tokens = 0
-        self._stats: torch.Tensor | None = None
+        self.reset()
 
     # ----- identity ------------------------------------------------------------------------------------------
-    @property
+    @cached_property
     def identity(self) -> str:
         """What the checkpoint state records of the reference: the model's fingerprint, or the column's name."""
-        if self._identity is None:
-            self._identity = (
-                f"column:{self.column}" if self.reference is None else f"model:{model_fingerprint(self.reference)}"
-            )
-        return self._identity
+        return f"column:{self.column}" if self.reference is None else f"model:{model_fingerprint(self.reference)}"
 
     # ----- counting ------------------------------------------------------------------------------------------
     def step_selected(self, micro_batches: Sequence[Mapping[str, Any]]) -> int:
@@ -172,9 +167,7 @@ class ExcessLossSelection:
             return column[:, 1:].to(torch.float32)
         model_inputs = {k: v for k, v in inputs.items() if k not in _LABEL_KEYS and k != self.column}
         with torch.no_grad():
-            outputs = self.reference(**model_inputs)
-            logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-            losses, _ = shifted_token_losses(logits, labels)
+            losses, _ = forward_token_losses(self.reference, model_inputs, labels)
         tokens = model_inputs.get("input_ids", model_inputs.get("attention_mask"))
         self._local_reference_tokens += int(tokens.numel()) if torch.is_tensor(tokens) else int(labels.numel())
         return losses
@@ -212,19 +205,7 @@ class ExcessLossSelection:
         k = selected_count(int(valid.sum()), self.ratio)
         chosen = top_k_mask(excess, valid, k)
         loss = (train * chosen).sum() * scale / num_selected
-        self._record(excess, reference, train.detach(), valid, chosen, k)
-        return loss, outputs
-
-    def _record(
-        self,
-        excess: torch.Tensor,
-        reference: torch.Tensor,
-        train: torch.Tensor,
-        valid: torch.Tensor,
-        chosen: torch.Tensor,
-        k: int,
-    ) -> None:
-        """Add one micro-batch's statistics to those of the current logging interval (on its device, no sync)."""
+        # this micro-batch's statistics, added to those of the logging interval (on its device, no sync)
         with torch.no_grad():
             threshold = excess.masked_fill(~chosen, math.inf).min() if k else excess.new_zeros(())
             values = torch.stack(
@@ -240,6 +221,7 @@ class ExcessLossSelection:
                 ]
             )
             self._stats = values if self._stats is None else self._stats + values.to(self._stats.device)
+        return loss, outputs
 
     # ----- counters, logs, state -------------------------------------------------------------------------------
     def sync(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, device: Any = None) -> None:
@@ -305,9 +287,9 @@ class ExcessLossSelection:
 
     def reset(self) -> None:
         """Start the counters and statistics of a fresh run."""
-        self.reference_tokens = 0
+        self.reference_tokens = 0  # all processes, after sync
         self._local_reference_tokens = 0
-        self._stats = None
+        self._stats: torch.Tensor | None = None
 
 
 class ReferenceColumnCollator:
