@@ -407,8 +407,9 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         )
 
     # ----- generic flag merging -----------------------------------------------------------------------------
-    def _given(self, section: Section) -> list[Flag]:
-        return [f for f in FLAGS.values() if f.section is section and getattr(self, f.name) is not None]
+    def _given(self, section: Section) -> dict[Flag, Any]:
+        """The section's flags that are given, with their values."""
+        return {f: v for f in FLAGS.values() if f.section is section and (v := getattr(self, f.name)) is not None}
 
     def _per_metric(self, flag: Flag, names: list[str]) -> list[Any]:
         """The values of a curriculum flag, one per metric of ``names``."""
@@ -426,21 +427,12 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         return list(values)
 
     def _apply(
-        self,
-        section: Section,
-        current: dict[str, Any],
-        source: str | None,
-        values: dict[Flag, Any] | None = None,
-        switch: str | None = None,
+        self, section: Section, current: dict[str, Any], values: dict[Flag, Any], source: str | None, switch: str
     ) -> Any:
-        """Write flag ``values`` (default: the section's given flags) into ``current`` (a config dict, from the file
-        or new) and build the section.
+        """Write flag ``values`` into ``current`` (a config dict, from the file or new) and build the section.
 
-        Overrides of file values are logged; settings that flags alone must give are asked for by flag name, after
-        ``switch`` (default: the section's switch).
+        Overrides of file values are logged; settings that flags alone must give are asked for by flag name.
         """
-        if values is None:
-            values = {f: getattr(self, f.name) for f in self._given(section)}
         d = copy.deepcopy(current)
         sc = dict(d.get("schedule_config") or {})
         for flag, value in values.items():
@@ -464,7 +456,7 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             prefix = section.prefix
             raise ValueError(f"--{prefix}schedule_type fixed_root needs --{flag_name(prefix, 'root_degree')}.")
         if missing:
-            raise ValueError(f"{switch or '--' + section.switch} needs --{flag_name(section.prefix, missing[0])}.")
+            raise ValueError(f"{switch} needs --{flag_name(section.prefix, missing[0])}.")
         return section.config(**d)
 
     def _check_schedule_flags_used(self, section: Section, built: list[Any]) -> None:
@@ -523,9 +515,9 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
                 self._apply(
                     section,
                     current,
-                    None if building else source,
                     {f: v[i] for f, v in values.items()},
-                    f"--curriculum_metrics {list(names)}" if building else None,
+                    None if building else source,
+                    f"--curriculum_metrics {list(names)}" if building else "--curriculum_metrics",
                 )
                 for i, current in enumerate(currents)
             ]
@@ -561,9 +553,8 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
 
     def _merge(self, section: Section, base: Any, source: str | None, new: dict[str, Any] | None = None) -> Any:
         """``base`` (from the file; if ``None``, ``new`` or nothing) with the section's given flags merged in."""
-        if base is None:
-            return self._apply(section, dict(new or {}), None)
-        return self._apply(section, base.to_dict(), source)
+        current, source = (dict(new or {}), None) if base is None else (base.to_dict(), source)
+        return self._apply(section, current, self._given(section), source, f"--{section.switch}")
 
     def _resolve_part(
         self, name: str, base: Any, source: str | None, what: str, example: str = "", new: dict[str, Any] | None = None
@@ -596,8 +587,10 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             lr["enabled"] = True
         if not lr.get("enabled", False):
             self._off(lr_section, "the layer-token LR schedule", "")
-        d["layer_token_lr_schedule"] = self._apply(lr_section, lr, source)
-        return self._apply(section, d, source if base is not None else None)
+        d["layer_token_lr_schedule"] = self._apply(
+            lr_section, lr, self._given(lr_section), source, "--layer_token_lr_schedule"
+        )
+        return self._apply(section, d, self._given(section), source if base is not None else None, "--random_ltd")
 
     def _resolve_mixing(self, base: MixingConfig | None, source: str | None) -> MixingConfig | None:
         if base is not None or self.mixing_column is not None:
