@@ -593,13 +593,11 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         return self._apply(section, d, self._given(section), source if base is not None else None, "--random_ltd")
 
     def _resolve_mixing(self, base: MixingConfig | None, source: str | None) -> MixingConfig | None:
-        if base is not None or self.mixing_column is not None:
-            strategy = self.mixing_strategy or (base.strategy if base is not None else "stratified")
-            online = [f"--{f.name}" for f in self._given(SECTIONS["mixing"]) if f.key.startswith("online_")]
-            if online and strategy != "online":
-                raise ValueError(
-                    f"{online} apply only with --mixing_strategy online, but the strategy is {strategy!r}."
-                )
+        on = base is not None or self.mixing_column is not None
+        strategy = self.mixing_strategy or (base.strategy if base is not None else "stratified")
+        online = [f"--{f.name}" for f in self._given(SECTIONS["mixing"]) if f.key.startswith("online_")]
+        if on and online and strategy != "online":
+            raise ValueError(f"{online} apply only with --mixing_strategy online, but the strategy is {strategy!r}.")
         return self._resolve_part("mixing", base, source, "group mixing")
 
     def _resolve_token_selection(
