@@ -85,9 +85,9 @@ class _Section:
 
     _path: str
 
-    def __init_subclass__(cls, path: str, **kwargs: Any) -> None:
+    def __init_subclass__(cls, path: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._path = path
+        cls._path = path or cls._path  # a user's subclass of a section keeps its path
 
     def __post_init__(self) -> None:
         check_fields(self, self._path)
