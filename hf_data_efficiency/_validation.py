@@ -241,16 +241,16 @@ def check_fields(obj: Any, path: str) -> None:
             object.__setattr__(obj, f.name, rule.check(getattr(obj, f.name), f"{path}.{f.name}"))
 
 
+def required_fields(cls: type) -> list[str]:
+    """The fields the dataclass ``cls`` must be given: its init fields without a default."""
+    return [f.name for f in fields(cls) if f.init and f.default is MISSING and f.default_factory is MISSING]
+
+
 def from_mapping(cls: type, data: Any, path: str, **extra: Any) -> Any:
     """Build the dataclass ``cls`` from a mapping after refusing unknown and missing keys."""
     data = dict(expect_mapping(data, path))
     names = [f.name for f in fields(cls) if f.init and f.name not in extra]
-    required = [
-        f.name
-        for f in fields(cls)
-        if f.init and f.name not in extra and f.default is MISSING and f.default_factory is MISSING
-    ]
-    check_keys(data, names, path, required)
+    check_keys(data, names, path, [name for name in required_fields(cls) if name not in extra])
     return cls(**data, **extra)
 
 

@@ -246,7 +246,6 @@ def plot_histogram(values: np.ndarray, name: str, path: Path, bins: int = 50) ->
     ax.set_xlabel(name)
     ax.set_ylabel("samples")
     ax.set_title(f"{name} over {values.size:,} samples")
-    fig.tight_layout()
     _save_fig(fig, path)
 
 
@@ -271,11 +270,11 @@ def plot_preview(preview: dict[str, Any], curriculum: CurriculumConfig, global_b
     ax.legend(loc="lower right")
     top = ax.secondary_xaxis("top", functions=(lambda s: s * global_batch_size, lambda n: n / global_batch_size))
     top.set_xlabel(f"samples drawn (global batch {global_batch_size})")
-    fig.tight_layout()
     _save_fig(fig, path)
 
 
 def _save_fig(fig, path: Path) -> None:
+    fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png")
     _pyplot().close(fig)

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from transformers.utils import logging
 
@@ -76,6 +76,31 @@ def _deprecated(message: str) -> None:
     warnings.warn(message, FutureWarning, stacklevel=3)
 
 
+_S = TypeVar("_S", bound="_Section")
+
+
+class _Section:
+    """What the flat config sections share: their rules are checked on construction, and ``to_dict``/``from_dict``
+    write and read our layout; errors name the section's path, given once as ``class X(_Section, path=...)``."""
+
+    _path: str
+
+    def __init_subclass__(cls, path: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._path = path or cls._path  # a user's subclass of a section keeps its path
+
+    def __post_init__(self) -> None:
+        check_fields(self, self._path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[_S], d: Mapping[str, Any]) -> _S:
+        """Inverse of :meth:`to_dict`; unknown and missing keys are refused."""
+        return from_mapping(cls, copy.deepcopy(dict(expect_mapping(d, cls._path))), cls._path)
+
+
 @dataclass
 class _ScheduledMetric:
     """What a sampling metric and the seqlen transform share: a name and a difficulty schedule (the fields and
@@ -117,6 +142,10 @@ class _ScheduledMetric:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "schedule_fn"}
+
+    def _entry(self) -> dict[str, Any]:
+        """:meth:`to_dict` less the name: DeepSpeed keys the entry by it."""
+        return {k: v for k, v in self.to_dict().items() if k != "name"}
 
 
 @dataclass
@@ -176,9 +205,7 @@ class CurriculumMetricConfig(_ScheduledMetric):
         return self.name in SEQLEN_TRANSFORMS
 
     def to_deepspeed(self) -> dict[str, Any]:
-        out = self.to_dict()
-        out.pop("name")
-        return {k: v for k, v in out.items() if v is not None}
+        return {k: v for k, v in self._entry().items() if v is not None}
 
     @classmethod
     def from_deepspeed(cls, name: str, entry: Mapping[str, Any]) -> CurriculumMetricConfig:
@@ -213,9 +240,7 @@ class SeqlenTransformConfig(_ScheduledMetric):
 
     def to_deepspeed(self) -> dict[str, Any]:
         """DeepSpeed's entry: a value-based, single-cluster metric (DeepSpeed needs no index files for it)."""
-        out = self.to_dict()
-        out.pop("name")
-        return {**out, "difficulty_type": "value", "clustering_type": "single_cluster"}
+        return {**self._entry(), "difficulty_type": "value", "clustering_type": "single_cluster"}
 
     @classmethod
     def from_deepspeed(cls, name: str, entry: Mapping[str, Any]) -> SeqlenTransformConfig:
@@ -242,7 +267,7 @@ def _metric_entry(entry: Any, path: str) -> CurriculumMetricConfig | SeqlenTrans
             if key in entry and entry[key] is None:
                 del entry[key]
         return SeqlenTransformConfig.from_deepspeed(name, entry)
-    return from_mapping(CurriculumMetricConfig, entry, f"curriculum_metrics.{name}", name=name)
+    return CurriculumMetricConfig.from_deepspeed(name, entry)
 
 
 def _split_metrics(entries: Any, path: str) -> tuple[list[CurriculumMetricConfig], SeqlenTransformConfig | None]:
@@ -258,7 +283,7 @@ def _split_metrics(entries: Any, path: str) -> tuple[list[CurriculumMetricConfig
 
 
 @dataclass
-class StreamingConfig:
+class StreamingConfig(_Section, path="curriculum.streaming"):
     """The curriculum over an ``IterableDataset`` (see :mod:`hf_data_efficiency.curriculum.streaming`)."""
 
     buffer_size: int = setting(
@@ -284,16 +309,6 @@ class StreamingConfig:
         nullable=True,
         help="An hf-data-efficiency analyze folder: token_counts.npy and <metric>.npy percentile references.",
     )
-
-    def __post_init__(self) -> None:
-        check_fields(self, "curriculum.streaming")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StreamingConfig:
-        return from_mapping(cls, d, "curriculum.streaming")
 
 
 @dataclass
@@ -399,7 +414,7 @@ CurriculumConfig.__init__ = _curriculum_init(CurriculumConfig.__init__)  # type:
 
 
 @dataclass
-class DynamicBatchingConfig:
+class DynamicBatchingConfig(_Section, path="dynamic_batching"):
     """Token-budget batching (DeepSpeed ``data_sampling.dynamic_batching``); defaults are DeepSpeed 0.19's.
 
     A micro-batch holds as many samples as fit ``max_tokens`` per device, within ``[min_batch_size,
@@ -434,19 +449,12 @@ class DynamicBatchingConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "dynamic_batching")
+        super().__post_init__()
         if self.max_batch_size is not None and self.min_batch_size > self.max_batch_size:
             raise ValueError(
                 f"dynamic_batching.min_batch_size={self.min_batch_size} is larger than "
                 f"dynamic_batching.max_batch_size={self.max_batch_size}; allowed: min_batch_size <= max_batch_size."
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DynamicBatchingConfig:
-        return from_mapping(cls, d, "dynamic_batching")
 
     @classmethod
     def from_deepspeed(cls, section: Mapping[str, Any]) -> DynamicBatchingConfig:
@@ -466,7 +474,7 @@ class DynamicBatchingConfig:
 
 
 @dataclass
-class MixingConfig:
+class MixingConfig(_Section, path="mixing"):
     """Group mixing: each step's samples are drawn group by group (the group a sample belongs to is the value of its
     ``column``) with per-group weights set by ``strategy``; see :mod:`hf_data_efficiency.curriculum.mixing` for the
     draw, the pass rule and the online rule."""
@@ -516,7 +524,7 @@ class MixingConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "mixing")
+        super().__post_init__()
         if not self.column:
             raise ValueError("mixing.column='' is not allowed; allowed: the name of a dataset column.")
         for key in ("online_fast_smoothing", "online_slow_smoothing"):
@@ -549,13 +557,6 @@ class MixingConfig:
                 f"1 / {len(groups)} = {1 / len(groups):.4g}."
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MixingConfig:
-        return from_mapping(cls, copy.deepcopy(dict(expect_mapping(d, "mixing"))), "mixing")
-
 
 def _group_weights(weights: Mapping[Any, Any]) -> dict[str, float]:
     """``mixing.weights`` checked: a non-empty mapping of group names to finite numbers >= 0, not all zero."""
@@ -582,7 +583,7 @@ def check_groups(named: Mapping[str, Any], groups: list[str], field: str) -> Non
 
 
 @dataclass
-class BatchSizeWarmupConfig:
+class BatchSizeWarmupConfig(_Section, path="batch_size_warmup"):
     """Batch-size warmup with Megatron's ``--rampup-batch-size`` rule, on per-device batch sizes: the per-device
     batch starts at ``start`` and grows by ``increment`` every ``samples / increments`` consumed (global) samples up to
     ``per_device_train_batch_size`` (see :mod:`hf_data_efficiency.batching.warmup`)."""
@@ -604,19 +605,9 @@ class BatchSizeWarmupConfig:
         help="LR factor of each step from its batch relative to the full batch: linear, sqrt or none.",
     )
 
-    def __post_init__(self) -> None:
-        check_fields(self, "batch_size_warmup")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BatchSizeWarmupConfig:
-        return from_mapping(cls, d, "batch_size_warmup")
-
 
 @dataclass
-class LayerTokenLRConfig:
+class LayerTokenLRConfig(_Section, path="random_ltd.layer_token_lr_schedule"):
     """LR warmup/decay measured in consumed layer-tokens (DeepSpeed ``layer_token_lr_schedule``)."""
 
     enabled: bool = setting(False, kind="bool", help="Measure LR warmup and decay in layer-tokens.", flag=False)
@@ -635,12 +626,14 @@ class LayerTokenLRConfig:
         help="Warmup length in layer-tokens (0: the layer-tokens of the Trainer's warmup steps).",
     )
 
-    def __post_init__(self) -> None:
-        check_fields(self, "random_ltd.layer_token_lr_schedule")
+
+def _bookkeeping(kind: str, **rule: Any) -> Any:
+    """A DeepSpeed random_ltd key that is read, checked and written back, but not used."""
+    return setting(None, kind=kind, nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False, **rule)
 
 
 @dataclass
-class RandomLTDConfig:
+class RandomLTDConfig(_Section, path="random_ltd"):
     """Random layerwise token dropping (DeepSpeed ``data_routing.random_ltd``).
 
     The kept length grows from ``min_value`` to ``max_value`` over ``require_steps`` steps in multiples of
@@ -682,28 +675,16 @@ class RandomLTDConfig:
         help="Positions every random-LTD layer always keeps (default: per architecture, CLS for BERT/ViT).",
     )
     layer_token_lr_schedule: LayerTokenLRConfig = field(default_factory=LayerTokenLRConfig)
-    global_batch_size: int | None = setting(
-        None, kind="int", minimum=1, nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
-    )
-    micro_batch_size: int | None = setting(
-        None, kind="int", minimum=1, nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
-    )
-    model_mask_name: str | None = setting(
-        None, kind="str", nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
-    )
-    model_type: str | None = setting(
-        None, kind="str", nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
-    )
-    hidden_state_order: str | None = setting(
-        None, kind="str", nullable=True, help="DeepSpeed bookkeeping (unused).", flag=False
-    )
+    global_batch_size: int | None = _bookkeeping("int", minimum=1)
+    micro_batch_size: int | None = _bookkeeping("int", minimum=1)
+    model_mask_name: str | None = _bookkeeping("str")
+    model_type: str | None = _bookkeeping("str")
+    hidden_state_order: str | None = _bookkeeping("str")
 
     def __post_init__(self) -> None:
         if not isinstance(self.layer_token_lr_schedule, LayerTokenLRConfig):
-            self.layer_token_lr_schedule = from_mapping(
-                LayerTokenLRConfig, self.layer_token_lr_schedule, "random_ltd.layer_token_lr_schedule"
-            )
-        check_fields(self, "random_ltd")
+            self.layer_token_lr_schedule = LayerTokenLRConfig.from_dict(self.layer_token_lr_schedule)
+        super().__post_init__()
         w = "random_ltd"
         if self.min_value > self.max_value:
             raise ValueError(
@@ -735,22 +716,14 @@ class RandomLTDConfig:
                 "multiple of seq_per_step, as in DeepSpeed); allowed: min_value >= seq_per_step."
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RandomLTDConfig:
-        return from_mapping(cls, copy.deepcopy(dict(expect_mapping(d, "random_ltd"))), "random_ltd")
-
     @classmethod
     def from_deepspeed(cls, section: Mapping[str, Any]) -> RandomLTDConfig:
         """Build from DeepSpeed's ``random_ltd`` section (its ``enabled`` is read by the caller)."""
         path = "data_efficiency.data_routing.random_ltd"
         section = dict(expect_mapping(section, path))
-        top = [n for n in _RANDOM_LTD_TOP_LEVEL if n != "layer_token_lr_schedule"]
         check_keys(
             section,
-            ["enabled", "random_ltd_schedule", "layer_token_lr_schedule", *top],
+            ["enabled", "random_ltd_schedule", "layer_token_lr_schedule", *_RANDOM_LTD_TOP_LEVEL],
             path,
             required=["random_ltd_schedule"],
         )
@@ -770,7 +743,7 @@ class RandomLTDConfig:
         return cls(
             **{k: sched[k] for k in ("min_value", "max_value", "schedule_type") if k in sched},
             **dict(sc),
-            **{k: copy.deepcopy(section[k]) for k in top if k in section},
+            **{k: copy.deepcopy(section[k]) for k in _RANDOM_LTD_TOP_LEVEL if k in section},
             layer_token_lr_schedule=lr,
         )
 
@@ -797,24 +770,26 @@ class RandomLTDConfig:
                 "schedule_type": self.schedule_type,
                 "schedule_config": sc,
             },
-            "layer_token_lr_schedule": asdict(self.layer_token_lr_schedule),
+            "layer_token_lr_schedule": self.layer_token_lr_schedule.to_dict(),
         }
         for key in _RANDOM_LTD_TOP_LEVEL:
-            if key != "layer_token_lr_schedule" and getattr(self, key) is not None:
+            if getattr(self, key) is not None:
                 out[key] = copy.deepcopy(getattr(self, key))
         return out
 
 
-#: RandomLTDConfig fields that sit at the top of DeepSpeed's random_ltd section (the rest is random_ltd_schedule).
+#: RandomLTDConfig fields that sit at the top of DeepSpeed's random_ltd section, besides its layer_token_lr_schedule
+#: (the rest is random_ltd_schedule).
 _RANDOM_LTD_TOP_LEVEL = tuple(
     f.name
     for f in fields(RandomLTDConfig)
     if f.name not in ("min_value", "max_value", "require_steps", "seq_per_step", "schedule_type", "root_degree")
+    and f.name != "layer_token_lr_schedule"
 )
 
 
 @dataclass
-class TokenSelectionConfig:
+class TokenSelectionConfig(_Section, path="token_selection"):
     """Model-based token selection (RHO-1, Lin et al. 2024): each micro-batch's loss keeps the ``ratio`` of its label
     tokens with the highest *excess loss*, the training model's token loss minus a reference model's.
 
@@ -853,7 +828,7 @@ class TokenSelectionConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self, "token_selection")
+        super().__post_init__()
         if self.reference_model is not None and self.reference_column is not None:
             raise ValueError(
                 f"token_selection.reference_model={self.reference_model!r} and token_selection.reference_column="
@@ -864,13 +839,6 @@ class TokenSelectionConfig:
     def offline(self) -> bool:
         """Whether the reference losses are read from a dataset column instead of a reference forward."""
         return self.reference_column is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TokenSelectionConfig:
-        return from_mapping(cls, d, "token_selection")
 
     @classmethod
     def from_deepspeed(cls, section: Mapping[str, Any]) -> TokenSelectionConfig:
@@ -1036,15 +1004,14 @@ class DataEfficiencyConfig:
         on = _section_on(block, "data_efficiency", None)
         sampling = expect_mapping(block.get("data_sampling", {}), "data_efficiency.data_sampling")
         curriculum, dynamic_batching = _sampling_from_deepspeed(sampling, seed, on)
-        random_ltd = _routing_from_deepspeed(
-            expect_mapping(block.get("data_routing", {}), "data_efficiency.data_routing"), on
-        )
-        selection_block = expect_mapping(block.get("token_selection", {}), "data_efficiency.token_selection")
-        token_selection = (
-            TokenSelectionConfig.from_deepspeed(selection_block)
-            if _section_on(selection_block, "data_efficiency.token_selection", (on, "data_efficiency"))
-            else None
-        )
+        routing_path = "data_efficiency.data_routing"
+        routing = expect_mapping(block.get("data_routing", {}), routing_path)
+        check_keys(routing, ("enabled", "random_ltd"), routing_path)
+        routing_on = _section_on(routing, routing_path, (on, "data_efficiency"))
+        ltd = _subsection(routing, "random_ltd", routing_path, routing_on)
+        random_ltd = RandomLTDConfig.from_deepspeed(ltd) if ltd is not None else None
+        selection = _subsection(block, "token_selection", "data_efficiency", on)
+        token_selection = TokenSelectionConfig.from_deepspeed(selection) if selection is not None else None
         if legacy is not None and _section_on(
             expect_mapping(legacy, "curriculum_learning"), "curriculum_learning", None
         ):
@@ -1142,6 +1109,12 @@ def _section_on(section: Mapping[str, Any], path: str, parent: tuple[bool, str] 
     return on and parent_on
 
 
+def _subsection(parent: Mapping[str, Any], key: str, path: str, parent_on: bool) -> Mapping[str, Any] | None:
+    """``parent[key]`` (``path`` names ``parent``) when the enabled rule turns it on, else ``None``."""
+    section = expect_mapping(parent.get(key, {}), f"{path}.{key}")
+    return section if _section_on(section, f"{path}.{key}", (parent_on, path)) else None
+
+
 def _sampling_from_deepspeed(
     sampling: Mapping[str, Any], seed: int, parent_on: bool
 ) -> tuple[CurriculumConfig | None, DynamicBatchingConfig | None]:
@@ -1152,19 +1125,17 @@ def _sampling_from_deepspeed(
         path,
     )
     on = _section_on(sampling, path, (parent_on, "data_efficiency"))
-    db = expect_mapping(sampling.get("dynamic_batching", {}), f"{path}.dynamic_batching")
-    dynamic = (
-        DynamicBatchingConfig.from_deepspeed(db) if _section_on(db, f"{path}.dynamic_batching", (on, path)) else None
-    )
+    db = _subsection(sampling, "dynamic_batching", path, on)
+    dynamic = DynamicBatchingConfig.from_deepspeed(db) if db is not None else None
     cl_path = f"{path}.curriculum_learning"
-    cl = expect_mapping(sampling.get("curriculum_learning", {}), cl_path)
-    if not _section_on(cl, cl_path, (on, path)):
+    cl = _subsection(sampling, "curriculum_learning", path, on)
+    if cl is None:
         return None, dynamic
     check_keys(cl, ("enabled", "curriculum_metrics", "data_cluster_path"), cl_path, required=["curriculum_metrics"])
-    entries = expect_mapping(cl["curriculum_metrics"], f"{cl_path}.curriculum_metrics")
-    if not entries:
-        raise ValueError(f"{cl_path}.curriculum_metrics is empty; give at least one metric.")
     metrics_path = f"{cl_path}.curriculum_metrics"
+    entries = expect_mapping(cl["curriculum_metrics"], metrics_path)
+    if not entries:
+        raise ValueError(f"{metrics_path} is empty; give at least one metric.")
     sampling_metrics, transform = _split_metrics(
         [{**expect_mapping(e, f"{metrics_path}.{n}"), "name": n} for n, e in entries.items()], metrics_path
     )
@@ -1186,16 +1157,6 @@ def _curriculum_from_legacy(legacy: Mapping[str, Any], seed: int) -> CurriculumC
     check_str(legacy.get("curriculum_type"), "curriculum_learning.curriculum_type", ("seqlen",))
     entry = {k: legacy[k] for k in keys if k in legacy}
     return CurriculumConfig(transform=SeqlenTransformConfig.from_deepspeed("seqlen_truncate", entry), seed=seed)
-
-
-def _routing_from_deepspeed(routing: Mapping[str, Any], parent_on: bool) -> RandomLTDConfig | None:
-    path = "data_efficiency.data_routing"
-    check_keys(routing, ("enabled", "random_ltd"), path)
-    on = _section_on(routing, path, (parent_on, "data_efficiency"))
-    section = expect_mapping(routing.get("random_ltd", {}), f"{path}.random_ltd")
-    if not _section_on(section, f"{path}.random_ltd", (on, path)):
-        return None
-    return RandomLTDConfig.from_deepspeed(section)
 
 
 def _yaml_loader() -> type:
@@ -1235,6 +1196,7 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(
             f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); config files must be UTF-8 JSON or YAML."
         ) from None
+    too_deep = f"{path} is nested too deeply; config files are limited to {MAX_CONFIG_DEPTH} levels."
     try:
         if path.suffix in (".yaml", ".yml"):
             data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
@@ -1249,11 +1211,9 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     except ValueError as e:  # aliases
         raise ValueError(f"{path}: {e}") from None
     except RecursionError:
-        raise ValueError(
-            f"{path} is nested too deeply; config files are limited to {MAX_CONFIG_DEPTH} levels."
-        ) from None
+        raise ValueError(too_deep) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON/YAML object at the top level, got {type(data).__name__}.")
     if deeper_than(data, MAX_CONFIG_DEPTH):
-        raise ValueError(f"{path} is nested too deeply; config files are limited to {MAX_CONFIG_DEPTH} levels.")
+        raise ValueError(too_deep)
     return data

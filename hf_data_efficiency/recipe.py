@@ -60,10 +60,8 @@ def recipe_sections(name: str, *, num_layers: int, seq_len: int, steps: int) -> 
         raise ValueError(f"data_efficiency_recipe={name!r} is not supported; allowed values: {', '.join(RECIPES)}.")
     sections: dict[str, Any] = {}
     if num_layers >= 3 and seq_len >= 2:
-        if name == "auto":
-            sections["random_ltd"] = _random_ltd(num_layers, seq_len, steps, 0.25, 8)
-        else:
-            sections["random_ltd"] = _random_ltd(num_layers, seq_len, steps, 128 / _PAPER_SEQ, 16)
+        start_fraction, step_cap = (0.25, 8) if name == "auto" else (128 / _PAPER_SEQ, 16)
+        sections["random_ltd"] = _random_ltd(num_layers, seq_len, steps, start_fraction, step_cap)
     if name == "paper":
         total = max(1, round(110_000 / _PAPER_STEPS * steps))
         sections["curriculum"] = {

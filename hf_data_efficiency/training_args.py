@@ -40,7 +40,7 @@ from typing import Any
 from transformers import TrainingArguments
 from transformers.utils import logging
 
-from ._validation import Rule, check_bool, check_int, check_list, check_str, rule_of
+from ._validation import Rule, check_bool, check_int, check_list, check_str, required_fields, rule_of
 from .config import (
     DEEPSPEED_KEYS,
     REFERENCE_LOSS_METRIC,
@@ -347,10 +347,8 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
         list_flags = ["curriculum_metrics", *(name for name, flag in FLAGS.items() if _is_list(flag))]
         for name in list_flags:
             value = getattr(self, name)
-            if value is not None and not isinstance(value, (list, tuple)):
-                setattr(self, name, [value])
-            elif isinstance(value, tuple):
-                setattr(self, name, list(value))
+            if value is not None:
+                setattr(self, name, list(value) if isinstance(value, (list, tuple)) else [value])
         if self.seqlen_curriculum is not None:
             check_str(self.seqlen_curriculum, "--seqlen_curriculum", SEQLEN_FLAG_CHOICES)
         if self.data_efficiency_recipe is not None:
@@ -400,19 +398,23 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             curriculum=self._resolve_curriculum(base.curriculum, seed, source),
             random_ltd=self._resolve_random_ltd(base.random_ltd, source),
             seed=base.seed,
-            dynamic_batching=self._resolve_dynamic_batching(base.dynamic_batching, source),
+            dynamic_batching=self._resolve_part("dynamic_batching", base.dynamic_batching, source, "dynamic batching"),
             mixing=self._resolve_mixing(base.mixing, source),
-            batch_size_warmup=self._resolve_batch_size_warmup(base.batch_size_warmup, source),
+            batch_size_warmup=self._resolve_part(
+                "batch_size_warmup", base.batch_size_warmup, source, "batch-size warmup"
+            ),
             token_selection=self._resolve_token_selection(base.token_selection, source),
         )
 
     # ----- generic flag merging -----------------------------------------------------------------------------
-    def _given(self, section: Section) -> list[Flag]:
-        return [f for f in FLAGS.values() if f.section is section and getattr(self, f.name) is not None]
+    def _given(self, section: Section) -> dict[Flag, Any]:
+        """The section's flags that are given, with their values."""
+        return {f: v for f in FLAGS.values() if f.section is section and (v := getattr(self, f.name)) is not None}
 
-    def _per_metric(self, flag: Flag, n: int, names: list[str] | None = None) -> list[Any]:
-        values = getattr(self, flag.name)
-        if len(values) == 1 and flag.key == "reference_model" and names is not None:
+    def _per_metric(self, flag: Flag, names: list[str]) -> list[Any]:
+        """The values of a curriculum flag, one per metric of ``names``."""
+        values, n = getattr(self, flag.name), len(names)
+        if len(values) == 1 and flag.key == "reference_model":
             # one reference model for all metrics: the metric that reads one gets it
             return [values[0] if name == REFERENCE_LOSS_METRIC else None for name in names]
         if len(values) == 1:
@@ -443,11 +445,7 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
                 )
             target[flag.key] = value
         schedule_type = d.get("schedule_type", "fixed_linear")
-        missing = [
-            f.name
-            for f in fields(section.config)
-            if f.name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
+        missing = [name for name in required_fields(section.config) if name not in d]
         if section.has_schedule:
             sc = {k: v for k, v in sc.items() if k in schedule_keys(schedule_type)}  # what the schedule reads
             missing += [k for k in schedule_keys(schedule_type) if k not in sc]
@@ -507,19 +505,21 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             )
         if given or (names is not None and not sampling):
             building = not sampling
-            n = len(names) if building else len(sampling)
-            metric_names = list(names) if building else [m.name for m in sampling]
-            values = {f: self._per_metric(f, n, metric_names) for f in given}
-            currents = [{"name": m, "schedule_config": dict(section.defaults)} for m in names] if building else None
+            currents = (
+                [{"name": m, "schedule_config": dict(section.defaults)} for m in names]
+                if building
+                else [m.to_dict() for m in sampling]
+            )
+            values = {f: self._per_metric(f, [c["name"] for c in currents]) for f in given}
             sampling = [
                 self._apply(
                     section,
-                    currents[i] if building else m.to_dict(),
+                    current,
                     {f: v[i] for f, v in values.items()},
                     None if building else source,
                     f"--curriculum_metrics {list(names)}" if building else "--curriculum_metrics",
                 )
-                for i, m in enumerate(currents if building else sampling)
+                for i, current in enumerate(currents)
             ]
             self._check_schedule_flags_used(section, sampling)
 
@@ -537,32 +537,36 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
                 "add --seqlen_curriculum to turn the sequence-length curriculum on."
             )
         if seq_given or (self.seqlen_curriculum is not None and transform is None):
-            current = (
-                transform.to_dict()
-                if transform is not None
-                else {"name": f"seqlen_{self.seqlen_curriculum}", "schedule_config": dict(seq.defaults)}
-            )
-            values = {f: getattr(self, f.name) for f in seq_given}
-            transform = self._apply(
-                seq, current, values, source if transform is not None else None, "--seqlen_curriculum"
-            )
+            new = {"name": f"seqlen_{self.seqlen_curriculum}", "schedule_config": dict(seq.defaults)}
+            transform = self._merge(seq, transform, source, new)
             self._check_schedule_flags_used(seq, [transform])
 
         if not sampling and transform is None:
             self._off(SECTIONS["streaming"], "curriculum learning", " (or a curriculum in the config file)")
             return None
-        streaming = self._resolve_streaming(base.streaming if base is not None else None, source)
+        streaming = base.streaming if base is not None else None
+        if self._given(SECTIONS["streaming"]):
+            streaming = self._merge(SECTIONS["streaming"], streaming, source)
         if base is not None:
             return replace(base, sampling_metrics=sampling, transform=transform, streaming=streaming)
         return CurriculumConfig(sampling_metrics=sampling, transform=transform, seed=seed, streaming=streaming)
 
-    def _resolve_streaming(self, base: StreamingConfig | None, source: str | None) -> StreamingConfig | None:
-        section = SECTIONS["streaming"]
-        values = {f: getattr(self, f.name) for f in self._given(section)}
-        if not values:
-            return base
-        current = base.to_dict() if base is not None else {}
-        return self._apply(section, current, values, source if base is not None else None, "--curriculum_metrics")
+    def _merge(self, section: Section, base: Any, source: str | None, new: dict[str, Any] | None = None) -> Any:
+        """``base`` (from the file; if ``None``, ``new`` or nothing) with the section's given flags merged in."""
+        current, source = (dict(new or {}), None) if base is None else (base.to_dict(), source)
+        return self._apply(section, current, self._given(section), source, f"--{section.switch}")
+
+    def _resolve_part(
+        self, name: str, base: Any, source: str | None, what: str, example: str = "", new: dict[str, Any] | None = None
+    ) -> Any:
+        """Section ``name``: off (``None``; its flags are then an error) unless the file (``base``) or its switch turns
+        it on, else :meth:`_merge`'d."""
+        section = SECTIONS[name]
+        switch = getattr(self, section.switch)
+        if base is None and (switch is None or switch is False):
+            self._off(section, what, f"{example} (or a {name} section in the config file)")
+            return None
+        return self._merge(section, base, source, new)
 
     def _resolve_random_ltd(self, base: RandomLTDConfig | None, source: str | None) -> RandomLTDConfig | None:
         section, lr_section = SECTIONS["random_ltd"], SECTIONS["layer_token_lr"]
@@ -583,61 +587,29 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             lr["enabled"] = True
         if not lr.get("enabled", False):
             self._off(lr_section, "the layer-token LR schedule", "")
-        lr_values = {f: getattr(self, f.name) for f in self._given(lr_section)}
-        d["layer_token_lr_schedule"] = self._apply(lr_section, lr, lr_values, source, "--layer_token_lr_schedule")
-        values = {f: getattr(self, f.name) for f in self._given(section)}
-        return self._apply(section, d, values, source if base is not None else None, "--random_ltd")
-
-    def _resolve_dynamic_batching(
-        self, base: DynamicBatchingConfig | None, source: str | None
-    ) -> DynamicBatchingConfig | None:
-        section = SECTIONS["dynamic_batching"]
-        if base is None and not self.dynamic_batching:
-            self._off(section, "dynamic batching", " (or a dynamic_batching section in the config file)")
-            return None
-        values = {f: getattr(self, f.name) for f in self._given(section)}
-        current = base.to_dict() if base is not None else {}
-        return self._apply(section, current, values, source if base is not None else None, "--dynamic_batching")
+        d["layer_token_lr_schedule"] = self._apply(
+            lr_section, lr, self._given(lr_section), source, "--layer_token_lr_schedule"
+        )
+        return self._apply(section, d, self._given(section), source if base is not None else None, "--random_ltd")
 
     def _resolve_mixing(self, base: MixingConfig | None, source: str | None) -> MixingConfig | None:
-        section = SECTIONS["mixing"]
-        if base is None and self.mixing_column is None:
-            self._off(section, "group mixing", " (or a mixing section in the config file)")
-            return None
-        values = {f: getattr(self, f.name) for f in self._given(section)}
+        on = base is not None or self.mixing_column is not None
         strategy = self.mixing_strategy or (base.strategy if base is not None else "stratified")
-        online = [f"--{f.name}" for f in values if f.key.startswith("online_")]
-        if online and strategy != "online":
+        online = [f"--{f.name}" for f in self._given(SECTIONS["mixing"]) if f.key.startswith("online_")]
+        if on and online and strategy != "online":
             raise ValueError(f"{online} apply only with --mixing_strategy online, but the strategy is {strategy!r}.")
-        current = base.to_dict() if base is not None else {}
-        return self._apply(section, current, values, source if base is not None else None, "--mixing_column")
-
-    def _resolve_batch_size_warmup(
-        self, base: BatchSizeWarmupConfig | None, source: str | None
-    ) -> BatchSizeWarmupConfig | None:
-        section = SECTIONS["batch_size_warmup"]
-        if base is None and self.batch_size_warmup_start is None:
-            self._off(section, "batch-size warmup", " (or a batch_size_warmup section in the config file)")
-            return None
-        values = {f: getattr(self, f.name) for f in self._given(section)}
-        current = base.to_dict() if base is not None else {}
-        return self._apply(section, current, values, source if base is not None else None, "--batch_size_warmup_start")
+        return self._resolve_part("mixing", base, source, "group mixing")
 
     def _resolve_token_selection(
         self, base: TokenSelectionConfig | None, source: str | None
     ) -> TokenSelectionConfig | None:
-        section = SECTIONS["token_selection"]
-        if base is None and self.token_selection is None:
-            self._off(section, "token selection", " excess_loss (or a token_selection section in the config file)")
-            return None
-        values = {f: getattr(self, f.name) for f in self._given(section)}
-        current = base.to_dict() if base is not None else {"method": self.token_selection}
         if base is not None and self.token_selection is not None and base.method != self.token_selection:
             raise ValueError(
                 f"--token_selection {self.token_selection} contradicts token_selection.method={base.method!r} of "
                 f"{source}; drop the flag or edit the file."
             )
-        return self._apply(section, current, values, source if base is not None else None, "--token_selection")
+        new = {"method": self.token_selection}
+        return self._resolve_part("token_selection", base, source, "token selection", " excess_loss", new)
 
 
 def flag_table() -> str:
