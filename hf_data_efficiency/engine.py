@@ -877,10 +877,8 @@ class DataEfficiencyEngine:
         if self.mixer is not None and global_step >= 1:
             from .curriculum.mixing import GroupMixingSampler
 
-            sampler = self.sampler
-            out.update(
-                sampler.logs(global_step) if isinstance(sampler, GroupMixingSampler) else self.mixer.logs(global_step)
-            )
+            source = self.sampler if isinstance(self.sampler, GroupMixingSampler) else self.mixer
+            out.update(source.logs(global_step))
         out["data_efficiency/consumed_samples"] = self.consumed_samples(global_step)
         if handle is not None and handle.num_layers:
             out["data_efficiency/layer_tokens"] = self._totals["layer_tokens"]

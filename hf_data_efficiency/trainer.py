@@ -331,16 +331,13 @@ class DataEfficiencyTrainer(Trainer):
         args = self.args
         cfg = self.engine.config
         what = "dynamic batching" if cfg.dynamic_batching is not None else "batch-size warmup"
+        strategy, acc = args.train_sampling_strategy, args.accelerator_config
         self._refuse_options(
             f"{what}, whose batch sampler decides every micro-batch",
-            (
-                "train_sampling_strategy",
-                args.train_sampling_strategy,
-                args.train_sampling_strategy != "random",
-                "'random'",
-            ),
+            ("train_sampling_strategy", strategy, strategy != "random", "'random'"),
             ("auto_find_batch_size", args.auto_find_batch_size, args.auto_find_batch_size, "False"),
-            *self._batch_split_options(),
+            ("accelerator_config.split_batches", acc.split_batches, acc.split_batches, "False"),
+            ("accelerator_config.dispatch_batches", acc.dispatch_batches, bool(acc.dispatch_batches), "None or False"),
         )
         section = cfg.dynamic_batching if cfg.dynamic_batching is not None else cfg.batch_size_warmup
         if self.is_deepspeed_enabled and section.lr_scaling_method != "none":
@@ -357,15 +354,6 @@ class DataEfficiencyTrainer(Trainer):
         for name, value, refused, allowed in options:
             if refused:
                 raise ValueError(f"{name}={value!r} cannot be combined with {what}; allowed: {allowed}.")
-
-    def _batch_split_options(self) -> list[tuple[str, Any, bool, str]]:
-        """accelerate's batch splitting and dispatching as options for :meth:`_refuse_options`: refused where each
-        process's batches are laid out here."""
-        acc = self.args.accelerator_config
-        return [
-            ("accelerator_config.split_batches", acc.split_batches, acc.split_batches, "False"),
-            ("accelerator_config.dispatch_batches", acc.dispatch_batches, bool(acc.dispatch_batches), "None or False"),
-        ]
 
     # ----- data --------------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:

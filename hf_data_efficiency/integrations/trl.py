@@ -293,16 +293,12 @@ class DataEfficiencyGRPOTrainer(DataEfficiencyTrainer, GRPOTrainer):
                 f"train_dataset: the prompt curriculum needs a map-style datasets.Dataset of prompts, got "
                 f"{type(self.train_dataset).__name__}; materialise it (Dataset.from_list / from_generator)."
             )
-        workers = args.dataloader_num_workers
+        workers, acc, rates = args.dataloader_num_workers, args.accelerator_config, pass_rate is not None
         self._refuse_options(
             "the prompt curriculum, which lays out each process's share of the generation groups",
-            *self._batch_split_options(),
-            (
-                "dataloader_num_workers",
-                workers,
-                pass_rate is not None and workers > 0,
-                "0 (the pass rates live in this process)",
-            ),
+            ("accelerator_config.split_batches", acc.split_batches, acc.split_batches, "False"),
+            ("accelerator_config.dispatch_batches", acc.dispatch_batches, bool(acc.dispatch_batches), "None or False"),
+            ("dataloader_num_workers", workers, rates and workers > 0, "0 (the pass rates live in this process)"),
         )
         if not args.shuffle_dataset:
             logger.warning("shuffle_dataset=False has no effect: the prompt curriculum draws the prompts.")
