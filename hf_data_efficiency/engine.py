@@ -181,17 +181,6 @@ def is_stream(dataset: Any) -> bool:
     return isinstance(dataset, (torch.utils.data.IterableDataset, datasets.IterableDataset))
 
 
-def _real_tokens(dataset: Any, pad_token_id: int | None) -> int:
-    """Real tokens of a tokenized ``datasets.Dataset`` (its ``attention_mask`` ones, else its non-padding ids)."""
-    from .curriculum.metrics import metric_arrays
-
-    return int(
-        metric_arrays(add_metric_columns(dataset, ["seqlen"], pad_token_id=pad_token_id)[0], ["seqlen"])[
-            "seqlen"
-        ].sum()
-    )
-
-
 @dataclass
 class TrainLoader:
     """The training DataLoader as :meth:`DataEfficiencyEngine.train_loader` decided it: what it reads (the tagged
@@ -302,11 +291,7 @@ class DataEfficiencyEngine:
         self.random_ltd_handle: Any = None
         #: group mixing's :class:`~hf_data_efficiency.curriculum.mixing.GroupMixer` (built with the data path)
         self.mixer: Any = None
-        self._group_losses: torch.Tensor | None = None
         self._metric_cache: tuple[Any, Any, list[str]] | None = None
-        self._totals = dict.fromkeys(_COUNTERS, 0)
-        self._local = {"samples": 0, "tokens": 0}
-        self._layer_token_mark = 0
         #: the model being trained (sizes the reference models' cost) and the device reference models run on
         self.model: torch.nn.Module | None = None
         self.device: Any = None
@@ -315,6 +300,7 @@ class DataEfficiencyEngine:
         #: tokens the ``reference_loss`` metric scored for this run, and their cost in effective tokens per token
         self.reference_scoring_tokens = 0
         self.reference_scoring_cost = 1.0 / 3.0
+        self.reset()
         self._check_combinations()
 
     # ----- geometry ---------------------------------------------------------------------------------------
@@ -387,24 +373,21 @@ class DataEfficiencyEngine:
                 "e.g. a seqlen metric at its max difficulty), or materialise the dataset (load without "
                 "streaming=True, or datasets.Dataset.from_generator)."
             )
-        if self.config.curriculum is not None and not isinstance(dataset, datasets.Dataset):
+        needs = (
+            (cfg.curriculum, "curriculum learning", "the metric columns"),
+            (cfg.mixing, "group mixing", "the group column"),
+        )
+        for part, what, columns in needs:
+            if part is not None and not isinstance(dataset, datasets.Dataset):
+                raise ValueError(
+                    f"train_dataset: {what} needs a datasets.Dataset with {columns}, or an IterableDataset "
+                    f"(streaming), got {type(dataset).__name__}; convert it with datasets.Dataset.from_list / from_dict."
+                )
+        if cfg.mixing is not None and cfg.mixing.column not in dataset.column_names:
             raise ValueError(
-                f"train_dataset: curriculum learning needs a datasets.Dataset with the metric columns, or an "
-                f"IterableDataset (streaming), got {type(dataset).__name__}; convert it with "
-                "datasets.Dataset.from_list / from_dict."
+                f"mixing.column={cfg.mixing.column!r} is not a column of the training dataset; allowed: one of "
+                f"{dataset.column_names}."
             )
-        if cfg.mixing is not None:
-            if not isinstance(dataset, datasets.Dataset):
-                raise ValueError(
-                    f"train_dataset: group mixing needs a datasets.Dataset with the group column, or an "
-                    f"IterableDataset (streaming), got {type(dataset).__name__}; convert it with "
-                    "datasets.Dataset.from_list / from_dict."
-                )
-            if cfg.mixing.column not in dataset.column_names:
-                raise ValueError(
-                    f"mixing.column={cfg.mixing.column!r} is not a column of the training dataset; allowed: one of "
-                    f"{dataset.column_names}."
-                )
 
     def metric_dataset(self, dataset: Any, *, main_process_first: Callable[..., Any] | None = None) -> Any:
         """``dataset`` with a column for every sampling metric (see :func:`add_metric_columns`). ``main_process_first``
@@ -415,8 +398,7 @@ class DataEfficiencyEngine:
         self.check_dataset(dataset)
         if is_stream(dataset):  # a streaming curriculum measures each chunk as it reads it
             return dataset
-        context = main_process_first() if main_process_first else None
-        with context or contextlib.nullcontext():
+        with main_process_first() if main_process_first else contextlib.nullcontext():
             scored, by_reference = self._score_reference_metrics(dataset)
             result, added = add_metric_columns(
                 scored,
@@ -435,6 +417,7 @@ class DataEfficiencyEngine:
         for m in self.config.curriculum.sampling_metrics:
             if getattr(m, "reference_model", None) is None or m.name in dataset.column_names:
                 continue
+            from .curriculum.metrics import metric_arrays
             from .curriculum.reference import ReferenceLoss, check_reference_compatible, reference_cost
 
             where = f"curriculum_metrics.{m.name}.reference_model"
@@ -443,7 +426,9 @@ class DataEfficiencyEngine:
                 check_reference_compatible(scorer.model, self.model, where=where)
                 self.reference_scoring_cost = reference_cost(scorer.model, self.model)
             dataset = scorer.map(dataset, column=m.name, num_proc=self.metrics_num_proc)
-            self.reference_scoring_tokens += _real_tokens(dataset, self.pad_token_id)
+            # its real tokens: the attention_mask ones, else the non-padding ids
+            lengths = add_metric_columns(dataset, ["seqlen"], pad_token_id=self.pad_token_id)[0]
+            self.reference_scoring_tokens += int(metric_arrays(lengths, ["seqlen"])["seqlen"].sum())
             added.append(m.name)
         return dataset, added
 
@@ -847,12 +832,9 @@ class DataEfficiencyEngine:
             layer_tokens = handle.actual_layer_tokens - self._layer_token_mark
             self._layer_token_mark = handle.actual_layer_tokens
         delta = torch.tensor([self._local["samples"], self._local["tokens"], layer_tokens], dtype=torch.int64)
-        if reduce is not None and self.world_size > 1:
-            delta = reduce(delta.to(device) if device is not None else delta)
-        samples, tokens, layer_tokens = (int(v) for v in delta.tolist())
-        self._totals["consumed_samples"] += samples
-        self._totals["tokens"] += tokens
-        self._totals["layer_tokens"] += layer_tokens
+        delta = self._sum_over_processes(delta, reduce, device)
+        for key, value in zip(_COUNTERS, delta.tolist()):
+            self._totals[key] += int(value)
         self._local = {"samples": 0, "tokens": 0}
         if self.token_selection is not None:
             self.token_selection.sync(reduce if self.world_size > 1 else None, device)
@@ -885,17 +867,18 @@ class DataEfficiencyEngine:
         handle = self.random_ltd_handle
         if handle is not None and handle.kept_length is not None:
             out["random_ltd/kept_length"] = int(handle.kept_length)
-        if hasattr(self.sampler, "stream_logs"):
-            out.update(self._stream_logs(global_step, reduce, device))
+        if hasattr(self.sampler, "stream_logs"):  # the streaming curriculum's buffer and counts, over the processes
+            logs = self.sampler.stream_logs(global_step)
+            values = torch.tensor(list(logs.values()), dtype=torch.int64)
+            values = self._sum_over_processes(values, reduce, device).cpu()
+            out.update(zip(logs, (int(v) for v in values.tolist())))
         if self.batch_sampler is not None and global_step >= 1:
             out.update(self.batch_sampler.step_logs(global_step))
         if self.mixer is not None and global_step >= 1:
             from .curriculum.mixing import GroupMixingSampler
 
-            sampler = self.sampler
-            out.update(
-                sampler.logs(global_step) if isinstance(sampler, GroupMixingSampler) else self.mixer.logs(global_step)
-            )
+            source = self.sampler if isinstance(self.sampler, GroupMixingSampler) else self.mixer
+            out.update(source.logs(global_step))
         out["data_efficiency/consumed_samples"] = self.consumed_samples(global_step)
         if handle is not None and handle.num_layers:
             out["data_efficiency/layer_tokens"] = self._totals["layer_tokens"]
@@ -912,15 +895,13 @@ class DataEfficiencyEngine:
             out["data_efficiency/effective_tokens"] = out.get("data_efficiency/effective_tokens", 0.0) + reference
         return out
 
-    def _stream_logs(
-        self, global_step: int, reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: Any
-    ) -> dict[str, int]:
-        """The streaming curriculum's buffer and counts after ``global_step``, summed over the processes."""
-        logs = self.sampler.stream_logs(global_step)
-        values = torch.tensor(list(logs.values()), dtype=torch.int64)
-        if reduce is not None and self.world_size > 1:
-            values = reduce(values.to(device) if device is not None else values).cpu()
-        return dict(zip(logs, (int(v) for v in values.tolist())))
+    def _sum_over_processes(
+        self, values: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None, device: Any
+    ) -> torch.Tensor:
+        """``values`` summed over the processes by ``reduce`` (on ``device``) when there are several."""
+        if reduce is None or self.world_size <= 1:
+            return values
+        return reduce(values.to(device) if device is not None else values)
 
     # ----- online mixing --------------------------------------------------------------------------------------
     def pop_groups(self, inputs: Any) -> torch.Tensor | None:
@@ -958,9 +939,7 @@ class DataEfficiencyEngine:
         if sums is None:
             sums = torch.zeros(2, self.mixer.num_groups, dtype=torch.float64, device=device)
         self._group_losses = None
-        if reduce is not None and self.world_size > 1:
-            sums = reduce(sums.to(device) if device is not None else sums)
-        loss_sums, token_counts = sums.cpu().tolist()
+        loss_sums, token_counts = self._sum_over_processes(sums, reduce, device).cpu().tolist()
         self.mixer.observe(global_step, loss_sums, token_counts)
 
     # ----- LR schedule ----------------------------------------------------------------------------------------
@@ -1054,7 +1033,8 @@ class DataEfficiencyEngine:
     # ----- state ----------------------------------------------------------------------------------------------
     def state_dict(self, global_step: int) -> dict[str, Any]:
         """The JSON-able state after ``global_step`` optimizer steps (call :meth:`sync_counters` first)."""
-        sampler, handle = self.sampler, self.random_ltd_handle
+        sampler, handle, section = self.sampler, self.random_ltd_handle, self._batch_section
+        batch_state = self.batch_sampler.state_dict(position=global_step) if section is not None else None
         return {
             "version": STATE_VERSION,
             "global_step": int(global_step),
@@ -1064,23 +1044,19 @@ class DataEfficiencyEngine:
                 sampler.state_dict(position=global_step * sampler.global_batch_size) if sampler is not None else None
             ),
             "random_ltd": handle.state_dict() if handle is not None else None,
-            "dynamic_batching": (
-                self.batch_sampler.state_dict(position=global_step)
-                if self.config.dynamic_batching is not None
-                else None
-            ),
+            "dynamic_batching": batch_state if section == "dynamic_batching" else None,
             "mixing": self.mixer.state_dict() if self.mixer is not None else None,
-            "batch_size_warmup": (
-                self.batch_sampler.state_dict(position=global_step) if self._warmup_section else None
-            ),
+            "batch_size_warmup": batch_state if section == "batch_size_warmup" else None,
             **({"token_selection": self.token_selection.state_dict()} if self.token_selection is not None else {}),
         }
 
     @property
-    def _warmup_section(self) -> bool:
-        """Whether the batch sampler's state is the ``batch_size_warmup`` section (a warmup without a token budget;
-        with one, the ramp is part of the ``dynamic_batching`` section)."""
-        return self.config.batch_size_warmup is not None and self.config.dynamic_batching is None
+    def _batch_section(self) -> str | None:
+        """The state section of the batch sampler: ``dynamic_batching`` with a token budget (a warmup ramp is part of
+        it), ``batch_size_warmup`` with a warmup alone, else ``None``."""
+        if self.config.dynamic_batching is not None:
+            return "dynamic_batching"
+        return "batch_size_warmup" if self.config.batch_size_warmup is not None else None
 
     def save_state(self, folder: str | os.PathLike, global_step: int, state: dict[str, Any] | None = None) -> str:
         """Write ``state`` (default: :meth:`state_dict`) atomically as ``folder/data_efficiency_state.json``; returns
@@ -1150,7 +1126,7 @@ class DataEfficiencyEngine:
         if state["version"] >= 4:
             parts += [
                 ("mixing", cfg.mixing),
-                ("batch_size_warmup", cfg.batch_size_warmup if self._warmup_section else None),
+                ("batch_size_warmup", cfg.batch_size_warmup if self._batch_section == "batch_size_warmup" else None),
             ]
         for key, part in parts:
             if (state[key] is None) != (part is None):
@@ -1168,7 +1144,7 @@ class DataEfficiencyEngine:
         """Start the counters of a fresh run."""
         self._totals = dict.fromkeys(_COUNTERS, 0)
         self._local = {"samples": 0, "tokens": 0}
-        self._group_losses = None
+        self._group_losses: torch.Tensor | None = None
         handle = self.random_ltd_handle
         self._layer_token_mark = handle.actual_layer_tokens if handle is not None else 0
         if self.token_selection is not None:
@@ -1186,7 +1162,7 @@ class DataEfficiencyEngine:
         # engine as it was
         try:
             self._check_state(state)
-            section = "batch_size_warmup" if self._warmup_section else "dynamic_batching"
+            section = self._batch_section
             if self.batch_sampler is not None:
                 position = self.batch_sampler.check_state(state[section], section)
                 if position != state["global_step"]:

@@ -86,6 +86,7 @@ class _EngineHooks(DataEfficiencyCallback):
 
     def __init__(self, trainer: DataEfficiencyTrainer) -> None:
         self._trainer = trainer
+        self._scaled_lr: Any = None
 
     @property
     def random_ltd_handle(self) -> Any:
@@ -96,15 +97,19 @@ class _EngineHooks(DataEfficiencyCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
         # the dynamic-batching LR factor of this step, on top of the scheduler's LR, for optimizer.step() only
-        self._trainer._begin_scaled_lr()
+        engine = self._trainer.engine
+        if engine.batch_sampler is not None:
+            self._scaled_lr = engine.scaled_lr(self._trainer.optimizer, state.global_step)
+            self._scaled_lr.__enter__()
 
     def on_optimizer_step(self, args, state, control, **kwargs) -> None:
-        self._trainer._end_scaled_lr()
+        context, self._scaled_lr = self._scaled_lr, None
+        if context is not None:
+            context.__exit__(None, None, None)
 
     def on_step_end(self, args, state, control, **kwargs) -> None:
         # online mixing: the step's per-group losses, summed over the processes, update the weights
-        trainer = self._trainer
-        trainer.engine.end_step(state.global_step, trainer.accelerator.reduce, args.device)
+        self._trainer.engine.end_step(state.global_step, self._trainer.accelerator.reduce, args.device)
 
 
 class DataEfficiencyTrainer(Trainer):
@@ -122,7 +127,6 @@ class DataEfficiencyTrainer(Trainer):
         self._de_counting_step = False  # inside the training loop's get_batch_samples (token selection counts then)
         self._de_pending_state: dict[str, Any] | None = None
         self._de_rng_checkpoint: str | None = None  # a resumed stream's RNG state, restored after its first fetch
-        self._de_scaled_lr: Any = None
         model = kwargs.get("model", args[0] if args else None)
         cfg = resolve_trainer_config(training_args)
         recipe = getattr(training_args, "data_efficiency_recipe", None)
@@ -150,21 +154,21 @@ class DataEfficiencyTrainer(Trainer):
             return
         self._check_options()
         self.engine.pad_token_id = getattr(self.processing_class, "pad_token_id", None)
-        if cfg.curriculum is not None or cfg.mixing is not None:
-            self.engine.check_dataset(self.train_dataset)
-            if self.args.train_sampling_strategy != "random":
-                what = "curriculum learning" if cfg.curriculum is not None else "group mixing"
-                raise ValueError(
-                    f"train_sampling_strategy={self.args.train_sampling_strategy!r} cannot be combined with {what}, "
-                    "whose sampler decides the training order; use the default 'random'."
-                )
-            if cfg.curriculum is not None and (cfg.curriculum.num_workers or cfg.curriculum.pin_memory):
-                logger.warning(
-                    f"data_sampling.num_workers={cfg.curriculum.num_workers} and pin_memory="
-                    f"{cfg.curriculum.pin_memory} configure DeepSpeed's own DataLoader; the Trainer's DataLoader uses "
-                    f"--dataloader_num_workers={self.args.dataloader_num_workers} and --dataloader_pin_memory="
-                    f"{self.args.dataloader_pin_memory} instead."
-                )
+        self.engine.check_dataset(self.train_dataset)
+        sampled = cfg.curriculum is not None or cfg.mixing is not None
+        if sampled and self.args.train_sampling_strategy != "random":
+            what = "curriculum learning" if cfg.curriculum is not None else "group mixing"
+            raise ValueError(
+                f"train_sampling_strategy={self.args.train_sampling_strategy!r} cannot be combined with {what}, "
+                "whose sampler decides the training order; use the default 'random'."
+            )
+        if cfg.curriculum is not None and (cfg.curriculum.num_workers or cfg.curriculum.pin_memory):
+            logger.warning(
+                f"data_sampling.num_workers={cfg.curriculum.num_workers} and pin_memory={cfg.curriculum.pin_memory} "
+                "configure DeepSpeed's own DataLoader; the Trainer's DataLoader uses --dataloader_num_workers="
+                f"{self.args.dataloader_num_workers} and --dataloader_pin_memory={self.args.dataloader_pin_memory} "
+                "instead."
+            )
         self.engine.packed = self._rows_are_packed()
         if cfg.dynamic_batching is not None or cfg.batch_size_warmup is not None:
             self._check_dynamic_batching()
@@ -237,14 +241,10 @@ class DataEfficiencyTrainer(Trainer):
         self.engine.device = self.args.device
         if cfg.enabled:
             self.engine.model = self.model
-        if (
-            cfg.token_selection is None
-            and reference_model is not None
-            and getattr(self.args, "data_efficiency_recipe", None)
+        if cfg.token_selection is None and (
+            reference_model is None or getattr(self.args, "data_efficiency_recipe", None)
         ):
-            return  # the recipe added no selection and said why: the reference is not used
-        if cfg.token_selection is None and reference_model is None:
-            return
+            return  # nothing to attach (with a recipe that added no selection, it said why the reference is unused)
         if cfg.token_selection is not None and (self.args.label_smoothing_factor or self.compute_loss_func):
             raise ValueError(
                 "token selection computes the training loss itself (the mean over the selected tokens); it cannot be "
@@ -331,25 +331,14 @@ class DataEfficiencyTrainer(Trainer):
         args = self.args
         cfg = self.engine.config
         what = "dynamic batching" if cfg.dynamic_batching is not None else "batch-size warmup"
-        self.engine.check_dataset(self.train_dataset)
-        acc = args.accelerator_config
-        refused = [
-            (
-                "train_sampling_strategy",
-                args.train_sampling_strategy,
-                args.train_sampling_strategy != "random",
-                "'random'",
-            ),
+        strategy, acc = args.train_sampling_strategy, args.accelerator_config
+        self._refuse_options(
+            f"{what}, whose batch sampler decides every micro-batch",
+            ("train_sampling_strategy", strategy, strategy != "random", "'random'"),
             ("auto_find_batch_size", args.auto_find_batch_size, args.auto_find_batch_size, "False"),
             ("accelerator_config.split_batches", acc.split_batches, acc.split_batches, "False"),
             ("accelerator_config.dispatch_batches", acc.dispatch_batches, bool(acc.dispatch_batches), "None or False"),
-        ]
-        for name, value, bad, allowed in refused:
-            if bad:
-                raise ValueError(
-                    f"{name}={value!r} cannot be combined with {what}, whose batch sampler decides every "
-                    f"micro-batch; allowed: {allowed}."
-                )
+        )
         section = cfg.dynamic_batching if cfg.dynamic_batching is not None else cfg.batch_size_warmup
         if self.is_deepspeed_enabled and section.lr_scaling_method != "none":
             key = "dynamic_batching" if cfg.dynamic_batching is not None else "batch_size_warmup"
@@ -358,15 +347,13 @@ class DataEfficiencyTrainer(Trainer):
                 "engine steps the optimizer inside backward; allowed with DeepSpeed: 'none'."
             )
 
-    def _begin_scaled_lr(self) -> None:
-        if self.engine.batch_sampler is not None:
-            self._de_scaled_lr = self.engine.scaled_lr(self.optimizer, self.state.global_step)
-            self._de_scaled_lr.__enter__()
-
-    def _end_scaled_lr(self) -> None:
-        context, self._de_scaled_lr = self._de_scaled_lr, None
-        if context is not None:
-            context.__exit__(None, None, None)
+    @staticmethod
+    def _refuse_options(what: str, *options: tuple[str, Any, bool, str]) -> None:
+        """Raise for the first ``(name, value, refused, allowed)`` of ``options`` that is refused: it cannot be
+        combined with ``what``."""
+        for name, value, refused, allowed in options:
+            if refused:
+                raise ValueError(f"{name}={value!r} cannot be combined with {what}; allowed: {allowed}.")
 
     # ----- data --------------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:

@@ -81,6 +81,14 @@ def _merged_dict_fields(*classes: type) -> list[str]:
     return list(dict.fromkeys(name for cls in classes for name in cls._VALID_DICT_FIELDS))
 
 
+def _pass_rate_field(name: str, help: str) -> Any:
+    """The optional ``--pass_rate_<name>`` flag: ``None`` stands for the :class:`PassRateConfig` default, which its
+    help names."""
+    default = getattr(_PASS_RATE_DEFAULTS, name)
+    shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+    return field(default=None, metadata={"help": f"{help} Default: {shown}."})
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # SFT
 # ------------------------------------------------------------------------------------------------------------------
@@ -162,42 +170,30 @@ class DataEfficiencyGRPOConfig(GRPOConfig, DataEfficiencyTrainingArguments):
             "non-zero, are preferred. The rates are checkpointed in pass_rate_state.json."
         },
     )
-    pass_rate_band: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "The target band of pass rates, two numbers lo hi in [0, 1]; prompts inside it (bounds included) "
-            f"are drawn with weight 1. Default: {' '.join(map(str, _PASS_RATE_DEFAULTS.band))}."
-        },
+    pass_rate_band: list[float] | None = _pass_rate_field(
+        "band",
+        "The target band of pass rates, two numbers lo hi in [0, 1]; prompts inside it (bounds included) are drawn "
+        "with weight 1.",
     )
-    pass_rate_threshold: float | None = field(
-        default=None,
-        metadata={
-            "help": "A completion passes when its reward (the weighted sum of the reward functions, as trl logs it) "
-            f"is above this value. Default: {_PASS_RATE_DEFAULTS.threshold}."
-        },
+    pass_rate_threshold: float | None = _pass_rate_field(
+        "threshold",
+        "A completion passes when its reward (the weighted sum of the reward functions, as trl logs it) is above this "
+        "value.",
     )
-    pass_rate_smoothing: float | None = field(
-        default=None,
-        metadata={
-            "help": "How far each new group moves a prompt's pass rate towards the fraction of its completions that "
-            "passed (an exponential moving average, in (0, 1]; a prompt's first group sets it). Default: "
-            f"{_PASS_RATE_DEFAULTS.smoothing}."
-        },
+    pass_rate_smoothing: float | None = _pass_rate_field(
+        "smoothing",
+        "How far each new group moves a prompt's pass rate towards the fraction of its completions that passed (an "
+        "exponential moving average, in (0, 1]; a prompt's first group sets it).",
     )
-    pass_rate_unseen: float | None = field(
-        default=None,
-        metadata={
-            "help": "The pass rate assumed for a prompt not scored yet; inside the band (the default), unseen prompts "
-            f"are drawn like the most useful ones, so every prompt gets tried. Default: {_PASS_RATE_DEFAULTS.unseen}."
-        },
+    pass_rate_unseen: float | None = _pass_rate_field(
+        "unseen",
+        "The pass rate assumed for a prompt not scored yet; inside the band (the default), unseen prompts are drawn "
+        "like the most useful ones, so every prompt gets tried.",
     )
-    pass_rate_outside_weight: float | None = field(
-        default=None,
-        metadata={
-            "help": "The draw weight, in [0, 1], of a prompt whose pass rate is outside the band (relative to 1 "
-            "inside), so that solved and unsolved prompts are retried now and then. Default: "
-            f"{_PASS_RATE_DEFAULTS.outside_weight}."
-        },
+    pass_rate_outside_weight: float | None = _pass_rate_field(
+        "outside_weight",
+        "The draw weight, in [0, 1], of a prompt whose pass rate is outside the band (relative to 1 inside), so that "
+        "solved and unsolved prompts are retried now and then.",
     )
 
     def __post_init__(self) -> None:
@@ -212,8 +208,7 @@ class DataEfficiencyGRPOConfig(GRPOConfig, DataEfficiencyTrainingArguments):
 
     def _resolve_pass_rate(self) -> PassRateConfig | None:
         names = ("band", "threshold", "smoothing", "unseen", "outside_weight")
-        given = {name: getattr(self, f"pass_rate_{name}") for name in names}
-        given = {name: value for name, value in given.items() if value is not None}
+        given = {name: value for name in names if (value := getattr(self, f"pass_rate_{name}")) is not None}
         if not self.pass_rate_curriculum:
             if given:
                 raise ValueError(
@@ -298,20 +293,13 @@ class DataEfficiencyGRPOTrainer(DataEfficiencyTrainer, GRPOTrainer):
                 f"train_dataset: the prompt curriculum needs a map-style datasets.Dataset of prompts, got "
                 f"{type(self.train_dataset).__name__}; materialise it (Dataset.from_list / from_generator)."
             )
-        acc = args.accelerator_config
-        refused = [
+        workers, acc, rates = args.dataloader_num_workers, args.accelerator_config, pass_rate is not None
+        self._refuse_options(
+            "the prompt curriculum, which lays out each process's share of the generation groups",
             ("accelerator_config.split_batches", acc.split_batches, acc.split_batches, "False"),
             ("accelerator_config.dispatch_batches", acc.dispatch_batches, bool(acc.dispatch_batches), "None or False"),
-        ]
-        if pass_rate is not None:
-            workers = args.dataloader_num_workers
-            refused.append(("dataloader_num_workers", workers, workers > 0, "0 (the pass rates live in this process)"))
-        for name, value, bad, allowed in refused:
-            if bad:
-                raise ValueError(
-                    f"{name}={value!r} cannot be combined with the prompt curriculum, which lays out each process's "
-                    f"share of the generation groups; allowed: {allowed}."
-                )
+            ("dataloader_num_workers", workers, rates and workers > 0, "0 (the pass rates live in this process)"),
+        )
         if not args.shuffle_dataset:
             logger.warning("shuffle_dataset=False has no effect: the prompt curriculum draws the prompts.")
 
@@ -331,9 +319,9 @@ class DataEfficiencyGRPOTrainer(DataEfficiencyTrainer, GRPOTrainer):
 
     # ----- data -----------------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
-        cfg = self.engine.config
-        if cfg.curriculum is None and self.pass_rates is None:
+        if not self.prompt_sampler_enabled:
             return super().get_train_dataloader()
+        cfg = self.engine.config
         args = self.args
         dataset = self.train_dataset
         measured = dataset

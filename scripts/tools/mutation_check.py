@@ -496,7 +496,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "counters-not-summed-across-ranks",
         "engine.py",
-        "delta = reduce(delta.to(device) if device is not None else delta)",
+        "delta = self._sum_over_processes(delta, reduce, device)",
         "delta = delta",
         ["tests/test_trainer_distributed.py::test_two_processes_shard_the_single_process_stream"],
         "with two processes each logs only its own tokens",
@@ -752,8 +752,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "mixing-losses-not-reduced",
         "engine.py",
-        "            sums = reduce(sums.to(device) if device is not None else sums)",
-        "            sums = sums",
+        "loss_sums, token_counts = self._sum_over_processes(sums, reduce, device).cpu().tolist()",
+        "loss_sums, token_counts = sums.cpu().tolist()",
         [f"{T_MIXING}::test_two_processes_draw_the_single_process_stream"],
         "each process updates the online weights from its own losses only, so the ranks' draws diverge",
     ),
