@@ -95,11 +95,10 @@ def declare_causal_lm_loss(model: Any) -> bool:
     model already uses makes the count match: the loss of every optimizer step is the mean over its real, shifted
     label tokens, across truncation, reshape and gradient accumulation."""
     from transformers.loss.loss_utils import LOSS_MAPPING
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    inner = getattr(model, "module", model)
-    if type(inner).__name__ not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+    if not is_causal_lm(model):
         return False
+    inner = _unwrapped(model)
     if getattr(inner, "loss_type", None) in LOSS_MAPPING or getattr(inner.config, "is_encoder_decoder", False):
         return False
     inner.loss_type = "ForCausalLM"
@@ -114,9 +113,13 @@ def is_causal_lm(model: Any) -> bool:
     """Whether ``model`` (or the module it wraps) is a transformers causal LM, whose loss shifts the labels."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    return type(_unwrapped(model)).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
+def _unwrapped(model: Any) -> Any:
+    """The transformers model inside a DDP-style wrapper (``.module``) and ``torch.compile`` (``._orig_mod``)."""
     inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)  # torch.compile
-    return type(inner).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    return getattr(inner, "_orig_mod", inner)
 
 
 def add_metric_columns(

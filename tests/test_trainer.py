@@ -383,6 +383,20 @@ def test_step_loss_is_the_mean_over_real_shifted_label_tokens(tmp_path):
     assert step_losses(trainer.state.log_history)[1] == pytest.approx(total / count, rel=1e-5)
 
 
+def test_a_compiled_causal_lm_gets_its_loss_declared_too():
+    """A model the user compiled before the Trainer sees it (``torch.compile`` wraps it in an ``OptimizedModule``)
+    gets the same ``loss_type`` declaration as the plain model, on the model inside, so the step loss is normalised
+    over the shifted labels either way."""
+    from hf_data_efficiency.engine import declare_causal_lm_loss, is_causal_lm
+
+    plain, inner = tiny_model(), tiny_model()
+    compiled = torch.compile(inner)  # lazy: nothing compiles until a forward
+    assert declare_causal_lm_loss(plain) and plain.loss_type == "ForCausalLM"
+    assert is_causal_lm(compiled) and declare_causal_lm_loss(compiled)
+    assert inner.loss_type == compiled.loss_type == "ForCausalLM"
+    assert not declare_causal_lm_loss(compiled)  # declared once
+
+
 @pytest.mark.parametrize("option", ["random_ltd", "curriculum"])
 def test_mlm_resume_masks_exactly_as_the_uninterrupted_run(tmp_path, option):
     """A BERT MLM run (DataCollatorForLanguageModeling masking from the global RNG, as HF's run_mlm.py) resumed from
