@@ -91,8 +91,7 @@ def _monotone_changes(fn: Callable[[int], float], lo: int, hi: int) -> list[int]
             continue
         mid = (a + b) // 2
         fm = fn(mid)
-        stack.append((mid, fm, b, fb))
-        stack.append((a, fa, mid, fm))
+        stack += [(mid, fm, b, fb), (a, fa, mid, fm)]
     return sorted(found)
 
 
@@ -181,14 +180,9 @@ def admission_levels(
             if small and int(vals.max()) < 2**22:
                 table = np.searchsorted(limits, np.arange(int(vals.max()) + 1), side="left").astype(level.dtype)
             for start in range(0, n, CHUNK_SAMPLES):
-                chunk = vals[start : start + CHUNK_SAMPLES]
+                chunk, part = vals[start : start + CHUNK_SAMPLES], level[start : start + CHUNK_SAMPLES]
                 first = table[chunk] if table is not None else np.searchsorted(limits, chunk, side="left")
-                np.maximum(
-                    level[start : start + CHUNK_SAMPLES],
-                    first,
-                    out=level[start : start + CHUNK_SAMPLES],
-                    casting="unsafe",
-                )
+                np.maximum(part, first, out=part, casting="unsafe")
         else:
             counts = np.array([percentile_count(n, p) for p in limits], dtype=np.int64)
             by_rank = np.repeat(np.arange(levels + 1, dtype=level.dtype), np.diff(counts, prepend=0, append=n))

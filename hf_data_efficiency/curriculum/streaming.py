@@ -64,6 +64,7 @@ from transformers.utils import logging
 from .._validation import check_state_int, check_state_keys
 from ..config import CurriculumConfig, StreamingConfig
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array, percentile_count
+from .sampler import CurriculumQueries, curriculum_schedules
 from .transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
 
 logger = logging.get_logger(__name__)
@@ -373,7 +374,7 @@ class _ChunkMetrics:
         return out
 
 
-class StreamingCurriculum(torch.utils.data.IterableDataset):
+class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
     """A curriculum over a stream: yields, for each optimizer step, this process's share of one global batch, each
     sample eligible at that step and tagged like map-style samples (see the module docstring).
 
@@ -419,8 +420,6 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         mixing_column: str | None = None,
         tag_groups: bool = False,
     ) -> None:
-        from .sampler import CurriculumSampler
-
         self.config = curriculum
         self.streaming = (curriculum.streaming if curriculum is not None else None) or StreamingConfig()
         self.mixer, self.mixing_column, self.tag_groups = mixer, mixing_column, bool(tag_groups)
@@ -458,9 +457,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         # whole chunks are read, and one always fits once the samples not eligible are evicted
         self._chunk = min(self.streaming.chunk_size, self.streaming.buffer_size - self.local_batch_size + 1)
 
-        schedules = CurriculumSampler._make_schedules(curriculum, schedule_fns or {}) if curriculum is not None else {}
-        transform = curriculum.transform if curriculum is not None else None
-        self._transform_schedule = schedules.pop(transform.name) if transform is not None else None
+        schedules, self._transform_schedule = curriculum_schedules(curriculum, schedule_fns)
         self._metrics = filtering_metrics(curriculum.sampling_metrics) if curriculum is not None else []
         self._value_metrics = [m for m in self._metrics if m.difficulty_type == "value"]
         self._pct_metrics = [m for m in self._metrics if m.difficulty_type == "percentile"]
@@ -571,17 +568,9 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
     def buffered(self) -> int:
         return int(self._ids.size)
 
-    def max_tokens_at(self, step: int) -> int | None:
-        """The sequence-length transform's max tokens per row at 1-based ``step`` (``None`` without one)."""
-        return int(self._transform_schedule(step)) if self._transform_schedule is not None else None
-
-    def difficulty_at(self, step: int) -> dict[str, float]:
-        """``{metric: difficulty}`` of the batch of 1-based optimizer ``step`` (as ``CurriculumSampler``)."""
-        level = int(self._pacing.levels_at([step])[0])
-        out = {name: diffs[level] for name, diffs in self._pacing.diffs.items()}
-        if self._transform_schedule is not None:
-            out[self.config.transform.name] = self._transform_schedule(step)
-        return out
+    def _level(self, step: int) -> int:
+        """The level in force at 1-based ``step`` (not re-bucketing the buffer: see :meth:`_level_at`)."""
+        return int(self._pacing.levels_at([step])[0])
 
     def stream_logs(self, step: int) -> dict[str, int]:
         """Buffer size and counts (summed over processes by the caller) after ``step``."""
@@ -699,12 +688,13 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         if rows:
             self._admit(rows, self._measure(rows, table))
 
-    def _drop(self, mask: np.ndarray) -> None:
-        self._release(self._ids[mask].tolist())
-        self._remove(mask)
+    def _drop(self, positions: np.ndarray) -> None:
+        self._release(self._ids[positions].tolist())
+        self._remove(positions)
 
-    def _remove(self, mask: np.ndarray) -> None:
-        keep = ~mask
+    def _remove(self, positions: np.ndarray) -> None:
+        keep = np.ones(self._ids.size, dtype=bool)
+        keep[positions] = False
         self._ids, self._levels, self._sizes = self._ids[keep], self._levels[keep], self._sizes[keep]
         self._groups = self._groups[keep]
         for name in self._values:
@@ -716,21 +706,19 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         if count < candidates.size:  # the `count` largest (level, id) keys, in linear time
             keys = (self._levels[candidates] << 40) + self._ids[candidates]
             candidates = candidates[np.argpartition(keys, keys.size - count)[keys.size - count :]]
-        mask = np.zeros(self._ids.size, dtype=bool)
-        mask[candidates] = True
         if self.counters.dropped == 0:
             logger.warning(
                 f"streaming curriculum: the buffer (curriculum.streaming.buffer_size={self.streaming.buffer_size}) "
                 "is full of samples not yet eligible; dropping the hardest (counted as curriculum/stream_dropped). "
                 "Use a larger buffer, or buffer_full='hold' to keep them."
             )
-        self.counters.dropped += int(mask.sum())
-        self._drop(mask)
+        self.counters.dropped += int(candidates.size)
+        self._drop(candidates)
 
     # ------------------------------------------------------------------ steps
     def _level_at(self, step: int) -> int:
         known = len(self._pacing.steps)
-        level = int(self._pacing.levels_at([step])[0])
+        level = self._level(step)
         if len(self._pacing.steps) != known:  # new levels (custom schedules): re-bucket
             self._update_thresholds()
             self._levels = self._level_of(self._values, self._ids.size) if self._ids.size else self._levels
@@ -801,15 +789,11 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             served = np.concatenate(picked.groups)
             tags = self._groups[served].tolist() if self.tag_groups else None
             self._check_mixture(step, served)
-            ids = self._take(step, served)
-            groups, start = [], 0
-            for group in picked.groups:
-                end = start + len(group)
-                samples = [self._samples[i] for i in ids[start:end]]
-                if tags is not None:
-                    samples = [{**sample, GROUP_KEY: g} for sample, g in zip(samples, tags[start:end])]
-                groups.append(samples)
-                start = end
+            samples = [self._samples[i] for i in self._take(step, served)]
+            if tags is not None:
+                samples = [{**sample, GROUP_KEY: g} for sample, g in zip(samples, tags)]
+            rest = iter(samples)
+            groups = [list(itertools.islice(rest, len(group))) for group in picked.groups]
             yield from self.selection.items(step, groups, self.max_tokens_at(step))
 
     def _check_mixture(self, step: int, served: np.ndarray) -> None:
@@ -834,12 +818,9 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
     def _take(self, step: int, picked: np.ndarray) -> list[int]:
         """Serve the buffer positions ``picked`` as ``step``: remove them, count them, record the step's state;
         returns their ids."""
-        level = int(self._pacing.levels_at([step])[0])
-        early = int((self._levels[picked] > level).sum())
+        early = int((self._levels[picked] > self._level(step)).sum())
         ids = self._ids[picked].tolist()
-        mask = np.zeros(self._ids.size, dtype=bool)
-        mask[picked] = True
-        self._remove(mask)
+        self._remove(picked)
         self.counters.served += len(ids)
         self.counters.admitted_early += early
         self._release(ids)
@@ -851,7 +832,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         """The processes agreed that the stream is over: drop (and count) the last partial step."""
         if self._ids.size:
             self.counters.dropped += int(self._ids.size)
-            self._drop(np.ones(self._ids.size, dtype=bool))
+            self._drop(np.arange(self._ids.size))
         self._snapshots.append(self._snapshot())
 
     # ------------------------------------------------------------------ checkpointing
