@@ -514,12 +514,11 @@ class GroupedPromptSampler(EpochStreamSampler):
             raise ValueError(
                 f"prompt sampler state version={state['version']!r} is not supported; allowed: {STATE_VERSION}."
             )
-        mine = self.state_dict()
         for key in _SAMPLER_KEYS[2:-1]:
-            if state[key] != mine[key]:
+            if state[key] != getattr(self, key):
                 raise ValueError(
-                    f"prompt sampler state has {key}={state[key]!r} but this run has {key}={mine[key]!r}; resume "
-                    "with the same seed, dataset and generation geometry."
+                    f"prompt sampler state has {key}={state[key]!r} but this run has {key}={getattr(self, key)!r}; "
+                    "resume with the same seed, dataset and generation geometry."
                 )
         if state["fingerprint"] != self._fingerprint:
             raise ValueError(

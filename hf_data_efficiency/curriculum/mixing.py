@@ -56,6 +56,7 @@ from .sampler import (
     EpochStreamSampler,
     curriculum_schedules,
     dataset_column,
+    sampler_state,
     state_fingerprint,
     whole_number,
 )
@@ -579,16 +580,8 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
             raise ValueError(
                 f"group mixing: no walk counters are kept for step {step} (kept: {list(self._walked_after)})."
             )
-        return {
-            "version": STATE_VERSION,
-            "kind": "mixing",
-            "position": step * self.global_batch_size,
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "global_batch_size": self.global_batch_size,
-            "fingerprint": self._fingerprint,
-            "walked": walked.tolist(),
-        }
+        state = sampler_state(self, STATE_VERSION, _SAMPLER_KEYS[3:-2], step * self.global_batch_size, "mixing")
+        return {**state, "walked": walked.tolist()}
 
     def load_state_dict(self, state: Any, path: str = "sampler") -> None:
         """Continue after the step of ``state`` (checked first: seed, data, groups and geometry)."""
@@ -598,7 +591,7 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
                 f"{path} (version={state['version']!r}, kind={state['kind']!r}) is not a group-mixing sampler state; "
                 f"allowed: version {STATE_VERSION}, kind 'mixing'."
             )
-        check_same_geometry(state, path, self, ("seed", "num_samples", "global_batch_size"))
+        check_same_geometry(state, path, self, _SAMPLER_KEYS[3:-2])
         if state["fingerprint"] != self._fingerprint:
             raise ValueError(
                 f"{path}.fingerprint does not match: the groups, the metric values or the mixing config changed "

@@ -72,11 +72,14 @@ def state_fingerprint(meta: Mapping[str, Any], arrays: Iterable[np.ndarray] = ()
     return h.hexdigest()
 
 
-def sampler_state(sampler: Any, version: int, keys: Sequence[str], position: int | None) -> dict[str, Any]:
-    """A sampler's JSON-able state: ``version``, ``position`` (default: the sampler's own), the sampler's attributes
-    ``keys`` (its seed, data size and geometry) and its fingerprint."""
+def sampler_state(
+    sampler: Any, version: int, keys: Sequence[str], position: int | None, kind: str | None = None
+) -> dict[str, Any]:
+    """A sampler's JSON-able state: ``version``, its ``kind`` when given, ``position`` (default: the sampler's own),
+    the sampler's attributes ``keys`` (its seed, data size and geometry) and its fingerprint."""
     return {
         "version": version,
+        **({"kind": kind} if kind is not None else {}),
         "position": int(sampler._position if position is None else position),
         **{key: getattr(sampler, key) for key in keys},
         "fingerprint": sampler._fingerprint,
@@ -96,7 +99,7 @@ def curriculum_schedules(
     config: CurriculumConfig | None, schedule_fns: Mapping[str, Callable[[int], float]] | None = None
 ) -> tuple[dict[str, DifficultySchedule], DifficultySchedule | None]:
     """The schedules of ``config``'s sampling metrics, and apart that of its sequence-length transform (``None``
-    without one); ``schedule_fns`` holds the callables of ``custom`` schedules. Without a curriculum: ``({}, None)``."""
+    without one); ``schedule_fns`` holds the callables of ``custom`` schedules. No curriculum: ``({}, None)``."""
     if config is None:
         return {}, None
     schedule_fns = schedule_fns or {}
@@ -501,18 +504,13 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
         return out
 
     def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
-        start = self._position
-        end = (start // self.epoch_length + 1) * self.epoch_length
+        end = (self._position // self.epoch_length + 1) * self.epoch_length
         per_block = self.block_steps * self.global_batch_size
-        position = start
-        while position < end:
-            block = position // per_block
-            items = self._block_indices(block)
-            base = block * per_block
-            for i in range(position - base, min(end - base, per_block)):
-                self._position = base + i + 1
-                yield items[i]
-            position = self._position
+        while self._position < end:
+            block, offset = divmod(self._position, per_block)
+            for item in self._block_indices(block)[offset : min(end - block * per_block, per_block)]:
+                self._position += 1
+                yield item
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self, position: int | None = None) -> dict[str, Any]:

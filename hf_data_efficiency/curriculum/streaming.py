@@ -50,6 +50,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -338,7 +339,7 @@ class _ChunkMetrics:
 
     def __call__(self, rows: list[Mapping[str, Any]], table: pa.Table | None = None) -> dict[str, np.ndarray]:
         """Each metric's values over a chunk of ``rows`` (``table``: the same chunk as Arrow, when read as one)."""
-        from .metrics import _metrics_batch, get_curriculum_metric, is_registered_metric
+        from .metrics import _metrics_batch, get_curriculum_metric, is_registered_metric, registered_metrics
 
         out: dict[str, np.ndarray] = {}
         to_compute = []
@@ -350,8 +351,6 @@ class _ChunkMetrics:
             elif is_registered_metric(name):
                 to_compute.append(get_curriculum_metric(name))
             else:
-                from .metrics import registered_metrics
-
                 fields = table.column_names if table is not None else sorted(rows[0])
                 raise ValueError(
                     f"curriculum metric {name!r} is neither a field of the streamed samples (fields: {fields}) nor a "
@@ -465,18 +464,18 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         self._pacing.extend(1)
         self._measure = _ChunkMetrics([m.name for m in self._metrics], input_column, pad_token_id)
         self._references = self._read_references()
-        if token_counts is not None:
-            self._counts: np.ndarray | None = np.asarray(token_counts, dtype=np.int64)
-        else:
-            self._counts = self._read_counts()
+        self._counts: np.ndarray | None = (
+            np.asarray(token_counts, dtype=np.int64) if token_counts is not None else self._read_counts()
+        )
         if self._counts is not None and self._measure.needs_counts:
             self._measure.set_counts(self._counts)
-        needs_warmup = (self._measure.needs_counts and self._counts is None) or any(
-            m.name not in self._references for m in self._pct_metrics
-        )
-        self._warmup = self.streaming.warmup_samples if needs_warmup else 0
-        if needs_warmup:
-            self._check_warmup()
+        # the metrics that need the warm-up prefix: for a percentile reference, or for token counts
+        needs = [m.name for m in self._pct_metrics if m.name not in self._references]
+        if self._measure.needs_counts and self._counts is None:
+            needs += [n for n in self._measure.names if n not in needs]
+        self._warmup = self.streaming.warmup_samples if needs else 0
+        if needs:
+            self._check_warmup(needs)
         self._thresholds: dict[str, np.ndarray] = {}
         self._update_thresholds()
 
@@ -490,7 +489,7 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         self._step = 0  # steps emitted
         self._iterator: Iterator[Any] | None = None
         self._exhausted = False
-        self._warmed_up = not needs_warmup
+        self._warmed_up = not needs
         self._pending_source_state: Any = None
         self._snapshots: deque[_Snapshot] = deque(maxlen=SNAPSHOT_STEPS)
         self._released: deque[tuple[int, list[int]]] = deque()  # (step, ids) that left the buffer at that step
@@ -509,11 +508,8 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         return refs
 
     def _read_counts(self) -> np.ndarray | None:
-        import os
-
         folder = self.streaming.metrics_dir
-        path = os.path.join(folder, COUNTS_FILE) if folder is not None else None
-        if path is None or not os.path.isfile(path):
+        if folder is None or not os.path.isfile(path := os.path.join(folder, COUNTS_FILE)):
             return None
         counts = np.load(path, allow_pickle=False)
         if counts.ndim != 1 or counts.dtype.kind not in "iu" or (counts < 0).any():
@@ -522,10 +518,7 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
             )
         return counts.astype(np.int64)
 
-    def _check_warmup(self) -> None:
-        needs = [m.name for m in self._pct_metrics if m.name not in self._references]
-        if self._measure.needs_counts and self._counts is None:
-            needs += [n for n in self._measure.names if n not in needs]
+    def _check_warmup(self, needs: list[str]) -> None:
         field = "curriculum.streaming.warmup_samples"
         if self.streaming.warmup_samples == 0:
             raise ValueError(

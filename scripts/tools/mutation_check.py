@@ -106,8 +106,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "sampler-resume-runs-past-epoch-end",
         SAMPLER,
-        "end = (start // self.epoch_length + 1) * self.epoch_length",
-        "end = start + self.epoch_length",
+        "end = (self._position // self.epoch_length + 1) * self.epoch_length",
+        "end = self._position + self.epoch_length",
         [T_SAMPLER],
         "an iteration resumed mid-epoch runs a whole epoch length instead of to the epoch's end",
     ),
