@@ -86,9 +86,11 @@ def sampler_state(
     }
 
 
-def dataset_column(dataset: Any, name: str) -> np.ndarray:
-    """A numeric column of a ``datasets.Dataset`` as numpy, honouring an indices mapping (select/shuffle)."""
-    column = dataset.data.column(name).to_numpy()
+def dataset_column(dataset: Any, name: str, compute: Callable[[Any], Any] | None = None) -> np.ndarray:
+    """A numeric column of a ``datasets.Dataset`` (or ``compute`` of it: an Arrow compute function) as numpy,
+    honouring an indices mapping (select/shuffle)."""
+    column = dataset.data.column(name)
+    column = (column if compute is None else compute(column)).to_numpy()
     indices = getattr(dataset, "_indices", None)
     if indices is not None:
         column = column[indices.column(0).to_numpy()]
@@ -134,9 +136,6 @@ class CurriculumQueries:
     config: CurriculumConfig | None
     _pacing: DifficultyPacing
     _transform_schedule: DifficultySchedule | None
-
-    def _level(self, step: int) -> int:
-        raise NotImplementedError
 
     @property
     def transform(self) -> Any:
