@@ -135,7 +135,7 @@ class DifficultyPacing:
         candidates = sorted({s for sch in self.schedules.values() for s in self._candidates(sch, self.horizon, hi)})
         if not self.schedules and self.horizon == 0:
             candidates = [1]
-        added = False
+        known = len(self.steps)
         for s in candidates:
             changed = s == 1
             for name, sched in self.schedules.items():
@@ -147,9 +147,8 @@ class DifficultyPacing:
                 self.steps.append(s)
                 for name in self.schedules:
                     self.diffs[name].append(self._current[name])
-                added = True
         self.horizon = hi
-        return added
+        return len(self.steps) > known
 
     def levels_at(self, steps: Sequence[int] | np.ndarray) -> np.ndarray:
         """The level in force at each 1-based step (change points are made known up to the largest)."""

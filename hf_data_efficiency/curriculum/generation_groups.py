@@ -288,8 +288,7 @@ class PassRateTracker:
                 f"{where} state: {len(pending)} pending generation(s) after generation {applied} do not reach "
                 f"recorded_through={recorded}."
             )
-        self._rates = np.zeros(self.num_prompts, dtype=np.float64)
-        self._counts = np.zeros(self.num_prompts, dtype=np.int64)
+        self.reset()
         self._rates[prompts] = rates
         self._counts[prompts] = counts
         self._applied_through, self._recorded_through, self._pending = applied, recorded, pending
@@ -380,7 +379,12 @@ class GroupedPromptSampler(EpochStreamSampler):
         self._pacing: DifficultyPacing | None = None
         if curriculum_config is not None:
             self._init_curriculum(curriculum_config, metric_values)
-        self._fingerprint = self._compute_fingerprint()
+        meta = {
+            "version": STATE_VERSION,
+            "num_prompts": self.num_prompts,
+            "metrics": [m.to_dict() for m in self.config.sampling_metrics] if self.config is not None else None,
+        }
+        self._fingerprint = state_fingerprint(meta, (self._values[name] for name in sorted(self._values)))
         self._eligible_cache: tuple[int, np.ndarray] | None = None
         self._draw_cache: tuple[int, np.ndarray] | None = None
         self._position = 0
@@ -424,14 +428,6 @@ class GroupedPromptSampler(EpochStreamSampler):
                 )
             self._values[m.name] = values
         self._levels = admission_levels(self._values, self._metrics, self._pacing, self.num_prompts)
-
-    def _compute_fingerprint(self) -> str:
-        meta = {
-            "version": STATE_VERSION,
-            "num_prompts": self.num_prompts,
-            "metrics": [m.to_dict() for m in self.config.sampling_metrics] if self.config is not None else None,
-        }
-        return state_fingerprint(meta, (self._values[name] for name in sorted(self._values)))
 
     # ------------------------------------------------------------------ steps and generations
     def generation_step(self, generation: int) -> int:

@@ -426,7 +426,13 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
         self._pacing = DifficultyPacing(schedules)
         self._pacing.extend(1)
         self._build_clusters()
-        self._fingerprint = self._compute_fingerprint()
+        meta = {
+            "version": STATE_VERSION,
+            "global_batch_size": self.global_batch_size,
+            "mixer": self.mixer.identity(),
+            "metrics": [m.to_dict() for m in self._metrics],
+        }
+        self._fingerprint = state_fingerprint(meta, [self._groups, *(self._values[n] for n in sorted(self._values))])
         self.mixer.weights(1, self._eligible(1))  # refuses a first step where no weighted group has a sample
         sizes = np.bincount(self._groups, minlength=mixer.num_groups).tolist()
         logger.info(
@@ -452,15 +458,6 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
         self._sizes = counts[: levels * k]
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)])[:-1]
         self._shuffles = {}
-
-    def _compute_fingerprint(self) -> str:
-        meta = {
-            "version": STATE_VERSION,
-            "global_batch_size": self.global_batch_size,
-            "mixer": self.mixer.identity(),
-            "metrics": [m.to_dict() for m in self._metrics],
-        }
-        return state_fingerprint(meta, [self._groups, *(self._values[name] for name in sorted(self._values))])
 
     # ----- queries ------------------------------------------------------------------------------------------
     def _level(self, step: int) -> int:

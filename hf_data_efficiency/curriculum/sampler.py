@@ -262,7 +262,14 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
         self.epoch_length = n // self.global_batch_size * self.global_batch_size
         self.block_steps = max(1, _DRAWS_PER_BLOCK // self.global_batch_size)
         self._index_dtype = np.int32 if n < 2**31 else np.int64
-        self._fingerprint = self._compute_fingerprint()
+        meta = {
+            "version": STATE_VERSION,
+            "num_samples": self.num_samples,
+            "global_batch_size": self.global_batch_size,
+            "block_steps": self.block_steps,
+            "metrics": [m.to_dict() for m in self.config.sampling_metrics],
+        }
+        self._fingerprint = state_fingerprint(meta, (self._values[name] for name in sorted(self._values)))
 
         self._pacing = DifficultyPacing(schedules)
         self._pacing.extend(self.block_steps)
@@ -325,16 +332,6 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
             raise ValueError(f"the dataset is empty (num_samples={num_samples}); it needs at least one sample.")
         self.num_samples = int(num_samples)
         return values
-
-    def _compute_fingerprint(self) -> str:
-        meta = {
-            "version": STATE_VERSION,
-            "num_samples": self.num_samples,
-            "global_batch_size": self.global_batch_size,
-            "block_steps": self.block_steps,
-            "metrics": [m.to_dict() for m in self.config.sampling_metrics],
-        }
-        return state_fingerprint(meta, (self._values[name] for name in sorted(self._values)))
 
     def _build_clusters(self) -> None:
         """Group the samples by cluster into ``self._order`` (a chunked, stable counting sort)."""
@@ -452,14 +449,6 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
             self._consumed += np.bincount(draws.ravel(), minlength=len(self._consumed))
             self._draw_block += 1
 
-    def _load_shuffle(self, cluster: int, wrap: int) -> None:
-        if self._wrap[cluster] != wrap:
-            start = self._offsets[cluster]
-            seg = self._walk[start : start + self._sizes[cluster]]
-            seg[:] = self._order[start : start + self._sizes[cluster]]
-            np.random.default_rng([self.seed, _RNG_WALK, cluster, wrap]).shuffle(seg)
-            self._wrap[cluster] = wrap
-
     def _take(self, cluster: int, start: int, count: int) -> np.ndarray:
         """Walk positions ``start ... start + count - 1`` of ``cluster`` (wrapping onto fresh shuffles)."""
         size, offset = int(self._sizes[cluster]), int(self._offsets[cluster])
@@ -468,7 +457,11 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
         first, last = start // size, (start + count - 1) // size
         pieces = []
         for wrap in range(first, last + 1):
-            self._load_shuffle(cluster, wrap)
+            if self._wrap[cluster] != wrap:  # shuffle the cluster's walk buffer for this wrap
+                seg = self._walk[offset : offset + size]
+                seg[:] = self._order[offset : offset + size]
+                np.random.default_rng([self.seed, _RNG_WALK, cluster, wrap]).shuffle(seg)
+                self._wrap[cluster] = wrap
             lo = start - wrap * size if wrap == first else 0
             hi = min(size, start + count - wrap * size)
             piece = self._walk[offset + lo : offset + hi]

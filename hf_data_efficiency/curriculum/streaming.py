@@ -676,11 +676,6 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
             if rows:
                 self._admit(rows, v)
 
-    def _read_chunk(self) -> None:
-        rows, table = self._next_chunk()
-        if rows:
-            self._admit(rows, self._measure(rows, table))
-
     def _drop(self, positions: np.ndarray) -> None:
         self._release(self._ids[positions].tolist())
         self._remove(positions)
@@ -690,8 +685,7 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         keep[positions] = False
         self._ids, self._levels, self._sizes = self._ids[keep], self._levels[keep], self._sizes[keep]
         self._groups = self._groups[keep]
-        for name in self._values:
-            self._values[name] = self._values[name][keep]
+        self._values = {name: values[keep] for name, values in self._values.items()}
 
     def _evict_hardest(self, level: int, count: int) -> None:
         """Drop up to ``count`` buffered samples not eligible at ``level``: highest level first, newest first."""
@@ -735,14 +729,10 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
                     "to drop; allowed: a larger buffer_size, or buffer_full 'drop' or 'hold'."
                 )
             self._evict_hardest(level, self._chunk - room)
-        self._read_chunk()
+        rows, table = self._next_chunk()
+        if rows:
+            self._admit(rows, self._measure(rows, table))
         return True
-
-    def _select(self, step: int) -> Picked | None:
-        """This process's part of ``step``, chosen by the selection hook (``None``: no full step is left)."""
-        if not self._warmed_up:
-            self._warm_up()
-        return self.selection.select(StepCandidates(self, step, self._level_at(step)))
 
     def _snapshot(self) -> _Snapshot:
         state = self._reader.state_dict() if self.checkpointable and self._iterator is not None else None
@@ -770,9 +760,12 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
                 f"dataloader_num_workers={info.num_workers}: a streaming curriculum reads its stream in the training "
                 "process, which checkpoints its state and agrees with the other processes on the end; allowed: 0."
             )
+        if not self._warmed_up:
+            self._warm_up()
         while True:
             step = self._step + 1
-            picked = self._select(step)
+            # this process's part of the step, chosen by the selection hook (None: no full step is left)
+            picked = self.selection.select(StepCandidates(self, step, self._level_at(step)))
             local = picked.totals if picked is not None else [0] * len(self.selection.total_names)
             ended, *totals = sum_over_processes([int(picked is None), *local], self.device)
             if ended:  # some process cannot fill the step: every process ends here
@@ -869,7 +862,9 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
             "token_counts": self._sparse_counts(),
             "references": {name: ref.tolist() for name, ref in self._references.items()},
             "warmed_up": self._warmed_up or step > 0,
-            "buffer": [{"id": int(i), "sample": self._json_sample(i)} for i in snap.ids.tolist()],
+            "buffer": [
+                {"id": i, "sample": {k: _plain(v) for k, v in self._samples[i].items()}} for i in snap.ids.tolist()
+            ],
         }
 
     def _sparse_counts(self) -> dict[str, list[int]] | None:
@@ -877,9 +872,6 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
             return None
         ids = np.flatnonzero(self._counts)
         return {"ids": ids.tolist(), "counts": self._counts[ids].tolist(), "size": int(self._counts.size)}
-
-    def _json_sample(self, i: int) -> dict[str, Any]:
-        return {k: _plain(v) for k, v in self._samples[i].items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue after the step of ``state`` (before iterating); a changed setup or source raises."""
