@@ -90,7 +90,8 @@ class StepPlan:
 class StepPlanSampler(Sampler):
     """The plan machinery of the map-style batchers (see the module docstring): plans of whole steps, dealt to the
     ranks, with a position, epochs and a checkable state. Subclasses form each step (:meth:`_build_plan`, and
-    :meth:`_pass_plans` for a pass over the data without a draw) and say what their fingerprint covers.
+    :meth:`_pass_plans` for a pass over the data without a draw), set their fingerprint
+    (:meth:`_compute_fingerprint`) and say what it covers (``_fingerprint_changes``, for messages).
 
     Args:
         num_samples: dataset size.
@@ -150,10 +151,6 @@ class StepPlanSampler(Sampler):
 
     def _pass_plans(self, p: int, perm: np.ndarray, first_step: int) -> list[StepPlan]:
         """The plans of pass ``p`` over the data (the permutation ``perm``), its first step being ``first_step``."""
-        raise NotImplementedError
-
-    def _fingerprint_meta(self) -> dict[str, Any]:
-        """What the state's fingerprint covers besides the version (the config, the warmup)."""
         raise NotImplementedError
 
     # ----- passes -----------------------------------------------------------------------------------------------
@@ -260,8 +257,9 @@ class StepPlanSampler(Sampler):
             yield from self.keys(plan)
 
     # ----- state --------------------------------------------------------------------------------------------------
-    def _compute_fingerprint(self, lengths: np.ndarray | None) -> str:
-        meta = {**self._fingerprint_meta(), "version": STATE_VERSION}
+    def _compute_fingerprint(self, meta: dict[str, Any], lengths: np.ndarray | None = None) -> str:
+        """The state's fingerprint: ``meta`` (the config), the version, the warmup and the sample ``lengths``."""
+        meta = {**meta, "version": STATE_VERSION}
         if self.warmup is not None:
             meta["batch_size_warmup"] = self.warmup.identity()
         return state_fingerprint(meta, [lengths] if lengths is not None else [])
@@ -284,8 +282,6 @@ class StepPlanSampler(Sampler):
                 "with the same data and config."
             )
         return position
-
-    _fingerprint_changes = "the sample lengths or the config"
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the stream at ``state``'s position (checked first, see :meth:`check_state`)."""
@@ -365,7 +361,9 @@ class TokenBudgetBatchSampler(StepPlanSampler):
                 f"{where} holds {self.draw_size} samples, fewer than one step needs: world_size x "
                 f"gradient_accumulation_steps x dynamic_batching.min_batch_size = {needed}."
             )
-        self._fingerprint = self._compute_fingerprint(self._lengths)
+        self._fingerprint = self._compute_fingerprint(
+            {"config": config.to_dict(), "packed": self.packed}, self._lengths
+        )
 
     # ----- construction ---------------------------------------------------------------------------------------
     @property
@@ -386,9 +384,6 @@ class TokenBudgetBatchSampler(StepPlanSampler):
             )
         self.budget.admit(arr, "samples")
         return arr
-
-    def _fingerprint_meta(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "packed": self.packed}
 
     @staticmethod
     def required_draw_size(

@@ -113,9 +113,8 @@ def _arrow_reader(source: Any) -> Any:
     from datasets.features.features import require_decoding
 
     features = getattr(source, "features", None)
-    if not isinstance(source, datasets.IterableDataset) or getattr(source, "_formatting", None) is not None:
-        return source
-    if features is None or any(require_decoding(f) for f in features.values()):
+    plain = isinstance(source, datasets.IterableDataset) and getattr(source, "_formatting", None) is None
+    if not plain or features is None or any(require_decoding(f) for f in features.values()):
         return source
     return source.with_format("arrow")
 
