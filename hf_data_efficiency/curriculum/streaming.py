@@ -65,6 +65,17 @@ from transformers.utils import logging
 from .._validation import check_state_int, check_state_keys
 from ..config import CurriculumConfig, StreamingConfig
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array, percentile_count
+from .index import load_metric, metric_paths
+from .metrics import (
+    _count_batch,
+    _metrics_batch,
+    _sum_sparse,
+    get_curriculum_metric,
+    is_registered_metric,
+    neg_log_probs,
+    registered_metrics,
+)
+from .mixing import mixed_order, unknown_group_error
 from .sampler import CurriculumQueries, curriculum_schedules
 from .transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
 
@@ -207,8 +218,6 @@ class StepCandidates:
         stream = self._stream
         if stream.mixer is None:
             return eligible
-        from .mixing import mixed_order
-
         slots = stream.mixer.stream_slot_groups(self.step, eligible.size, stream.rank)
         return mixed_order(slots, eligible, stream._groups[eligible])
 
@@ -291,13 +300,9 @@ class _ChunkMetrics:
 
     @property
     def needs_counts(self) -> bool:
-        from .metrics import get_curriculum_metric, is_registered_metric
-
         return any(is_registered_metric(n) and get_curriculum_metric(n).needs_token_counts for n in self.names)
 
     def set_counts(self, counts: np.ndarray) -> None:
-        from .metrics import neg_log_probs
-
         neg_log_prob, self.log_total = neg_log_probs(counts)
         self.neg_log_prob = np.append(neg_log_prob, self.log_total)  # ids past the counts: count 1 (mode="clip")
 
@@ -327,8 +332,6 @@ class _ChunkMetrics:
 
     def counts(self, rows: list[Mapping[str, Any]], table: pa.Table | None = None) -> np.ndarray:
         """Token counts over a chunk (the warm-up estimate of ``vocab_rarity``'s counts)."""
-        from .metrics import _count_batch, _sum_sparse
-
         table, mask = self.token_table(rows, table)
         sparse = _count_batch(table, self.input_column, mask, self.pad_token_id)
         return _sum_sparse(
@@ -338,8 +341,6 @@ class _ChunkMetrics:
 
     def __call__(self, rows: list[Mapping[str, Any]], table: pa.Table | None = None) -> dict[str, np.ndarray]:
         """Each metric's values over a chunk of ``rows`` (``table``: the same chunk as Arrow, when read as one)."""
-        from .metrics import _metrics_batch, get_curriculum_metric, is_registered_metric, registered_metrics
-
         out: dict[str, np.ndarray] = {}
         to_compute = []
         for name in self.names:
@@ -497,8 +498,6 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
     # ------------------------------------------------------------------ setup
     def _read_references(self) -> dict[str, np.ndarray]:
         """Sorted reference values of the percentile metrics found in ``metrics_dir`` (``<metric>.npy``)."""
-        from .index import load_metric, metric_paths
-
         refs = {}
         folder = self.streaming.metrics_dir
         for m in self._pct_metrics:
@@ -615,8 +614,6 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         """The mixing group id of each of ``rows`` (zeros without mixing)."""
         if self.mixer is None:
             return np.zeros(len(rows), dtype=np.int64)
-        from .mixing import unknown_group_error
-
         out = np.empty(len(rows), dtype=np.int64)
         for i, row in enumerate(rows):
             if self.mixing_column not in row:
