@@ -130,9 +130,9 @@ class PassRateTracker:
     """
 
     def __init__(self, num_prompts: int, config: PassRateConfig, *, lag: int = 1) -> None:
-        self.num_prompts = whole_number(num_prompts, "num_prompts", minimum=1)
+        self.num_prompts = whole_number(num_prompts, "num_prompts", 1)
         self.config = config
-        self.lag = whole_number(lag, "lag", minimum=1)
+        self.lag = whole_number(lag, "lag", 1)
         self.reset()
 
     def reset(self) -> None:
@@ -344,13 +344,11 @@ class GroupedPromptSampler(EpochStreamSampler):
         metric_values: Mapping[str, Any] | Any = None,
         pass_rates: PassRateTracker | None = None,
     ) -> None:
-        self.num_prompts = whole_number(num_prompts, "num_prompts", minimum=1)
-        self.num_generations = whole_number(num_generations, "num_generations", minimum=1)
-        self.generation_batch_size = whole_number(generation_batch_size, "generation_batch_size", minimum=1)
-        self.repeat_count = whole_number(repeat_count, "repeat_count", minimum=1)
-        self.gradient_accumulation_steps = whole_number(
-            gradient_accumulation_steps, "gradient_accumulation_steps", minimum=1
-        )
+        self.num_prompts = whole_number(num_prompts, "num_prompts", 1)
+        self.num_generations = whole_number(num_generations, "num_generations", 1)
+        self.generation_batch_size = whole_number(generation_batch_size, "generation_batch_size", 1)
+        self.repeat_count = whole_number(repeat_count, "repeat_count", 1)
+        self.gradient_accumulation_steps = whole_number(gradient_accumulation_steps, "gradient_accumulation_steps", 1)
         self.seed = whole_number(seed, "seed")
         if self.generation_batch_size % self.num_generations:
             raise ValueError(

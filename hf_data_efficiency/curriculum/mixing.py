@@ -520,7 +520,7 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
         """The global batch of 1-based ``step`` (``G`` sample indices). Steps are drawn in order; the last few are
         kept. A step before those drawn (the skipped part of a resumed epoch) is replayed from step 1 on separate
         counters: exactly for the static strategies, with the oldest weights kept for ``online``."""
-        step = whole_number(step, "step", minimum=1, allowed=STEP_ALLOWED)
+        step = whole_number(step, "step", 1, STEP_ALLOWED)
         if step in self._draws:
             return self._draws[step]
         if step <= self._drawn:

@@ -53,7 +53,7 @@ _STATE_KEYS = ("version", "position", "seed", "num_samples", "global_batch_size"
 STEP_ALLOWED = "a 1-based optimizer step (an integer >= 1)"
 
 
-def whole_number(value: Any, name: str, *, minimum: int = 0, allowed: str | None = None) -> int:
+def whole_number(value: Any, name: str, minimum: int = 0, allowed: str | None = None) -> int:
     """``value`` as an ``int`` when it is an integer (not a bool) >= ``minimum``; else a ``ValueError`` saying that
     ``name`` must be ``allowed`` (default: a non-negative integer, or an integer >= ``minimum``)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -231,14 +231,9 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
                 f"curriculum_config must be a CurriculumConfig, got {type(curriculum_config).__name__} "
                 "(use DataEfficiencyConfig.from_deepspeed(...).curriculum)."
             )
-        self.batch_size, self.world_size, self.gradient_accumulation_steps = (
-            whole_number(value, name, minimum=1)
-            for name, value in (
-                ("batch_size", batch_size),
-                ("world_size", world_size),
-                ("gradient_accumulation_steps", gradient_accumulation_steps),
-            )
-        )
+        self.batch_size = whole_number(batch_size, "batch_size", 1)
+        self.world_size = whole_number(world_size, "world_size", 1)
+        self.gradient_accumulation_steps = whole_number(gradient_accumulation_steps, "gradient_accumulation_steps", 1)
         self.seed = whole_number(curriculum_config.seed if seed is None else seed, "seed")
         self.config = curriculum_config
         self.global_batch_size = self.batch_size * self.world_size * self.gradient_accumulation_steps
@@ -420,7 +415,7 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
     def step_indices(self, step: int) -> list:
         """The global batch of 1-based optimizer ``step`` (``G`` entries, as ``__iter__`` yields them), without moving
         the stream position: every entry is eligible at ``step``."""
-        step = whole_number(step, "step", minimum=1, allowed=STEP_ALLOWED)
+        step = whole_number(step, "step", 1, STEP_ALLOWED)
         g, per_block = self.global_batch_size, self.block_steps * self.global_batch_size
         start = (step - 1) * g
         block = start // per_block

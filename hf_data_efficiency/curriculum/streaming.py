@@ -64,17 +64,9 @@ from transformers.utils import logging
 
 from .._validation import check_state_int, check_state_keys
 from ..config import CurriculumConfig, StreamingConfig
+from . import metrics
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array, percentile_count
 from .index import load_metric, metric_paths
-from .metrics import (
-    _count_batch,
-    _metrics_batch,
-    _sum_sparse,
-    get_curriculum_metric,
-    is_registered_metric,
-    neg_log_probs,
-    registered_metrics,
-)
 from .mixing import mixed_order, unknown_group_error
 from .sampler import CurriculumQueries, curriculum_schedules
 from .transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
@@ -300,10 +292,12 @@ class _ChunkMetrics:
 
     @property
     def needs_counts(self) -> bool:
-        return any(is_registered_metric(n) and get_curriculum_metric(n).needs_token_counts for n in self.names)
+        return any(
+            metrics.is_registered_metric(n) and metrics.get_curriculum_metric(n).needs_token_counts for n in self.names
+        )
 
     def set_counts(self, counts: np.ndarray) -> None:
-        neg_log_prob, self.log_total = neg_log_probs(counts)
+        neg_log_prob, self.log_total = metrics.neg_log_probs(counts)
         self.neg_log_prob = np.append(neg_log_prob, self.log_total)  # ids past the counts: count 1 (mode="clip")
 
     def token_table(self, rows: list[Mapping[str, Any]], table: pa.Table | None) -> tuple[pa.Table, str | None]:
@@ -333,8 +327,8 @@ class _ChunkMetrics:
     def counts(self, rows: list[Mapping[str, Any]], table: pa.Table | None = None) -> np.ndarray:
         """Token counts over a chunk (the warm-up estimate of ``vocab_rarity``'s counts)."""
         table, mask = self.token_table(rows, table)
-        sparse = _count_batch(table, self.input_column, mask, self.pad_token_id)
-        return _sum_sparse(
+        sparse = metrics._count_batch(table, self.input_column, mask, self.pad_token_id)
+        return metrics._sum_sparse(
             np.asarray(sparse.column("token_id")[0].as_py(), dtype=np.int64),
             np.asarray(sparse.column("count")[0].as_py(), dtype=np.int64),
         )
@@ -348,13 +342,13 @@ class _ChunkMetrics:
                 out[name] = metric_array(table.column(name).to_numpy(), f"streamed sample field {name!r}")
             elif table is None and all(name in r for r in rows):
                 out[name] = metric_array([_plain(r[name]) for r in rows], f"streamed sample field {name!r}")
-            elif is_registered_metric(name):
-                to_compute.append(get_curriculum_metric(name))
+            elif metrics.is_registered_metric(name):
+                to_compute.append(metrics.get_curriculum_metric(name))
             else:
                 fields = table.column_names if table is not None else sorted(rows[0])
                 raise ValueError(
                     f"curriculum metric {name!r} is neither a field of the streamed samples (fields: {fields}) nor a "
-                    f"registered metric ({', '.join(registered_metrics())})."
+                    f"registered metric ({', '.join(metrics.registered_metrics())})."
                 )
         if to_compute:
             if any(m.inputs == "batch" for m in to_compute):
@@ -365,7 +359,7 @@ class _ChunkMetrics:
                 table, mask = self.token_table(rows, table)
             if any(m.needs_token_counts for m in to_compute) and self.neg_log_prob is None:
                 raise RuntimeError("token counts are not known yet")  # the warm-up runs first
-            computed = _metrics_batch(
+            computed = metrics._metrics_batch(
                 table, tuple(to_compute), self.input_column, mask, self.pad_token_id, self.neg_log_prob, self.log_total
             )
             for m in to_compute:
