@@ -416,10 +416,8 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
         """The global batch of 1-based optimizer ``step`` (``G`` entries, as ``__iter__`` yields them), without moving
         the stream position: every entry is eligible at ``step``."""
         step = whole_number(step, "step", 1, STEP_ALLOWED)
-        g, per_block = self.global_batch_size, self.block_steps * self.global_batch_size
-        start = (step - 1) * g
-        block = start // per_block
-        offset = start - block * per_block
+        g = self.global_batch_size
+        block, offset = divmod((step - 1) * g, self.block_steps * g)
         return self._block_indices(block)[offset : offset + g]
 
     # ------------------------------------------------------------------ stream
