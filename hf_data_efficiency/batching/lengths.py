@@ -22,11 +22,7 @@ def sample_lengths(dataset: Any, *, column: str = "seqlen", input_column: str = 
         if input_column in names:
             import pyarrow.compute as pc
 
-            lengths = pc.list_value_length(dataset.data.column(input_column)).to_numpy(zero_copy_only=False)
-            indices = getattr(dataset, "_indices", None)
-            if indices is not None:
-                lengths = lengths[indices.column(0).to_numpy()]
-            return np.asarray(lengths, dtype=np.int64)
+            return np.asarray(dataset_column(dataset, input_column, pc.list_value_length), dtype=np.int64)
         raise ValueError(
             f"dynamic_batching needs the length of every sample: the dataset has neither a {column!r} nor an "
             f"{input_column!r} column (columns: {names}). Tokenize it, or add a {column!r} column."

@@ -18,8 +18,6 @@ without communication, and the state is a position plus what checks the stream i
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from transformers.utils import logging
 
 from .._validation import check_int, check_keys, check_same_geometry, expect_mapping
 from ..config import DynamicBatchingConfig
+from ..curriculum.sampler import sampler_state, state_fingerprint
 from ..curriculum.transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
 from .budget import TokenBudget
 
@@ -67,11 +66,32 @@ class StepPlan:
     def samples(self) -> int:
         return sum(len(mb) for mb in self.micro_batches)
 
+    @classmethod
+    def cut(
+        cls,
+        step: int,
+        samples: np.ndarray,
+        lengths: np.ndarray,
+        slices: list[tuple[int, int]],
+        base: int,
+        truncate_to: Any,
+    ) -> StepPlan:
+        """The plan of ``step`` whose micro-batches are the ``slices`` of ``samples`` (stream positions ``base ...``)
+        with their counted ``lengths``."""
+        return cls(
+            step=step,
+            micro_batches=[samples[a:b].tolist() for a, b in slices],
+            lengths=[lengths[a:b].tolist() for a, b in slices],
+            positions=[base + a for a, _ in slices],
+            truncate_to=truncate_to,
+        )
+
 
 class StepPlanSampler(Sampler):
     """The plan machinery of the map-style batchers (see the module docstring): plans of whole steps, dealt to the
     ranks, with a position, epochs and a checkable state. Subclasses form each step (:meth:`_build_plan`, and
-    :meth:`_pass_plans` for a pass over the data without a draw) and say what their fingerprint covers.
+    :meth:`_pass_plans` for a pass over the data without a draw), set their fingerprint
+    (:meth:`_compute_fingerprint`) and say what it covers (``_fingerprint_changes``, for messages).
 
     Args:
         num_samples: dataset size.
@@ -133,10 +153,6 @@ class StepPlanSampler(Sampler):
         """The plans of pass ``p`` over the data (the permutation ``perm``), its first step being ``first_step``."""
         raise NotImplementedError
 
-    def _fingerprint_meta(self) -> dict[str, Any]:
-        """What the state's fingerprint covers besides the version (the config, the warmup)."""
-        raise NotImplementedError
-
     # ----- passes -----------------------------------------------------------------------------------------------
     def _pass(self, p: int) -> list[StepPlan]:
         """The step plans of pass ``p`` over the data (no draw). Only the last pass built is kept; every pass's step
@@ -183,13 +199,11 @@ class StepPlanSampler(Sampler):
     def consumed_before(self, step: int) -> int:
         """Samples of the steps before 1-based ``step`` (all processes); with a warmup, only as far as the ramp needs
         them (afterwards every step is full; this then stops at the step where the ramp ended)."""
-        while len(self._consumed) < step and not self._ramp_done():
+        # until the ramp is done: after it, every step is full
+        while len(self._consumed) < step and self.warmup is not None and self._consumed[-1] <= self.warmup.samples:
             k = len(self._consumed)
             self._consumed.append(self._consumed[-1] + self.plan(k).samples)
         return self._consumed[min(step, len(self._consumed)) - 1]
-
-    def _ramp_done(self) -> bool:
-        return self.warmup is None or self._consumed[-1] > self.warmup.samples
 
     def batch_size_at(self, step: int) -> int | None:
         """The warmup's per-device batch size of 1-based ``step`` (``None`` without a warmup)."""
@@ -243,29 +257,16 @@ class StepPlanSampler(Sampler):
             yield from self.keys(plan)
 
     # ----- state --------------------------------------------------------------------------------------------------
-    def _compute_fingerprint(self, lengths: np.ndarray | None) -> str:
-        h = hashlib.sha256()
-        meta = {**self._fingerprint_meta(), "version": STATE_VERSION}
+    def _compute_fingerprint(self, meta: dict[str, Any], lengths: np.ndarray | None = None) -> str:
+        """The state's fingerprint: ``meta`` (the config), the version, the warmup and the sample ``lengths``."""
+        meta = {**meta, "version": STATE_VERSION}
         if self.warmup is not None:
             meta["batch_size_warmup"] = self.warmup.identity()
-        h.update(json.dumps(meta, sort_keys=True).encode())
-        if lengths is not None:
-            h.update(np.ascontiguousarray(lengths).data)
-        return h.hexdigest()
+        return state_fingerprint(meta, [lengths] if lengths is not None else [])
 
     def state_dict(self, position: int | None = None) -> dict[str, Any]:
         """JSON-able state; ``position`` (steps done) overrides the yielded count, which prefetching runs ahead."""
-        return {
-            "version": STATE_VERSION,
-            "position": int(self._position if position is None else position),
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "world_size": self.world_size,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "reference_batch_size": self.reference_batch_size,
-            "draw_size": self.draw_size,
-            "fingerprint": self._fingerprint,
-        }
+        return sampler_state(self, STATE_VERSION, _STATE_KEYS[2:-1], position)
 
     def check_state(self, state: Any, path: str = "dynamic_batching") -> int:
         """Validate ``state`` against this sampler (same seed, data, geometry, config); returns its position."""
@@ -281,8 +282,6 @@ class StepPlanSampler(Sampler):
                 "with the same data and config."
             )
         return position
-
-    _fingerprint_changes = "the sample lengths or the config"
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the stream at ``state``'s position (checked first, see :meth:`check_state`)."""
@@ -362,7 +361,9 @@ class TokenBudgetBatchSampler(StepPlanSampler):
                 f"{where} holds {self.draw_size} samples, fewer than one step needs: world_size x "
                 f"gradient_accumulation_steps x dynamic_batching.min_batch_size = {needed}."
             )
-        self._fingerprint = self._compute_fingerprint(self._lengths)
+        self._fingerprint = self._compute_fingerprint(
+            {"config": config.to_dict(), "packed": self.packed}, self._lengths
+        )
 
     # ----- construction ---------------------------------------------------------------------------------------
     @property
@@ -383,9 +384,6 @@ class TokenBudgetBatchSampler(StepPlanSampler):
             )
         self.budget.admit(arr, "samples")
         return arr
-
-    def _fingerprint_meta(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "packed": self.packed}
 
     @staticmethod
     def required_draw_size(
@@ -418,14 +416,10 @@ class TokenBudgetBatchSampler(StepPlanSampler):
             return np.argsort(lengths, kind="stable")
         return np.arange(len(candidates))
 
-    def _truncate_to(self, step: int) -> int | None:
-        transform = self.curriculum_sampler.max_tokens_at(step) if self.curriculum_sampler is not None else None
-        return self.budget.truncate_to(transform)
-
     def _plan(self, step: int, candidates: np.ndarray, lengths: np.ndarray, base: int, count: int) -> StepPlan:
         """Pack ``candidates`` (stream positions ``base ...``) into ``count`` micro-batches (fewer when they run out)
         as the plan of ``step``."""
-        truncate_to = self._truncate_to(step)
+        truncate_to = self.budget.truncate_to(self.curriculum_sampler.max_tokens_at(step))
         if truncate_to is not None:
             lengths = np.minimum(lengths, truncate_to)
         budget = self.max_tokens_at(self.consumed_before(step))
@@ -435,13 +429,7 @@ class TokenBudgetBatchSampler(StepPlanSampler):
                 f"dynamic_batching step {step}: the {len(candidates)} drawn samples fill {len(slices)} of the "
                 f"{count} micro-batches a step needs within max_tokens={budget}."
             )
-        return StepPlan(
-            step=step,
-            micro_batches=[candidates[a:b].tolist() for a, b in slices],
-            lengths=[lengths[a:b].tolist() for a, b in slices],
-            positions=[base + a for a, _ in slices],
-            truncate_to=truncate_to,
-        )
+        return StepPlan.cut(step, candidates, lengths, slices, base, truncate_to)
 
     def _sorted_plan(self, step: int, draw: np.ndarray, base: int) -> StepPlan:
         """``seqlen`` order with a curriculum: the step's samples are chosen in draw order (so the curriculum's
@@ -462,13 +450,7 @@ class TokenBudgetBatchSampler(StepPlanSampler):
             if b - a < 2 * self.config.min_batch_size:
                 return plan
             slices[j : j + 1] = [(a, a + (b - a) // 2), (a + (b - a) // 2, b)]
-        return StepPlan(
-            step=step,
-            micro_batches=[chosen[a:b].tolist() for a, b in slices],
-            lengths=[counted[a:b].tolist() for a, b in slices],
-            positions=[base + a for a, _ in slices],
-            truncate_to=plan.truncate_to,
-        )
+        return StepPlan.cut(step, chosen, counted, slices, base, plan.truncate_to)
 
     def _pass_plans(self, p: int, perm: np.ndarray, first_step: int) -> list[StepPlan]:
         """Pass ``p`` packed greedily, step after step, each step within its budget; the samples left at the end
@@ -487,15 +469,8 @@ class TokenBudgetBatchSampler(StepPlanSampler):
             slices = self.budget.pack(window, stop_after=m, max_tokens=self.max_tokens_at(consumed))
             if len(slices) < m:
                 return plans
-            plans.append(
-                StepPlan(
-                    step=first_step + len(plans),
-                    micro_batches=[perm[start + a : start + b].tolist() for a, b in slices],
-                    lengths=[window[a:b].tolist() for a, b in slices],
-                    positions=[p * self.num_samples + start + a for a, _ in slices],
-                    truncate_to=truncate_to,
-                )
-            )
+            base = p * self.num_samples + start
+            plans.append(StepPlan.cut(first_step + len(plans), perm[start:], window, slices, base, truncate_to))
             consumed += plans[-1].samples
             start += slices[-1][1]
 

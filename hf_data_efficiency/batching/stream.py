@@ -9,8 +9,6 @@ yields whole micro-batches. Semantics: ``docs/dynamic_batching.md``, "With a str
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, astuple
@@ -21,6 +19,7 @@ from transformers.utils import logging
 
 from .._validation import check_int, check_keys, expect_mapping
 from ..config import CurriculumConfig, DynamicBatchingConfig
+from ..curriculum.sampler import state_fingerprint
 from ..curriculum.streaming import Picked, StepCandidates, StepSelection, StreamGeometry, StreamingCurriculum
 from ..curriculum.transforms import MAX_TOKENS_KEY, POSITION_KEY
 from .budget import StepTotals, TokenBudget
@@ -82,15 +81,9 @@ class StreamTokenBudget(StepSelection):
         self.budget = TokenBudget(
             self.config, reference_batch_size=reference, packed=self._packed, transform=self._transform
         )
-        meta = {  # the same on every process: the main process writes the state every process reads
-            "dynamic_batching": self.config.to_dict(),
-            "packed": self.budget.packed,
-            "reference_batch_size": self.budget.reference_batch_size,
-            "global_batch_size": geometry.global_batch_size,
-            "world_size": geometry.world_size,
-            "version": STATE_VERSION,
-        }
-        self._fingerprint = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+        # the same on every process: the main process writes the state every process reads
+        meta = {**self.identity(), "global_batch_size": geometry.global_batch_size, "world_size": geometry.world_size}
+        self._fingerprint = state_fingerprint({**meta, "version": STATE_VERSION})
 
     @property
     def truncated_samples(self) -> int:

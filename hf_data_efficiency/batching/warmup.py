@@ -141,10 +141,7 @@ class WarmupBatchSampler(StepPlanSampler):
                 f"{self.num_samples}."
             )
         self.steps_per_epoch = self.num_samples // full if draw is not None else len(self._pass(0))
-        self._fingerprint = self._compute_fingerprint(None)
-
-    def _fingerprint_meta(self) -> dict[str, Any]:
-        return {"draw_size": self.draw_size}
+        self._fingerprint = self._compute_fingerprint({"draw_size": self.draw_size})
 
     def _steps(self, step: int, order: np.ndarray, size: int, base: int) -> StepPlan:
         """The plan of ``step``: the first ``size * micro-batches`` of ``order`` (stream positions ``base ...``)."""

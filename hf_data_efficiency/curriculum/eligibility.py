@@ -91,8 +91,7 @@ def _monotone_changes(fn: Callable[[int], float], lo: int, hi: int) -> list[int]
             continue
         mid = (a + b) // 2
         fm = fn(mid)
-        stack.append((mid, fm, b, fb))
-        stack.append((a, fa, mid, fm))
+        stack += [(mid, fm, b, fb), (a, fa, mid, fm)]
     return sorted(found)
 
 
@@ -136,7 +135,7 @@ class DifficultyPacing:
         candidates = sorted({s for sch in self.schedules.values() for s in self._candidates(sch, self.horizon, hi)})
         if not self.schedules and self.horizon == 0:
             candidates = [1]
-        added = False
+        known = len(self.steps)
         for s in candidates:
             changed = s == 1
             for name, sched in self.schedules.items():
@@ -148,9 +147,8 @@ class DifficultyPacing:
                 self.steps.append(s)
                 for name in self.schedules:
                     self.diffs[name].append(self._current[name])
-                added = True
         self.horizon = hi
-        return added
+        return len(self.steps) > known
 
     def levels_at(self, steps: Sequence[int] | np.ndarray) -> np.ndarray:
         """The level in force at each 1-based step (change points are made known up to the largest)."""
@@ -181,14 +179,9 @@ def admission_levels(
             if small and int(vals.max()) < 2**22:
                 table = np.searchsorted(limits, np.arange(int(vals.max()) + 1), side="left").astype(level.dtype)
             for start in range(0, n, CHUNK_SAMPLES):
-                chunk = vals[start : start + CHUNK_SAMPLES]
+                chunk, part = vals[start : start + CHUNK_SAMPLES], level[start : start + CHUNK_SAMPLES]
                 first = table[chunk] if table is not None else np.searchsorted(limits, chunk, side="left")
-                np.maximum(
-                    level[start : start + CHUNK_SAMPLES],
-                    first,
-                    out=level[start : start + CHUNK_SAMPLES],
-                    casting="unsafe",
-                )
+                np.maximum(part, first, out=part, casting="unsafe")
         else:
             counts = np.array([percentile_count(n, p) for p in limits], dtype=np.int64)
             by_rank = np.repeat(np.arange(levels + 1, dtype=level.dtype), np.diff(counts, prepend=0, append=n))

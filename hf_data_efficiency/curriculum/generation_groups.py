@@ -31,11 +31,9 @@ pass rates recorded through generation ``c - lag`` (``lag`` = 2 with trl's defau
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +43,7 @@ from .._validation import check_list, check_number, check_state_int, check_state
 from ..config import CurriculumConfig
 from ..schedules import DifficultySchedule
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array
-from .sampler import EpochStreamSampler, dataset_column
+from .sampler import EpochStreamSampler, dataset_column, sampler_state, state_fingerprint, whole_number
 
 logger = logging.get_logger(__name__)
 
@@ -82,12 +80,6 @@ _TRACKER_KEYS = (
 _INT64_MAX = 2**63 - 1
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1.")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class PassRateConfig:
     """The pass-rate rule (see the module docstring); the names are the flags' without their ``pass_rate_``."""
@@ -114,13 +106,7 @@ class PassRateConfig:
         object.__setattr__(self, "outside_weight", float(weight))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "band": list(self.band),
-            "threshold": self.threshold,
-            "smoothing": self.smoothing,
-            "unseen": self.unseen,
-            "outside_weight": self.outside_weight,
-        }
+        return {**asdict(self), "band": list(self.band)}
 
     def in_band(self, rates: np.ndarray) -> np.ndarray:
         """Whether each pass rate lies inside the band (bounds included)."""
@@ -144,9 +130,9 @@ class PassRateTracker:
     """
 
     def __init__(self, num_prompts: int, config: PassRateConfig, *, lag: int = 1) -> None:
-        self.num_prompts = _positive_int(num_prompts, "num_prompts")
+        self.num_prompts = whole_number(num_prompts, "num_prompts", 1)
         self.config = config
-        self.lag = _positive_int(lag, "lag")
+        self.lag = whole_number(lag, "lag", 1)
         self.reset()
 
     def reset(self) -> None:
@@ -302,8 +288,7 @@ class PassRateTracker:
                 f"{where} state: {len(pending)} pending generation(s) after generation {applied} do not reach "
                 f"recorded_through={recorded}."
             )
-        self._rates = np.zeros(self.num_prompts, dtype=np.float64)
-        self._counts = np.zeros(self.num_prompts, dtype=np.int64)
+        self.reset()
         self._rates[prompts] = rates
         self._counts[prompts] = counts
         self._applied_through, self._recorded_through, self._pending = applied, recorded, pending
@@ -359,14 +344,12 @@ class GroupedPromptSampler(EpochStreamSampler):
         metric_values: Mapping[str, Any] | Any = None,
         pass_rates: PassRateTracker | None = None,
     ) -> None:
-        self.num_prompts = _positive_int(num_prompts, "num_prompts")
-        self.num_generations = _positive_int(num_generations, "num_generations")
-        self.generation_batch_size = _positive_int(generation_batch_size, "generation_batch_size")
-        self.repeat_count = _positive_int(repeat_count, "repeat_count")
-        self.gradient_accumulation_steps = _positive_int(gradient_accumulation_steps, "gradient_accumulation_steps")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed={seed!r} must be a non-negative integer.")
-        self.seed = int(seed)
+        self.num_prompts = whole_number(num_prompts, "num_prompts", 1)
+        self.num_generations = whole_number(num_generations, "num_generations", 1)
+        self.generation_batch_size = whole_number(generation_batch_size, "generation_batch_size", 1)
+        self.repeat_count = whole_number(repeat_count, "repeat_count", 1)
+        self.gradient_accumulation_steps = whole_number(gradient_accumulation_steps, "gradient_accumulation_steps", 1)
+        self.seed = whole_number(seed, "seed")
         if self.generation_batch_size % self.num_generations:
             raise ValueError(
                 f"generation_batch_size={self.generation_batch_size} must be a multiple of num_generations="
@@ -394,7 +377,12 @@ class GroupedPromptSampler(EpochStreamSampler):
         self._pacing: DifficultyPacing | None = None
         if curriculum_config is not None:
             self._init_curriculum(curriculum_config, metric_values)
-        self._fingerprint = self._compute_fingerprint()
+        meta = {
+            "version": STATE_VERSION,
+            "num_prompts": self.num_prompts,
+            "metrics": [m.to_dict() for m in self.config.sampling_metrics] if self.config is not None else None,
+        }
+        self._fingerprint = state_fingerprint(meta, (self._values[name] for name in sorted(self._values)))
         self._eligible_cache: tuple[int, np.ndarray] | None = None
         self._draw_cache: tuple[int, np.ndarray] | None = None
         self._position = 0
@@ -438,18 +426,6 @@ class GroupedPromptSampler(EpochStreamSampler):
                 )
             self._values[m.name] = values
         self._levels = admission_levels(self._values, self._metrics, self._pacing, self.num_prompts)
-
-    def _compute_fingerprint(self) -> str:
-        h = hashlib.sha256()
-        meta = {
-            "version": STATE_VERSION,
-            "num_prompts": self.num_prompts,
-            "metrics": [m.to_dict() for m in self.config.sampling_metrics] if self.config is not None else None,
-        }
-        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-        for name in sorted(self._values):
-            h.update(np.ascontiguousarray(self._values[name]).data)
-        return h.hexdigest()
 
     # ------------------------------------------------------------------ steps and generations
     def generation_step(self, generation: int) -> int:
@@ -522,18 +498,7 @@ class GroupedPromptSampler(EpochStreamSampler):
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self, position: int | None = None) -> dict[str, Any]:
         """JSON-able state; ``position`` overrides the yielded count (``global_step * global_batch_size``)."""
-        return {
-            "version": STATE_VERSION,
-            "position": int(self._position if position is None else position),
-            "seed": self.seed,
-            "num_prompts": self.num_prompts,
-            "num_generations": self.num_generations,
-            "generation_batch_size": self.generation_batch_size,
-            "repeat_count": self.repeat_count,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "global_batch_size": self.global_batch_size,
-            "fingerprint": self._fingerprint,
-        }
+        return sampler_state(self, STATE_VERSION, _SAMPLER_KEYS[2:-1], position)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the stream of ``state`` after checking that it is this sampler's (seed, prompts, geometry,
@@ -543,12 +508,11 @@ class GroupedPromptSampler(EpochStreamSampler):
             raise ValueError(
                 f"prompt sampler state version={state['version']!r} is not supported; allowed: {STATE_VERSION}."
             )
-        mine = self.state_dict()
         for key in _SAMPLER_KEYS[2:-1]:
-            if state[key] != mine[key]:
+            if state[key] != getattr(self, key):
                 raise ValueError(
-                    f"prompt sampler state has {key}={state[key]!r} but this run has {key}={mine[key]!r}; resume "
-                    "with the same seed, dataset and generation geometry."
+                    f"prompt sampler state has {key}={state[key]!r} but this run has {key}={getattr(self, key)!r}; "
+                    "resume with the same seed, dataset and generation geometry."
                 )
         if state["fingerprint"] != self._fingerprint:
             raise ValueError(

@@ -38,8 +38,6 @@ DataLoader draws ahead of training; the losses are synchronised across processes
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,7 +50,16 @@ from transformers.utils import logging
 from .._validation import check_same_geometry, check_state_int, check_state_keys, did_you_mean
 from ..config import CurriculumConfig, MixingConfig, check_groups
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array
-from .sampler import CurriculumSampler, EpochStreamSampler, dataset_column
+from .sampler import (
+    STEP_ALLOWED,
+    CurriculumQueries,
+    EpochStreamSampler,
+    curriculum_schedules,
+    dataset_column,
+    sampler_state,
+    state_fingerprint,
+    whole_number,
+)
 from .transforms import GROUP_KEY, MAX_TOKENS_KEY
 
 logger = logging.get_logger(__name__)
@@ -357,7 +364,7 @@ def group_loss_sums(
     return out
 
 
-class GroupMixingSampler(EpochStreamSampler):
+class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
     """Group mixing over map-style data: the global batch of every step, drawn group by group (module docstring).
 
     As a DataLoader sampler it yields one infinite stream of indices, global batch after global batch (position ``p``
@@ -402,8 +409,7 @@ class GroupMixingSampler(EpochStreamSampler):
             )
         self.epoch_length = self.num_samples // self.global_batch_size * self.global_batch_size
         self.config = curriculum
-        schedules = CurriculumSampler._make_schedules(curriculum, {}) if curriculum is not None else {}
-        self._transform_schedule = schedules.pop(curriculum.transform.name) if self.transform is not None else None
+        schedules, self._transform_schedule = curriculum_schedules(curriculum)
         if return_max_tokens and self._transform_schedule is None:
             raise ValueError("return_max_tokens=True needs a seqlen_truncate or seqlen_reshape curriculum transform.")
         self.return_max_tokens, self.tag_groups = bool(return_max_tokens), bool(tag_groups)
@@ -420,7 +426,13 @@ class GroupMixingSampler(EpochStreamSampler):
         self._pacing = DifficultyPacing(schedules)
         self._pacing.extend(1)
         self._build_clusters()
-        self._fingerprint = self._compute_fingerprint()
+        meta = {
+            "version": STATE_VERSION,
+            "global_batch_size": self.global_batch_size,
+            "mixer": self.mixer.identity(),
+            "metrics": [m.to_dict() for m in self._metrics],
+        }
+        self._fingerprint = state_fingerprint(meta, [self._groups, *(self._values[n] for n in sorted(self._values))])
         self.mixer.weights(1, self._eligible(1))  # refuses a first step where no weighted group has a sample
         sizes = np.bincount(self._groups, minlength=mixer.num_groups).tolist()
         logger.info(
@@ -436,11 +448,6 @@ class GroupMixingSampler(EpochStreamSampler):
         self._position = 0
 
     # ----- construction -------------------------------------------------------------------------------------
-    @property
-    def transform(self) -> Any:
-        """The curriculum's sequence-length transform (``None`` without one)."""
-        return self.config.transform if self.config is not None else None
-
     def _build_clusters(self) -> None:
         """Order the samples by cluster ``level * K + group`` (level-major, so new levels append clusters)."""
         k, levels = self.mixer.num_groups, len(self._pacing.steps)
@@ -451,20 +458,6 @@ class GroupMixingSampler(EpochStreamSampler):
         self._sizes = counts[: levels * k]
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)])[:-1]
         self._shuffles = {}
-
-    def _compute_fingerprint(self) -> str:
-        h = hashlib.sha256()
-        meta = {
-            "version": STATE_VERSION,
-            "global_batch_size": self.global_batch_size,
-            "mixer": self.mixer.identity(),
-            "metrics": [m.to_dict() for m in self._metrics],
-        }
-        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-        h.update(np.ascontiguousarray(self._groups).data)
-        for name in sorted(self._values):
-            h.update(np.ascontiguousarray(self._values[name]).data)
-        return h.hexdigest()
 
     # ----- queries ------------------------------------------------------------------------------------------
     def _level(self, step: int) -> int:
@@ -481,17 +474,6 @@ class GroupMixingSampler(EpochStreamSampler):
 
     def num_eligible(self, step: int) -> int:
         return int(self._eligible(step).sum())
-
-    def difficulty_at(self, step: int) -> dict[str, float]:
-        """``{metric: difficulty}`` of the batch of 1-based ``step`` (as :class:`CurriculumSampler`)."""
-        level = self._level(step)
-        out = {name: diffs[level] for name, diffs in self._pacing.diffs.items()}
-        if self._transform_schedule is not None:
-            out[self.transform.name] = self._transform_schedule(step)
-        return out
-
-    def max_tokens_at(self, step: int) -> int | None:
-        return int(self._transform_schedule(step)) if self._transform_schedule is not None else None
 
     def logs(self, step: int) -> dict[str, float]:
         """The mixer's logs of ``step`` (weights over the groups eligible then)."""
@@ -538,9 +520,7 @@ class GroupMixingSampler(EpochStreamSampler):
         """The global batch of 1-based ``step`` (``G`` sample indices). Steps are drawn in order; the last few are
         kept. A step before those drawn (the skipped part of a resumed epoch) is replayed from step 1 on separate
         counters: exactly for the static strategies, with the oldest weights kept for ``online``."""
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
-            raise ValueError(f"step={step!r} must be a 1-based optimizer step (an integer >= 1).")
-        step = int(step)
+        step = whole_number(step, "step", 1, STEP_ALLOWED)
         if step in self._draws:
             return self._draws[step]
         if step <= self._drawn:
@@ -597,16 +577,8 @@ class GroupMixingSampler(EpochStreamSampler):
             raise ValueError(
                 f"group mixing: no walk counters are kept for step {step} (kept: {list(self._walked_after)})."
             )
-        return {
-            "version": STATE_VERSION,
-            "kind": "mixing",
-            "position": step * self.global_batch_size,
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "global_batch_size": self.global_batch_size,
-            "fingerprint": self._fingerprint,
-            "walked": walked.tolist(),
-        }
+        state = sampler_state(self, STATE_VERSION, _SAMPLER_KEYS[3:-2], step * self.global_batch_size, "mixing")
+        return {**state, "walked": walked.tolist()}
 
     def load_state_dict(self, state: Any, path: str = "sampler") -> None:
         """Continue after the step of ``state`` (checked first: seed, data, groups and geometry)."""
@@ -616,7 +588,7 @@ class GroupMixingSampler(EpochStreamSampler):
                 f"{path} (version={state['version']!r}, kind={state['kind']!r}) is not a group-mixing sampler state; "
                 f"allowed: version {STATE_VERSION}, kind 'mixing'."
             )
-        check_same_geometry(state, path, self, ("seed", "num_samples", "global_batch_size"))
+        check_same_geometry(state, path, self, _SAMPLER_KEYS[3:-2])
         if state["fingerprint"] != self._fingerprint:
             raise ValueError(
                 f"{path}.fingerprint does not match: the groups, the metric values or the mixing config changed "

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,15 +48,115 @@ logger = logging.get_logger(__name__)
 STATE_VERSION = 1
 _DRAWS_PER_BLOCK = 8192  # a block holds max(1, _DRAWS_PER_BLOCK // G) steps; part of the stream definition
 _RNG_DRAW, _RNG_WALK, _RNG_SHUFFLE = 0, 1, 2
+_STATE_KEYS = ("version", "position", "seed", "num_samples", "global_batch_size", "fingerprint")
+#: what a 1-based optimizer step must be, for messages
+STEP_ALLOWED = "a 1-based optimizer step (an integer >= 1)"
 
 
-def dataset_column(dataset: Any, name: str) -> np.ndarray:
-    """A numeric column of a ``datasets.Dataset`` as numpy, honouring an indices mapping (select/shuffle)."""
-    column = dataset.data.column(name).to_numpy()
+def whole_number(value: Any, name: str, minimum: int = 0, allowed: str | None = None) -> int:
+    """``value`` as an ``int`` when it is an integer (not a bool) >= ``minimum``; else a ``ValueError`` saying that
+    ``name`` must be ``allowed`` (default: a non-negative integer, or an integer >= ``minimum``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        if allowed is None:
+            allowed = "a non-negative integer" if minimum == 0 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}={value!r} must be {allowed}.")
+    return int(value)
+
+
+def state_fingerprint(meta: Mapping[str, Any], arrays: Iterable[np.ndarray] = ()) -> str:
+    """SHA-256 of ``meta`` (as sorted JSON) and of the bytes of ``arrays``: what a sampler's state is checked against
+    on resume (the data and the config it was drawn from)."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
+    for arr in arrays:
+        h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()
+
+
+def sampler_state(
+    sampler: Any, version: int, keys: Sequence[str], position: int | None, kind: str | None = None
+) -> dict[str, Any]:
+    """A sampler's JSON-able state: ``version``, its ``kind`` when given, ``position`` (default: the sampler's own),
+    the sampler's attributes ``keys`` (its seed, data size and geometry) and its fingerprint."""
+    return {
+        "version": version,
+        **({"kind": kind} if kind is not None else {}),
+        "position": int(sampler._position if position is None else position),
+        **{key: getattr(sampler, key) for key in keys},
+        "fingerprint": sampler._fingerprint,
+    }
+
+
+def dataset_column(dataset: Any, name: str, compute: Callable[[Any], Any] | None = None) -> np.ndarray:
+    """A numeric column of a ``datasets.Dataset`` (or ``compute`` of it: an Arrow compute function) as numpy,
+    honouring an indices mapping (select/shuffle)."""
+    column = dataset.data.column(name)
+    column = (column if compute is None else compute(column)).to_numpy()
     indices = getattr(dataset, "_indices", None)
     if indices is not None:
         column = column[indices.column(0).to_numpy()]
     return column
+
+
+def curriculum_schedules(
+    config: CurriculumConfig | None, schedule_fns: Mapping[str, Callable[[int], float]] | None = None
+) -> tuple[dict[str, DifficultySchedule], DifficultySchedule | None]:
+    """The schedules of ``config``'s sampling metrics, and apart that of its sequence-length transform (``None``
+    without one); ``schedule_fns`` holds the callables of ``custom`` schedules. No curriculum: ``({}, None)``."""
+    if config is None:
+        return {}, None
+    schedule_fns = schedule_fns or {}
+    names = [m.name for m in config.metrics]
+    unknown = sorted(set(schedule_fns) - set(names))
+    if unknown:
+        raise ValueError(f"schedule_fns has no curriculum metric named {unknown}; configured metrics: {names}.")
+    schedules = {}
+    for m in config.metrics:
+        fn = schedule_fns.get(m.name, m.schedule_fn)
+        if m.name in schedule_fns and m.schedule_type != "custom":
+            raise ValueError(
+                f"schedule_fns[{m.name!r}] is given but curriculum metric {m.name!r} has schedule_type="
+                f"{m.schedule_type!r}; set schedule_type='custom' to use a callable."
+            )
+        if m.schedule_type == "custom" and not callable(fn):
+            raise ValueError(
+                f"curriculum metric {m.name!r} has schedule_type='custom' but no callable: pass "
+                f"schedule_fns={{{m.name!r}: fn}} or set CurriculumMetricConfig.schedule_fn (fn: step -> difficulty)."
+            )
+        schedules[m.name] = DifficultySchedule(
+            m.min_difficulty, m.max_difficulty, m.schedule_type, dict(m.schedule_config), fn
+        )
+    transform = schedules.pop(config.transform.name) if config.transform is not None else None
+    return schedules, transform
+
+
+class CurriculumQueries:
+    """The per-step queries every curriculum-paced draw (map-style or streamed) answers alike, from ``config``, the
+    sampling metrics' ``_pacing``, the transform's ``_transform_schedule`` and the draw's ``_level(step)``."""
+
+    config: CurriculumConfig | None
+    _pacing: DifficultyPacing
+    _transform_schedule: DifficultySchedule | None
+
+    @property
+    def transform(self) -> Any:
+        """The curriculum's sequence-length transform config (``None`` without one)."""
+        return self.config.transform if self.config is not None else None
+
+    def max_tokens_at(self, step: int) -> int | None:
+        """Max tokens per row of the sequence-length transform at 1-based ``step`` (``None`` without one)."""
+        return int(self._transform_schedule(step)) if self._transform_schedule is not None else None
+
+    def difficulty_at(self, step: int) -> dict[str, float]:
+        """``{metric: difficulty}`` used for the batch of 1-based optimizer ``step``.
+
+        Sampling metrics report their effective (running-maximum) difficulty, the seqlen transform its
+        schedule value (max tokens per row).
+        """
+        level = self._level(step)
+        out = {name: diffs[level] for name, diffs in self._pacing.diffs.items()}
+        if self._transform_schedule is not None:
+            out[self.transform.name] = self._transform_schedule(step)
+        return out
 
 
 class EpochStreamSampler(Sampler):
@@ -76,12 +176,10 @@ class EpochStreamSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         """Position the stream at the start of ``epoch`` (``epoch * len(self)``)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch={epoch!r} must be a non-negative integer.")
-        self._position = int(epoch) * self.epoch_length
+        self._position = whole_number(epoch, "epoch") * self.epoch_length
 
 
-class CurriculumSampler(EpochStreamSampler):
+class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
     """Curriculum-learning sampler: the batch of optimizer step ``k`` holds only samples eligible at step ``k``.
 
     Args:
@@ -133,26 +231,14 @@ class CurriculumSampler(EpochStreamSampler):
                 f"curriculum_config must be a CurriculumConfig, got {type(curriculum_config).__name__} "
                 "(use DataEfficiencyConfig.from_deepspeed(...).curriculum)."
             )
-        for name, value in (
-            ("batch_size", batch_size),
-            ("world_size", world_size),
-            ("gradient_accumulation_steps", gradient_accumulation_steps),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1.")
-        seed = curriculum_config.seed if seed is None else seed
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed={seed!r} must be a non-negative integer.")
+        self.batch_size = whole_number(batch_size, "batch_size", 1)
+        self.world_size = whole_number(world_size, "world_size", 1)
+        self.gradient_accumulation_steps = whole_number(gradient_accumulation_steps, "gradient_accumulation_steps", 1)
+        self.seed = whole_number(curriculum_config.seed if seed is None else seed, "seed")
         self.config = curriculum_config
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
-        self.world_size = int(world_size)
-        self.gradient_accumulation_steps = int(gradient_accumulation_steps)
         self.global_batch_size = self.batch_size * self.world_size * self.gradient_accumulation_steps
 
-        self._schedules = self._make_schedules(curriculum_config, schedule_fns or {})
-        transform = curriculum_config.transform
-        self._transform_schedule = self._schedules.pop(transform.name) if transform is not None else None
+        schedules, self._transform_schedule = curriculum_schedules(curriculum_config, schedule_fns)
         if return_max_tokens and self._transform_schedule is None:
             raise ValueError(
                 "return_max_tokens=True needs a seqlen_truncate or seqlen_reshape metric in the curriculum config; "
@@ -171,9 +257,16 @@ class CurriculumSampler(EpochStreamSampler):
         self.epoch_length = n // self.global_batch_size * self.global_batch_size
         self.block_steps = max(1, _DRAWS_PER_BLOCK // self.global_batch_size)
         self._index_dtype = np.int32 if n < 2**31 else np.int64
-        self._fingerprint = self._compute_fingerprint()
+        meta = {
+            "version": STATE_VERSION,
+            "num_samples": self.num_samples,
+            "global_batch_size": self.global_batch_size,
+            "block_steps": self.block_steps,
+            "metrics": [m.to_dict() for m in self.config.sampling_metrics],
+        }
+        self._fingerprint = state_fingerprint(meta, (self._values[name] for name in sorted(self._values)))
 
-        self._pacing = DifficultyPacing(self._schedules)
+        self._pacing = DifficultyPacing(schedules)
         self._pacing.extend(self.block_steps)
         self._order = np.empty(n, dtype=self._index_dtype)
         self._walk = np.empty(n, dtype=self._index_dtype)
@@ -192,32 +285,6 @@ class CurriculumSampler(EpochStreamSampler):
         )
 
     # ------------------------------------------------------------------ construction
-    @staticmethod
-    def _make_schedules(
-        config: CurriculumConfig, schedule_fns: Mapping[str, Callable[[int], float]]
-    ) -> dict[str, DifficultySchedule]:
-        names = [m.name for m in config.metrics]
-        unknown = sorted(set(schedule_fns) - set(names))
-        if unknown:
-            raise ValueError(f"schedule_fns has no curriculum metric named {unknown}; configured metrics: {names}.")
-        schedules = {}
-        for m in config.metrics:
-            fn = schedule_fns.get(m.name, m.schedule_fn)
-            if m.name in schedule_fns and m.schedule_type != "custom":
-                raise ValueError(
-                    f"schedule_fns[{m.name!r}] is given but curriculum metric {m.name!r} has schedule_type="
-                    f"{m.schedule_type!r}; set schedule_type='custom' to use a callable."
-                )
-            if m.schedule_type == "custom" and not callable(fn):
-                raise ValueError(
-                    f"curriculum metric {m.name!r} has schedule_type='custom' but no callable: pass "
-                    f"schedule_fns={{{m.name!r}: fn}} or set CurriculumMetricConfig.schedule_fn (fn: step -> difficulty)."
-                )
-            schedules[m.name] = DifficultySchedule(
-                m.min_difficulty, m.max_difficulty, m.schedule_type, dict(m.schedule_config), fn
-            )
-        return schedules
-
     def _read_metrics(self, metric_values: Any, num_samples: int | None) -> dict[str, np.ndarray]:
         is_dataset = hasattr(metric_values, "column_names") and hasattr(metric_values, "data")
         if not is_dataset and not isinstance(metric_values, Mapping):
@@ -260,20 +327,6 @@ class CurriculumSampler(EpochStreamSampler):
             raise ValueError(f"the dataset is empty (num_samples={num_samples}); it needs at least one sample.")
         self.num_samples = int(num_samples)
         return values
-
-    def _compute_fingerprint(self) -> str:
-        h = hashlib.sha256()
-        meta = {
-            "version": STATE_VERSION,
-            "num_samples": self.num_samples,
-            "global_batch_size": self.global_batch_size,
-            "block_steps": self.block_steps,
-            "metrics": [m.to_dict() for m in self.config.sampling_metrics],
-        }
-        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-        for name in sorted(self._values):
-            h.update(np.ascontiguousarray(self._values[name]).data)
-        return h.hexdigest()
 
     def _build_clusters(self) -> None:
         """Group the samples by cluster into ``self._order`` (a chunked, stable counting sort)."""
@@ -334,11 +387,6 @@ class CurriculumSampler(EpochStreamSampler):
 
     # ------------------------------------------------------------------ public queries
     @property
-    def transform(self) -> Any:
-        """The sequence-length transform config (``None`` without one)."""
-        return self.config.transform
-
-    @property
     def cluster_sizes(self) -> list[int]:
         """Sizes of the clusters known so far, in creation order (empty ones included)."""
         return self._sizes.tolist()
@@ -360,24 +408,6 @@ class CurriculumSampler(EpochStreamSampler):
         self._ensure_horizon(step)
         return int(np.searchsorted(self._steps, step, side="right")) - 1
 
-    def difficulty_at(self, step: int) -> dict[str, float]:
-        """``{metric: difficulty}`` used for the batch of 1-based optimizer ``step``.
-
-        Sampling metrics report their effective (running-maximum) difficulty, the seqlen transform its
-        schedule value (max tokens per row).
-        """
-        level = self._level(step)
-        out = {name: diffs[level] for name, diffs in self._pacing.diffs.items()}
-        if self._transform_schedule is not None:
-            out[self.config.transform.name] = self._transform_schedule(step)
-        return out
-
-    def max_tokens_at(self, step: int) -> int | None:
-        """Max tokens per row of the seqlen transform at ``step`` (None without a transform)."""
-        if self._transform_schedule is None:
-            return None
-        return int(self._transform_schedule(step))
-
     def num_eligible(self, step: int) -> int:
         """Number of samples eligible at ``step``."""
         return int(self._cum[self._level(step)])
@@ -385,12 +415,9 @@ class CurriculumSampler(EpochStreamSampler):
     def step_indices(self, step: int) -> list:
         """The global batch of 1-based optimizer ``step`` (``G`` entries, as ``__iter__`` yields them), without moving
         the stream position: every entry is eligible at ``step``."""
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
-            raise ValueError(f"step={step!r} must be a 1-based optimizer step (an integer >= 1).")
-        g, per_block = self.global_batch_size, self.block_steps * self.global_batch_size
-        start = (int(step) - 1) * g
-        block = start // per_block
-        offset = start - block * per_block
+        step = whole_number(step, "step", 1, STEP_ALLOWED)
+        g = self.global_batch_size
+        block, offset = divmod((step - 1) * g, self.block_steps * g)
         return self._block_indices(block)[offset : offset + g]
 
     # ------------------------------------------------------------------ stream
@@ -415,14 +442,6 @@ class CurriculumSampler(EpochStreamSampler):
             self._consumed += np.bincount(draws.ravel(), minlength=len(self._consumed))
             self._draw_block += 1
 
-    def _load_shuffle(self, cluster: int, wrap: int) -> None:
-        if self._wrap[cluster] != wrap:
-            start = self._offsets[cluster]
-            seg = self._walk[start : start + self._sizes[cluster]]
-            seg[:] = self._order[start : start + self._sizes[cluster]]
-            np.random.default_rng([self.seed, _RNG_WALK, cluster, wrap]).shuffle(seg)
-            self._wrap[cluster] = wrap
-
     def _take(self, cluster: int, start: int, count: int) -> np.ndarray:
         """Walk positions ``start ... start + count - 1`` of ``cluster`` (wrapping onto fresh shuffles)."""
         size, offset = int(self._sizes[cluster]), int(self._offsets[cluster])
@@ -431,7 +450,11 @@ class CurriculumSampler(EpochStreamSampler):
         first, last = start // size, (start + count - 1) // size
         pieces = []
         for wrap in range(first, last + 1):
-            self._load_shuffle(cluster, wrap)
+            if self._wrap[cluster] != wrap:  # shuffle the cluster's walk buffer for this wrap
+                seg = self._walk[offset : offset + size]
+                seg[:] = self._order[offset : offset + size]
+                np.random.default_rng([self.seed, _RNG_WALK, cluster, wrap]).shuffle(seg)
+                self._wrap[cluster] = wrap
             lo = start - wrap * size if wrap == first else 0
             hi = min(size, start + count - wrap * size)
             piece = self._walk[offset + lo : offset + hi]
@@ -466,42 +489,28 @@ class CurriculumSampler(EpochStreamSampler):
         return out
 
     def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
-        start = self._position
-        end = (start // self.epoch_length + 1) * self.epoch_length
+        end = (self._position // self.epoch_length + 1) * self.epoch_length
         per_block = self.block_steps * self.global_batch_size
-        position = start
-        while position < end:
-            block = position // per_block
-            items = self._block_indices(block)
-            base = block * per_block
-            for i in range(position - base, min(end - base, per_block)):
-                self._position = base + i + 1
-                yield items[i]
-            position = self._position
+        while self._position < end:
+            block, offset = divmod(self._position, per_block)
+            for item in self._block_indices(block)[offset : min(end - block * per_block, per_block)]:
+                self._position += 1
+                yield item
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self, position: int | None = None) -> dict[str, Any]:
         """JSON-able state. ``position`` overrides the yielded count, e.g. ``completed_steps * global_batch_size``
         when a prefetching DataLoader has run the sampler ahead of training."""
-        return {
-            "version": STATE_VERSION,
-            "position": int(self._position if position is None else position),
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "global_batch_size": self.global_batch_size,
-            "fingerprint": self._fingerprint,
-        }
+        return sampler_state(self, STATE_VERSION, _STATE_KEYS[2:-1], position)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the stream of ``state``: the next iteration starts at its position and runs to that epoch's end."""
-        missing = sorted(
-            {"version", "position", "seed", "num_samples", "global_batch_size", "fingerprint"} - set(state)
-        )
+        missing = sorted(set(_STATE_KEYS) - set(state))
         if missing:
             raise ValueError(f"sampler state is missing the key(s) {missing}.")
         if state["version"] != STATE_VERSION:
             raise ValueError(f"sampler state version={state['version']} is not supported; allowed: {STATE_VERSION}.")
-        for key in ("seed", "num_samples", "global_batch_size"):
+        for key in _STATE_KEYS[2:-1]:
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"sampler state has {key}={state[key]} but this sampler has {key}={getattr(self, key)}; "
@@ -512,7 +521,4 @@ class CurriculumSampler(EpochStreamSampler):
                 "sampler state fingerprint does not match: the metric values or curriculum config changed since "
                 "the checkpoint; resume with the same dataset metrics and config."
             )
-        position = state["position"]
-        if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or position < 0:
-            raise ValueError(f"sampler state position={position!r} must be a non-negative integer.")
-        self._position = int(position)
+        self._position = whole_number(state["position"], "sampler state position")

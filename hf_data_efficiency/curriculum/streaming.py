@@ -50,6 +50,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -63,7 +64,11 @@ from transformers.utils import logging
 
 from .._validation import check_state_int, check_state_keys
 from ..config import CurriculumConfig, StreamingConfig
+from . import metrics
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array, percentile_count
+from .index import load_metric, metric_paths
+from .mixing import mixed_order, unknown_group_error
+from .sampler import CurriculumQueries, curriculum_schedules
 from .transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
 
 logger = logging.get_logger(__name__)
@@ -111,9 +116,8 @@ def _arrow_reader(source: Any) -> Any:
     from datasets.features.features import require_decoding
 
     features = getattr(source, "features", None)
-    if not isinstance(source, datasets.IterableDataset) or getattr(source, "_formatting", None) is not None:
-        return source
-    if features is None or any(require_decoding(f) for f in features.values()):
+    plain = isinstance(source, datasets.IterableDataset) and getattr(source, "_formatting", None) is None
+    if not plain or features is None or any(require_decoding(f) for f in features.values()):
         return source
     return source.with_format("arrow")
 
@@ -206,8 +210,6 @@ class StepCandidates:
         stream = self._stream
         if stream.mixer is None:
             return eligible
-        from .mixing import mixed_order
-
         slots = stream.mixer.stream_slot_groups(self.step, eligible.size, stream.rank)
         return mixed_order(slots, eligible, stream._groups[eligible])
 
@@ -290,14 +292,12 @@ class _ChunkMetrics:
 
     @property
     def needs_counts(self) -> bool:
-        from .metrics import get_curriculum_metric, is_registered_metric
-
-        return any(is_registered_metric(n) and get_curriculum_metric(n).needs_token_counts for n in self.names)
+        return any(
+            metrics.is_registered_metric(n) and metrics.get_curriculum_metric(n).needs_token_counts for n in self.names
+        )
 
     def set_counts(self, counts: np.ndarray) -> None:
-        from .metrics import neg_log_probs
-
-        neg_log_prob, self.log_total = neg_log_probs(counts)
+        neg_log_prob, self.log_total = metrics.neg_log_probs(counts)
         self.neg_log_prob = np.append(neg_log_prob, self.log_total)  # ids past the counts: count 1 (mode="clip")
 
     def token_table(self, rows: list[Mapping[str, Any]], table: pa.Table | None) -> tuple[pa.Table, str | None]:
@@ -326,19 +326,15 @@ class _ChunkMetrics:
 
     def counts(self, rows: list[Mapping[str, Any]], table: pa.Table | None = None) -> np.ndarray:
         """Token counts over a chunk (the warm-up estimate of ``vocab_rarity``'s counts)."""
-        from .metrics import _count_batch, _sum_sparse
-
         table, mask = self.token_table(rows, table)
-        sparse = _count_batch(table, self.input_column, mask, self.pad_token_id)
-        return _sum_sparse(
+        sparse = metrics._count_batch(table, self.input_column, mask, self.pad_token_id)
+        return metrics._sum_sparse(
             np.asarray(sparse.column("token_id")[0].as_py(), dtype=np.int64),
             np.asarray(sparse.column("count")[0].as_py(), dtype=np.int64),
         )
 
     def __call__(self, rows: list[Mapping[str, Any]], table: pa.Table | None = None) -> dict[str, np.ndarray]:
         """Each metric's values over a chunk of ``rows`` (``table``: the same chunk as Arrow, when read as one)."""
-        from .metrics import _metrics_batch, get_curriculum_metric, is_registered_metric
-
         out: dict[str, np.ndarray] = {}
         to_compute = []
         for name in self.names:
@@ -346,15 +342,13 @@ class _ChunkMetrics:
                 out[name] = metric_array(table.column(name).to_numpy(), f"streamed sample field {name!r}")
             elif table is None and all(name in r for r in rows):
                 out[name] = metric_array([_plain(r[name]) for r in rows], f"streamed sample field {name!r}")
-            elif is_registered_metric(name):
-                to_compute.append(get_curriculum_metric(name))
+            elif metrics.is_registered_metric(name):
+                to_compute.append(metrics.get_curriculum_metric(name))
             else:
-                from .metrics import registered_metrics
-
                 fields = table.column_names if table is not None else sorted(rows[0])
                 raise ValueError(
                     f"curriculum metric {name!r} is neither a field of the streamed samples (fields: {fields}) nor a "
-                    f"registered metric ({', '.join(registered_metrics())})."
+                    f"registered metric ({', '.join(metrics.registered_metrics())})."
                 )
         if to_compute:
             if any(m.inputs == "batch" for m in to_compute):
@@ -365,7 +359,7 @@ class _ChunkMetrics:
                 table, mask = self.token_table(rows, table)
             if any(m.needs_token_counts for m in to_compute) and self.neg_log_prob is None:
                 raise RuntimeError("token counts are not known yet")  # the warm-up runs first
-            computed = _metrics_batch(
+            computed = metrics._metrics_batch(
                 table, tuple(to_compute), self.input_column, mask, self.pad_token_id, self.neg_log_prob, self.log_total
             )
             for m in to_compute:
@@ -373,7 +367,7 @@ class _ChunkMetrics:
         return out
 
 
-class StreamingCurriculum(torch.utils.data.IterableDataset):
+class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
     """A curriculum over a stream: yields, for each optimizer step, this process's share of one global batch, each
     sample eligible at that step and tagged like map-style samples (see the module docstring).
 
@@ -419,8 +413,6 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         mixing_column: str | None = None,
         tag_groups: bool = False,
     ) -> None:
-        from .sampler import CurriculumSampler
-
         self.config = curriculum
         self.streaming = (curriculum.streaming if curriculum is not None else None) or StreamingConfig()
         self.mixer, self.mixing_column, self.tag_groups = mixer, mixing_column, bool(tag_groups)
@@ -458,9 +450,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         # whole chunks are read, and one always fits once the samples not eligible are evicted
         self._chunk = min(self.streaming.chunk_size, self.streaming.buffer_size - self.local_batch_size + 1)
 
-        schedules = CurriculumSampler._make_schedules(curriculum, schedule_fns or {}) if curriculum is not None else {}
-        transform = curriculum.transform if curriculum is not None else None
-        self._transform_schedule = schedules.pop(transform.name) if transform is not None else None
+        schedules, self._transform_schedule = curriculum_schedules(curriculum, schedule_fns)
         self._metrics = filtering_metrics(curriculum.sampling_metrics) if curriculum is not None else []
         self._value_metrics = [m for m in self._metrics if m.difficulty_type == "value"]
         self._pct_metrics = [m for m in self._metrics if m.difficulty_type == "percentile"]
@@ -468,18 +458,18 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         self._pacing.extend(1)
         self._measure = _ChunkMetrics([m.name for m in self._metrics], input_column, pad_token_id)
         self._references = self._read_references()
-        if token_counts is not None:
-            self._counts: np.ndarray | None = np.asarray(token_counts, dtype=np.int64)
-        else:
-            self._counts = self._read_counts()
+        self._counts: np.ndarray | None = (
+            np.asarray(token_counts, dtype=np.int64) if token_counts is not None else self._read_counts()
+        )
         if self._counts is not None and self._measure.needs_counts:
             self._measure.set_counts(self._counts)
-        needs_warmup = (self._measure.needs_counts and self._counts is None) or any(
-            m.name not in self._references for m in self._pct_metrics
-        )
-        self._warmup = self.streaming.warmup_samples if needs_warmup else 0
-        if needs_warmup:
-            self._check_warmup()
+        # the metrics that need the warm-up prefix: for a percentile reference, or for token counts
+        needs = [m.name for m in self._pct_metrics if m.name not in self._references]
+        if self._measure.needs_counts and self._counts is None:
+            needs += [n for n in self._measure.names if n not in needs]
+        self._warmup = self.streaming.warmup_samples if needs else 0
+        if needs:
+            self._check_warmup(needs)
         self._thresholds: dict[str, np.ndarray] = {}
         self._update_thresholds()
 
@@ -493,7 +483,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         self._step = 0  # steps emitted
         self._iterator: Iterator[Any] | None = None
         self._exhausted = False
-        self._warmed_up = not needs_warmup
+        self._warmed_up = not needs
         self._pending_source_state: Any = None
         self._snapshots: deque[_Snapshot] = deque(maxlen=SNAPSHOT_STEPS)
         self._released: deque[tuple[int, list[int]]] = deque()  # (step, ids) that left the buffer at that step
@@ -502,8 +492,6 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
     # ------------------------------------------------------------------ setup
     def _read_references(self) -> dict[str, np.ndarray]:
         """Sorted reference values of the percentile metrics found in ``metrics_dir`` (``<metric>.npy``)."""
-        from .index import load_metric, metric_paths
-
         refs = {}
         folder = self.streaming.metrics_dir
         for m in self._pct_metrics:
@@ -512,11 +500,8 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         return refs
 
     def _read_counts(self) -> np.ndarray | None:
-        import os
-
         folder = self.streaming.metrics_dir
-        path = os.path.join(folder, COUNTS_FILE) if folder is not None else None
-        if path is None or not os.path.isfile(path):
+        if folder is None or not os.path.isfile(path := os.path.join(folder, COUNTS_FILE)):
             return None
         counts = np.load(path, allow_pickle=False)
         if counts.ndim != 1 or counts.dtype.kind not in "iu" or (counts < 0).any():
@@ -525,10 +510,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             )
         return counts.astype(np.int64)
 
-    def _check_warmup(self) -> None:
-        needs = [m.name for m in self._pct_metrics if m.name not in self._references]
-        if self._measure.needs_counts and self._counts is None:
-            needs += [n for n in self._measure.names if n not in needs]
+    def _check_warmup(self, needs: list[str]) -> None:
         field = "curriculum.streaming.warmup_samples"
         if self.streaming.warmup_samples == 0:
             raise ValueError(
@@ -571,17 +553,9 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
     def buffered(self) -> int:
         return int(self._ids.size)
 
-    def max_tokens_at(self, step: int) -> int | None:
-        """The sequence-length transform's max tokens per row at 1-based ``step`` (``None`` without one)."""
-        return int(self._transform_schedule(step)) if self._transform_schedule is not None else None
-
-    def difficulty_at(self, step: int) -> dict[str, float]:
-        """``{metric: difficulty}`` of the batch of 1-based optimizer ``step`` (as ``CurriculumSampler``)."""
-        level = int(self._pacing.levels_at([step])[0])
-        out = {name: diffs[level] for name, diffs in self._pacing.diffs.items()}
-        if self._transform_schedule is not None:
-            out[self.config.transform.name] = self._transform_schedule(step)
-        return out
+    def _level(self, step: int) -> int:
+        """The level in force at 1-based ``step`` (not re-bucketing the buffer: see :meth:`_level_at`)."""
+        return int(self._pacing.levels_at([step])[0])
 
     def stream_logs(self, step: int) -> dict[str, int]:
         """Buffer size and counts (summed over processes by the caller) after ``step``."""
@@ -634,8 +608,6 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         """The mixing group id of each of ``rows`` (zeros without mixing)."""
         if self.mixer is None:
             return np.zeros(len(rows), dtype=np.int64)
-        from .mixing import unknown_group_error
-
         out = np.empty(len(rows), dtype=np.int64)
         for i, row in enumerate(rows):
             if self.mixing_column not in row:
@@ -694,21 +666,16 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             if rows:
                 self._admit(rows, v)
 
-    def _read_chunk(self) -> None:
-        rows, table = self._next_chunk()
-        if rows:
-            self._admit(rows, self._measure(rows, table))
+    def _drop(self, positions: np.ndarray) -> None:
+        self._release(self._ids[positions].tolist())
+        self._remove(positions)
 
-    def _drop(self, mask: np.ndarray) -> None:
-        self._release(self._ids[mask].tolist())
-        self._remove(mask)
-
-    def _remove(self, mask: np.ndarray) -> None:
-        keep = ~mask
+    def _remove(self, positions: np.ndarray) -> None:
+        keep = np.ones(self._ids.size, dtype=bool)
+        keep[positions] = False
         self._ids, self._levels, self._sizes = self._ids[keep], self._levels[keep], self._sizes[keep]
         self._groups = self._groups[keep]
-        for name in self._values:
-            self._values[name] = self._values[name][keep]
+        self._values = {name: values[keep] for name, values in self._values.items()}
 
     def _evict_hardest(self, level: int, count: int) -> None:
         """Drop up to ``count`` buffered samples not eligible at ``level``: highest level first, newest first."""
@@ -716,21 +683,19 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         if count < candidates.size:  # the `count` largest (level, id) keys, in linear time
             keys = (self._levels[candidates] << 40) + self._ids[candidates]
             candidates = candidates[np.argpartition(keys, keys.size - count)[keys.size - count :]]
-        mask = np.zeros(self._ids.size, dtype=bool)
-        mask[candidates] = True
         if self.counters.dropped == 0:
             logger.warning(
                 f"streaming curriculum: the buffer (curriculum.streaming.buffer_size={self.streaming.buffer_size}) "
                 "is full of samples not yet eligible; dropping the hardest (counted as curriculum/stream_dropped). "
                 "Use a larger buffer, or buffer_full='hold' to keep them."
             )
-        self.counters.dropped += int(mask.sum())
-        self._drop(mask)
+        self.counters.dropped += int(candidates.size)
+        self._drop(candidates)
 
     # ------------------------------------------------------------------ steps
     def _level_at(self, step: int) -> int:
         known = len(self._pacing.steps)
-        level = int(self._pacing.levels_at([step])[0])
+        level = self._level(step)
         if len(self._pacing.steps) != known:  # new levels (custom schedules): re-bucket
             self._update_thresholds()
             self._levels = self._level_of(self._values, self._ids.size) if self._ids.size else self._levels
@@ -754,14 +719,10 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
                     "to drop; allowed: a larger buffer_size, or buffer_full 'drop' or 'hold'."
                 )
             self._evict_hardest(level, self._chunk - room)
-        self._read_chunk()
+        rows, table = self._next_chunk()
+        if rows:
+            self._admit(rows, self._measure(rows, table))
         return True
-
-    def _select(self, step: int) -> Picked | None:
-        """This process's part of ``step``, chosen by the selection hook (``None``: no full step is left)."""
-        if not self._warmed_up:
-            self._warm_up()
-        return self.selection.select(StepCandidates(self, step, self._level_at(step)))
 
     def _snapshot(self) -> _Snapshot:
         state = self._reader.state_dict() if self.checkpointable and self._iterator is not None else None
@@ -789,9 +750,12 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
                 f"dataloader_num_workers={info.num_workers}: a streaming curriculum reads its stream in the training "
                 "process, which checkpoints its state and agrees with the other processes on the end; allowed: 0."
             )
+        if not self._warmed_up:
+            self._warm_up()
         while True:
             step = self._step + 1
-            picked = self._select(step)
+            # this process's part of the step, chosen by the selection hook (None: no full step is left)
+            picked = self.selection.select(StepCandidates(self, step, self._level_at(step)))
             local = picked.totals if picked is not None else [0] * len(self.selection.total_names)
             ended, *totals = sum_over_processes([int(picked is None), *local], self.device)
             if ended:  # some process cannot fill the step: every process ends here
@@ -801,15 +765,11 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             served = np.concatenate(picked.groups)
             tags = self._groups[served].tolist() if self.tag_groups else None
             self._check_mixture(step, served)
-            ids = self._take(step, served)
-            groups, start = [], 0
-            for group in picked.groups:
-                end = start + len(group)
-                samples = [self._samples[i] for i in ids[start:end]]
-                if tags is not None:
-                    samples = [{**sample, GROUP_KEY: g} for sample, g in zip(samples, tags[start:end])]
-                groups.append(samples)
-                start = end
+            samples = [self._samples[i] for i in self._take(step, served)]
+            if tags is not None:
+                samples = [{**sample, GROUP_KEY: g} for sample, g in zip(samples, tags)]
+            rest = iter(samples)
+            groups = [list(itertools.islice(rest, len(group))) for group in picked.groups]
             yield from self.selection.items(step, groups, self.max_tokens_at(step))
 
     def _check_mixture(self, step: int, served: np.ndarray) -> None:
@@ -834,12 +794,9 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
     def _take(self, step: int, picked: np.ndarray) -> list[int]:
         """Serve the buffer positions ``picked`` as ``step``: remove them, count them, record the step's state;
         returns their ids."""
-        level = int(self._pacing.levels_at([step])[0])
-        early = int((self._levels[picked] > level).sum())
+        early = int((self._levels[picked] > self._level(step)).sum())
         ids = self._ids[picked].tolist()
-        mask = np.zeros(self._ids.size, dtype=bool)
-        mask[picked] = True
-        self._remove(mask)
+        self._remove(picked)
         self.counters.served += len(ids)
         self.counters.admitted_early += early
         self._release(ids)
@@ -851,7 +808,7 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
         """The processes agreed that the stream is over: drop (and count) the last partial step."""
         if self._ids.size:
             self.counters.dropped += int(self._ids.size)
-            self._drop(np.ones(self._ids.size, dtype=bool))
+            self._drop(np.arange(self._ids.size))
         self._snapshots.append(self._snapshot())
 
     # ------------------------------------------------------------------ checkpointing
@@ -895,7 +852,9 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             "token_counts": self._sparse_counts(),
             "references": {name: ref.tolist() for name, ref in self._references.items()},
             "warmed_up": self._warmed_up or step > 0,
-            "buffer": [{"id": int(i), "sample": self._json_sample(i)} for i in snap.ids.tolist()],
+            "buffer": [
+                {"id": i, "sample": {k: _plain(v) for k, v in self._samples[i].items()}} for i in snap.ids.tolist()
+            ],
         }
 
     def _sparse_counts(self) -> dict[str, list[int]] | None:
@@ -903,9 +862,6 @@ class StreamingCurriculum(torch.utils.data.IterableDataset):
             return None
         ids = np.flatnonzero(self._counts)
         return {"ids": ids.tolist(), "counts": self._counts[ids].tolist(), "size": int(self._counts.size)}
-
-    def _json_sample(self, i: int) -> dict[str, Any]:
-        return {k: _plain(v) for k, v in self._samples[i].items()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue after the step of ``state`` (before iterating); a changed setup or source raises."""
