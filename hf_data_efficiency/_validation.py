@@ -281,17 +281,22 @@ def deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def read_json(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def read_json(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int = MAX_JSON_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+    parse: Callable[[str], Any] = json.loads,
+) -> Any:
     """The JSON value stored in ``path`` (UTF-8 text of at most ``max_bytes`` bytes, nested at most ``max_depth``
     levels). Anything else, or a file that cannot be opened, raises :class:`UnreadableFileError` naming the file and
-    the reason (too large, the offending byte, the JSON error and its line, the nesting limit)."""
+    the reason (too large, the offending byte, the JSON error and its line, the nesting limit). ``parse`` reads the
+    text (config files may be YAML); it may raise :class:`UnreadableFileError` itself."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > max_bytes:
-                raise UnreadableFileError(
-                    path, f"{size} bytes; allowed: at most {max_bytes} bytes for a JSON state file"
-                )
+                raise UnreadableFileError(path, f"{size} bytes; allowed: at most {max_bytes} bytes")
             raw = f.read()
     except OSError as e:
         raise UnreadableFileError(path, f"cannot be read ({e.strerror or e})") from None
@@ -299,11 +304,11 @@ def read_json(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_BYTES, max_d
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UnreadableFileError(
-            path, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); JSON files must be UTF-8"
+            path, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); the file must be UTF-8"
         ) from None
     too_deep = f"nested more than {max_depth} levels deep; allowed: at most {max_depth} levels"
     try:
-        data = json.loads(text)
+        data = parse(text)
     except json.JSONDecodeError as e:
         raise UnreadableFileError(path, f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except RecursionError:  # the parser gives up far deeper than max_depth

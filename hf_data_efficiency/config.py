@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from transformers.utils import logging
 
 from ._validation import (
+    UnreadableFileError,
     check_bool,
     check_fields,
     check_int,
@@ -33,10 +34,10 @@ from ._validation import (
     check_list,
     check_number,
     check_str,
-    deeper_than,
     did_you_mean,
     expect_mapping,
     from_mapping,
+    read_json,
     setting,
 )
 from .fileio import atomic_write_text
@@ -1180,40 +1181,25 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a JSON or YAML config file into a dict, with bounded size, nesting and no YAML aliases.
 
     Malformed files, aliases, a nesting deeper than ``MAX_CONFIG_DEPTH`` or a top level that is not a mapping
-    give a ``ValueError`` naming the file (and the line where the parser knows it).
+    give a ``ValueError`` naming the file (and the line where the parser knows it), read as state files are
+    (:func:`~hf_data_efficiency._validation.read_json`).
     """
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file not found: {path}.")
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path} is {size} bytes; config files are limited to {MAX_CONFIG_BYTES} bytes.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); config files must be UTF-8 JSON or YAML."
-        ) from None
-    too_deep = f"{path} is nested too deeply; config files are limited to {MAX_CONFIG_DEPTH} levels."
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
-        else:
-            data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: not valid JSON: {e.msg}.") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ValueError(f"{path}: {line}not valid YAML: {getattr(e, 'problem', None) or e}.") from None
-    except ValueError as e:  # aliases
-        raise ValueError(f"{path}: {e}") from None
-    except RecursionError:
-        raise ValueError(too_deep) from None
+    def parse_yaml(text: str) -> Any:
+        try:
+            return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f"line {mark.line + 1}: " if mark is not None else ""
+            raise UnreadableFileError(path, f"{line}not valid YAML: {getattr(e, 'problem', None) or e}") from None
+        except ValueError as e:  # aliases
+            raise UnreadableFileError(path, str(e)) from None
+
+    yaml_file = Path(path).suffix in (".yaml", ".yml")
+    data = read_json(
+        path, max_bytes=MAX_CONFIG_BYTES, max_depth=MAX_CONFIG_DEPTH, parse=parse_yaml if yaml_file else json.loads
+    )
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON/YAML object at the top level, got {type(data).__name__}.")
-    if deeper_than(data, MAX_CONFIG_DEPTH):
-        raise ValueError(too_deep)
     return data

@@ -253,6 +253,18 @@ class ResumeError(ValueError):
     """A checkpoint's data-efficiency state cannot be resumed from exactly."""
 
 
+def load_sampler_state(sampler: Any, state: Mapping[str, Any], global_step: int) -> None:
+    """Load a curriculum sampler's ``state`` saved after ``global_step`` optimizer steps (``load_state_dict`` checks
+    the seed, data, batch geometry and metric fingerprint); its position must be ``global_step`` global batches."""
+    sampler.load_state_dict(state)
+    expected = global_step * sampler.global_batch_size
+    if state["position"] != expected:
+        raise ValueError(
+            f"sampler.position={state['position']!r} disagrees with global_step={global_step} x global batch "
+            f"{sampler.global_batch_size} = {expected}."
+        )
+
+
 class DataEfficiencyEngine:
     """Curriculum learning and random-LTD for one training run (see the module docstring).
 
@@ -1179,13 +1191,7 @@ class DataEfficiencyEngine:
                     f"{state['global_step']} (online weights are saved after every step's losses)."
                 )
             if self.sampler is not None:
-                self.sampler.load_state_dict(state["sampler"])  # checks seed, data, batch geometry, fingerprint
-                expected = state["global_step"] * self.sampler.global_batch_size
-                if state["sampler"]["position"] != expected:
-                    raise ValueError(
-                        f"sampler.position={state['sampler']['position']!r} disagrees with global_step="
-                        f"{state['global_step']} x global batch {self.sampler.global_batch_size} = {expected}."
-                    )
+                load_sampler_state(self.sampler, state["sampler"], state["global_step"])
             if self.token_selection is not None:
                 self.token_selection.check_state(state["token_selection"], "token_selection")
             if self.mixer is not None:

@@ -361,19 +361,16 @@ class DataEfficiencyTrainingArguments(TrainingArguments):
             check_list(self.curriculum_metrics, "--curriculum_metrics", check_str, nonempty=True)
         if self.curriculum_metrics_num_proc is not None:
             check_int(self.curriculum_metrics_num_proc, "--curriculum_metrics_num_proc", minimum=1)
-        if isinstance(self.mixing_weights, str):
-            try:
-                self.mixing_weights = json.loads(self.mixing_weights)
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f'--mixing_weights is not valid JSON: {e}; allowed: an object such as \'{{"web": 2, "code": 1}}\'.'
-                ) from None
-        src = self.data_efficiency_config
-        if isinstance(src, str) and src.lstrip().startswith("{"):  # before TrainingArguments parses it bare
-            try:
-                self.data_efficiency_config = json.loads(src)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--data_efficiency_config is not valid JSON: {e}.") from None
+        for name in ("mixing_weights", "data_efficiency_config"):  # before TrainingArguments parses a JSON one bare
+            value = getattr(self, name)
+            if isinstance(value, str) and (name == "mixing_weights" or value.lstrip().startswith("{")):
+                try:
+                    setattr(self, name, json.loads(value))
+                except json.JSONDecodeError as e:
+                    example = ' such as \'{"web": 2, "code": 1}\'' if name == "mixing_weights" else " or a file path"
+                    raise ValueError(
+                        f"--{name}={value!r} is not valid JSON: {e}; allowed: a JSON object{example}."
+                    ) from None
         if isinstance(self.data_efficiency_config, DataEfficiencyConfig):
             cfg = self.data_efficiency_config
             if cfg.curriculum is not None and any(m.schedule_fn is not None for m in cfg.curriculum.metrics):

@@ -294,9 +294,9 @@ def test_misspelled_block_under_deepspeed_warns_as_from_deepspeed_does(tmp_path)
 def test_non_utf8_config_file_is_named(tmp_path):
     path = tmp_path / "de.json"
     path.write_bytes(b'{"seed": 1, "random_ltd": "\xff\xfe"}')
-    with pytest.raises(ValueError, match=r"de\.json is not UTF-8 text.*config files must be UTF-8"):
+    with pytest.raises(ValueError, match=r"de\.json: not UTF-8 text.*must be UTF-8"):
         hfde.DataEfficiencyConfig.load(str(path))
-    with pytest.raises(ValueError, match=r"de\.json is not UTF-8"):
+    with pytest.raises(ValueError, match=r"de\.json: not UTF-8"):
         hfde.DataEfficiencyTrainingArguments(output_dir=str(tmp_path), report_to=[], data_efficiency_config=str(path))
 
 

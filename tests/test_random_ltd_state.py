@@ -157,7 +157,7 @@ def test_handle_without_scheduler_refuses_a_scheduler_state():
     handle = make_handle()
     state = handle.state_dict()
     handle.scheduler = None
-    with pytest.raises(ValueError, match="has a scheduler state, but this handle has no scheduler"):
+    with pytest.raises(ValueError, match="scheduler=a scheduler state, but this handle has no scheduler"):
         handle.load_state_dict(state)
     handle.load_state_dict({**state, "scheduler": None, "kept_length": 5})
     assert handle.kept_length == 5

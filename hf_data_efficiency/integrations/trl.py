@@ -48,7 +48,7 @@ from ..curriculum.generation_groups import (
     PassRateTracker,
 )
 from ..curriculum.transforms import CurriculumDataset
-from ..engine import TrainLoader
+from ..engine import TrainLoader, load_sampler_state
 from ..fileio import atomic_write_text
 from ..trainer import DataEfficiencyTrainer
 from ..training_args import DataEfficiencyTrainingArguments
@@ -486,12 +486,7 @@ class DataEfficiencyGRPOTrainer(DataEfficiencyTrainer, GRPOTrainer):
             self.pass_rates.reset()
             return
         try:
-            self.prompt_sampler.load_state_dict(state["sampler"])  # same seed, prompts, geometry and metrics
-            expected = state["global_step"] * self.prompt_sampler.global_batch_size
-            if state["sampler"]["position"] != expected:
-                raise ValueError(
-                    f"sampler.position={state['sampler']['position']!r} is not step x global batch = {expected}"
-                )
+            load_sampler_state(self.prompt_sampler, state["sampler"], state["global_step"])
             self.pass_rates.load_state_dict(state["pass_rates"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"Cannot resume the pass-rate curriculum exactly: {PASS_RATE_STATE_NAME}: {e}") from e

@@ -39,7 +39,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers.utils import logging
 
-from .._validation import check_state_keys, state_int
+from .._validation import check_state_keys, check_str, state_int
 from ..config import LR_WARMUP_TYPES
 from .scheduler import RandomLTDScheduler
 
@@ -89,12 +89,8 @@ class LayerTokenLRScheduler(LRScheduler):
         min_lr_ratio: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
-        if warmup_type not in LR_WARMUP_TYPES:
-            raise ValueError(
-                f"layer_token_lr_schedule.warmup_type={warmup_type!r}; allowed: {', '.join(LR_WARMUP_TYPES)}."
-            )
-        if decay_type not in DECAY_TYPES:
-            raise ValueError(f"layer_token_lr_schedule.decay_type={decay_type!r}; allowed: {', '.join(DECAY_TYPES)}.")
+        check_str(warmup_type, "layer_token_lr_schedule.warmup_type", LR_WARMUP_TYPES)
+        check_str(decay_type, "layer_token_lr_schedule.decay_type", DECAY_TYPES)
         if not total_layer_tokens or total_layer_tokens <= 0:
             raise ValueError(f"layer_token_lr_schedule.total_layer_tokens={total_layer_tokens} must be > 0.")
         if not 0 <= warmup_layer_tokens <= total_layer_tokens:

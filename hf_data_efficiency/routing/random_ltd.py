@@ -42,6 +42,14 @@ _VARLEN_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_
 _STATE_KEYS = ("kept_length", "scheduler", "kept_tokens_seen", "full_tokens_seen")
 
 
+def _check_keep_count(kept_length: int, keep: list[int]) -> None:
+    if kept_length < len(keep):
+        raise ValueError(
+            f"kept_length={kept_length} is smaller than the number of keep_positions {keep}; "
+            "raise min_value or shorten keep_positions."
+        )
+
+
 def sample_kept_indices(
     batch_size: int,
     seq_len: int,
@@ -55,11 +63,7 @@ def sample_kept_indices(
     Uses the torch RNG of ``device`` (or ``generator``), so ``torch.manual_seed`` makes it reproducible.
     """
     keep = sorted({p % seq_len for p in keep_positions if -seq_len <= p < seq_len})
-    if kept_length < len(keep):
-        raise ValueError(
-            f"kept_length={kept_length} is smaller than the number of keep_positions {keep}; "
-            "raise min_value or shorten keep_positions."
-        )
+    _check_keep_count(kept_length, keep)
     scores = torch.rand(batch_size, seq_len, device=device, generator=generator)
     if keep:
         scores[:, keep] = 2.0  # above every uniform draw, so always selected
@@ -86,11 +90,8 @@ def sample_document_indices(
     for p in keep_positions:
         within = offset == (p if p >= 0 else n[doc] + p)
         scores[within] = -1.0  # below every uniform draw: first within its document
-    if keep_positions and kept_length < len(set(keep_positions)):
-        raise ValueError(
-            f"kept_length={kept_length} is smaller than the number of keep_positions {sorted(set(keep_positions))}; "
-            "raise min_value or shorten keep_positions."
-        )
+    if keep_positions:
+        _check_keep_count(kept_length, sorted(set(keep_positions)))
     order = scores.argsort()
     order = order[doc[order].argsort(stable=True)]  # by document, then by score
     rank = torch.arange(T, device=device) - start[doc[order]]
@@ -352,17 +353,15 @@ class RandomLTDHandle:
         check_state_keys(where, state, _STATE_KEYS)
         counters = {key: state_int(where, key, state[key], 0) for key in ("kept_tokens_seen", "full_tokens_seen")}
         kept, low, high = state["kept_length"], 1, None
-        if self.scheduler is not None:
-            if state["scheduler"] is None:
-                raise ValueError(
-                    f"{where} state: scheduler=None, but this handle follows a kept-length schedule; the state must "
-                    "come from a handle built from the same random_ltd config."
-                )
-            low, high = self.scheduler.kept_length_bounds()
-        elif state["scheduler"] is not None:
+        scheduled = self.scheduler is not None
+        if (state["scheduler"] is not None) != scheduled:
             raise ValueError(
-                f"{where} state has a scheduler state, but this handle has no scheduler (scheduler=None)."
+                f"{where} state: scheduler={'None' if scheduled else 'a scheduler state'}, but this handle "
+                f"{'follows a kept-length schedule' if scheduled else 'has no scheduler'}; the state must come from a "
+                "handle built from the same random_ltd config."
             )
+        if scheduled:
+            low, high = self.scheduler.kept_length_bounds()
         if kept is not None:
             kept = state_int(where, "kept_length", kept, low, high)
         if self.scheduler is not None:

@@ -528,8 +528,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "state-position-not-cross-checked",
         "engine.py",
-        'if state["sampler"]["position"] != expected:',
-        'if state["sampler"]["position"] < 0:',
+        'if state["position"] != expected:',
+        'if state["position"] < 0:',
         ["tests/test_engine.py"],
         "a sampler position that disagrees with global_step x global batch is accepted",
     ),
