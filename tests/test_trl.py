@@ -556,7 +556,7 @@ def test_grpo_resume_with_pass_rates_equals_uninterrupted(tmp_path):
     # a pass-rate file from other settings is refused, naming the setting
     saved["pass_rates"]["config"]["band"] = [0.1, 0.9]
     (checkpoint / PASS_RATE_STATE_NAME).write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match=r"config=.*'band': \[0.1, 0.9\].*pass_rate_"):
+    with pytest.raises(ValueError, match=r"pass_rates\.config=.*'band': \[0.1, 0.9\].*but this run has"):
         build(tmp_path / "c").train(resume_from_checkpoint=str(checkpoint))
 
 

@@ -52,18 +52,14 @@ def _check_max_tokens(max_tokens: Any) -> int:
     return int(max_tokens)
 
 
-def _check_padding_side(padding_side: str) -> None:
-    if padding_side not in PADDING_SIDES:
-        raise ValueError(
-            f"padding_side={padding_side!r} is not supported; allowed values: {', '.join(PADDING_SIDES)}."
-        )
-
-
 def _sequence_layout(
     batch: Mapping[str, Any], padding_side: str
 ) -> tuple[int, int, list[str], torch.Tensor | None, bool]:
     """(B, T, keys of [B, T, ...] tensors, attention mask or None, is left-padded)."""
-    _check_padding_side(padding_side)
+    if padding_side not in PADDING_SIDES:
+        raise ValueError(
+            f"padding_side={padding_side!r} is not supported; allowed values: {', '.join(PADDING_SIDES)}."
+        )
     ref = next((batch[k] for k in _REFERENCE_KEYS if torch.is_tensor(batch.get(k)) and batch[k].dim() >= 2), None)
     if ref is None:
         raise ValueError(
@@ -387,7 +383,10 @@ class SeqlenTransform(_CollatorWrapper):
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not supported; allowed values: {', '.join(MODES)}.")
-        _check_padding_side(padding_side)
+        if padding_side not in PADDING_SIDES:
+            raise ValueError(
+                f"padding_side={padding_side!r} is not supported; allowed values: {', '.join(PADDING_SIDES)}."
+            )
         if collator is None:
             from transformers import default_data_collator
 
