@@ -452,14 +452,9 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)])[:-1]
         self._shuffles = {}
 
-    # ----- queries ------------------------------------------------------------------------------------------
-    def _level(self, step: int) -> int:
-        known = len(self._pacing.steps)
-        level = int(self._pacing.levels_at([step])[0])
-        if len(self._pacing.steps) != known:  # new levels (custom schedules): new clusters after the known ones
-            self._build_clusters()
-        return level
+    _new_levels = _build_clusters  # new levels (custom schedules): new clusters after the known ones
 
+    # ----- queries ------------------------------------------------------------------------------------------
     def _eligible(self, step: int) -> np.ndarray:
         """Eligible samples per group at ``step``."""
         k = self.mixer.num_groups

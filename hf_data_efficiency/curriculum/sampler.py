@@ -232,6 +232,15 @@ class CurriculumQueries:
     _pacing: DifficultyPacing
     _transform_schedule: DifficultySchedule | None
 
+    def _level(self, step: int) -> int:
+        """The level in force at 1-based ``step``. Levels that become known here (custom schedules), whoever asks
+        (:meth:`difficulty_at` too), go to the draw's ``_new_levels`` at once."""
+        known = len(self._pacing.steps)
+        level = int(self._pacing.levels_at([step])[0])
+        if len(self._pacing.steps) != known:
+            self._new_levels()
+        return level
+
     @property
     def transform(self) -> Any:
         """The curriculum's sequence-length transform config (``None`` without one)."""

@@ -563,15 +563,10 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
     def buffered(self) -> int:
         return int(self._ids.size)
 
-    def _level(self, step: int) -> int:
-        """The level in force at 1-based ``step``. Levels that become known here (custom schedules, whoever asks:
-        :meth:`difficulty_at` too) re-bucket the buffer at once, so its levels always cover every known one."""
-        known = len(self._pacing.steps)
-        level = int(self._pacing.levels_at([step])[0])
-        if len(self._pacing.steps) != known:
-            self._update_thresholds()
-            self._levels = self._level_of(self._values, self._ids.size) if self._ids.size else self._levels
-        return level
+    def _new_levels(self) -> None:
+        """Re-bucket the buffer for levels that became known (see :meth:`_level`)."""
+        self._update_thresholds()
+        self._levels = self._level_of(self._values, self._ids.size) if self._ids.size else self._levels
 
     def stream_logs(self, step: int) -> dict[str, int]:
         """Buffer size and counts (summed over processes by the caller) after ``step``."""
