@@ -392,6 +392,15 @@ def test_weights_must_name_exactly_the_groups_of_the_data():
             engine.train_loader(data)
 
 
+@pytest.mark.parametrize("key", ["batch_size", "world_size", "gradient_accumulation_steps"])
+def test_a_bad_batch_geometry_is_refused_by_name(key):
+    """The mixing sampler checks its geometry as the curriculum sampler does (a 0 used to divide by zero)."""
+    geometry = {"batch": 8, "world_size": 1, "gradient_accumulation_steps": 1}
+    geometry["batch" if key == "batch_size" else key] = 0
+    with pytest.raises(ValueError, match=rf"{key}=0 must be an integer >= 1"):
+        _sampler(**geometry)
+
+
 def test_data_and_loader_refusals_name_the_setting():
     data = make_dataset().add_column("domain", _groups())
     engine = DataEfficiencyEngine({"mixing": {"column": "topic"}}, batch_size=4)

@@ -295,7 +295,7 @@ def test_resume_through_state_dict():
     other = CurriculumSampler({"seqlen": SEQLEN[::-1].copy(), "vocab_rarity": RARITY}, cfg, 8, world_size=2)
     with pytest.raises(ValueError, match="fingerprint"):
         other.load_state_dict(state)
-    with pytest.raises(ValueError, match="seed=1234 but this sampler has seed=7"):
+    with pytest.raises(ValueError, match="seed=1234 but this run has seed=7"):
         CurriculumSampler(values, cfg, 8, world_size=2, seed=7).load_state_dict(state)
     with pytest.raises(ValueError, match="global_batch_size"):
         CurriculumSampler(values, cfg, 8).load_state_dict(state)

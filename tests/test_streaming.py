@@ -279,6 +279,23 @@ def test_custom_schedule_levels_grow_as_the_steps_go(tmp_path):
     assert stream.counters.dropped == stream.counters.excluded == 0
 
 
+def test_difficulty_at_growing_the_levels_re_buckets_the_buffer(tmp_path):
+    """``difficulty_at`` of a step past the known levels (custom schedules; the logs ask it) re-buckets the buffer
+    like the draw does: no sample is served before its difficulty."""
+
+    def schedule(step: int) -> float:
+        return 4 + step // 36
+
+    rows = [{"id": i, "input_ids": [7] * (4 + i // 40 + 5 * (i % 10 == 9))} for i in range(1400)]
+    cfg = curriculum({"schedule_type": "custom", "schedule_config": {}}, buffer_size=32, chunk_size=4)
+    stream = StreamingCurriculum(
+        open_stream(write_shards(tmp_path, rows, shards=1)), cfg, batch_size=1, schedule_fns={"seqlen": schedule}
+    )
+    out = served(stream, check=lambda s: s.difficulty_at(s.position // s.global_batch_size + 1))
+    late = [len(s["input_ids"]) > schedule(step) for step, s in out]
+    assert sum(late) == stream.counters.admitted_early and not any(late[:-32])
+
+
 def test_at_max_difficulty_the_stream_passes_through_in_order(tmp_path):
     files = write_shards(tmp_path, make_rows(), fmt="json")
     metric = {"min_difficulty": 40, "max_difficulty": 40}
@@ -383,6 +400,8 @@ def test_bad_inputs_name_the_field(tmp_path):
         StreamingCurriculum(
             open_stream(files), curriculum(buffer_size=4), batch_size=BATCH, gradient_accumulation_steps=GA
         )
+    with pytest.raises(ValueError, match=r"gradient_accumulation_steps=0 must be an integer >= 1"):
+        StreamingCurriculum(open_stream(files), curriculum(), batch_size=BATCH, gradient_accumulation_steps=0)
     with pytest.raises(ValueError, match=r"warmup_samples=100 .*is larger than curriculum\.streaming\.buffer_size=64"):
         StreamingCurriculum(
             open_stream(files), curriculum(pct, difficulty_type="percentile", warmup_samples=100), batch_size=BATCH

@@ -475,7 +475,7 @@ def test_resume_refuses_another_global_batch(full_run, tmp_path):
         **training_kwargs(tmp_path, max_steps=6, per_device_train_batch_size=2), **CURRICULUM_FLAGS, **RANDOM_LTD_FLAGS
     )
     trainer = DataEfficiencyTrainer(model=tiny_model(), args=args, train_dataset=make_dataset(), data_collator=collate)
-    with pytest.raises(ValueError, match="global_batch_size=8 but this sampler has global_batch_size=4"):
+    with pytest.raises(ValueError, match="global_batch_size=8 but this run has global_batch_size=4"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
 
 

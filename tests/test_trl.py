@@ -39,6 +39,7 @@ from trl_tiny import (  # noqa: E402
 )
 
 from hf_data_efficiency import DataEfficiencyTrainer, DataEfficiencyTrainingArguments  # noqa: E402
+from hf_data_efficiency.config import CurriculumConfig, CurriculumMetricConfig  # noqa: E402
 from hf_data_efficiency.curriculum.generation_groups import (  # noqa: E402
     GroupedPromptSampler,
     PassRateConfig,
@@ -555,7 +556,7 @@ def test_grpo_resume_with_pass_rates_equals_uninterrupted(tmp_path):
     # a pass-rate file from other settings is refused, naming the setting
     saved["pass_rates"]["config"]["band"] = [0.1, 0.9]
     (checkpoint / PASS_RATE_STATE_NAME).write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match=r"config=.*'band': \[0.1, 0.9\].*pass_rate_"):
+    with pytest.raises(ValueError, match=r"pass_rates\.config=.*'band': \[0.1, 0.9\].*but this run has"):
         build(tmp_path / "c").train(resume_from_checkpoint=str(checkpoint))
 
 
@@ -606,6 +607,21 @@ def test_example_script_trains_sft_then_grpo_from_it(tmp_path):
         + ["--max_steps", "2", "--pass_rate_curriculum", "--operands", "8", "--use_cpu", "--logging_steps", "1"]
     )
     assert grpo["last_log"]["step"] == 2 and "pass_rate/seen_prompts" in grpo["last_log"]
+
+
+def test_prompt_sampler_refuses_a_custom_schedule_without_a_callable():
+    metric = CurriculumMetricConfig(name="seqlen", min_difficulty=1, max_difficulty=9, schedule_type="custom")
+    with pytest.raises(ValueError, match="curriculum metric 'seqlen' has schedule_type='custom' but no callable"):
+        GroupedPromptSampler(
+            48,
+            num_generations=G,
+            generation_batch_size=12,
+            repeat_count=3,
+            gradient_accumulation_steps=2,
+            seed=5,
+            curriculum_config=CurriculumConfig(sampling_metrics=[metric]),
+            metric_values={"seqlen": np.arange(48)},
+        )
 
 
 def test_prompt_sampler_has_trls_layout_and_checks_its_state():

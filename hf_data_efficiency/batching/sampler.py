@@ -27,9 +27,9 @@ import numpy as np
 from torch.utils.data import Sampler
 from transformers.utils import logging
 
-from .._validation import check_int, check_keys, check_same_geometry, expect_mapping
+from .._validation import check_int, expect_mapping
 from ..config import DynamicBatchingConfig
-from ..curriculum.sampler import sampler_state, state_fingerprint
+from ..curriculum.sampler import check_sampler_state, sampler_state, state_fingerprint
 from ..curriculum.transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
 from .budget import TokenBudget
 
@@ -271,17 +271,8 @@ class StepPlanSampler(Sampler):
     def check_state(self, state: Any, path: str = "dynamic_batching") -> int:
         """Validate ``state`` against this sampler (same seed, data, geometry, config); returns its position."""
         state = expect_mapping(state, path)
-        check_keys(state, _STATE_KEYS, path, required=_STATE_KEYS)
-        if isinstance(state["version"], bool) or state["version"] != STATE_VERSION:
-            raise ValueError(f"{path}.version={state['version']!r} is not supported; allowed: [{STATE_VERSION}].")
-        position = check_int(state["position"], f"{path}.position", minimum=0)
-        check_same_geometry(state, path, self, _STATE_KEYS[2:-1])
-        if state["fingerprint"] != self._fingerprint:
-            raise ValueError(
-                f"{path}.fingerprint does not match: {self._fingerprint_changes} changed since the checkpoint; resume "
-                "with the same data and config."
-            )
-        return position
+        check_sampler_state(self, state, path, _STATE_KEYS, STATE_VERSION, _STATE_KEYS[2:-1])
+        return check_int(state["position"], f"{path}.position", minimum=0)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the stream at ``state``'s position (checked first, see :meth:`check_state`)."""

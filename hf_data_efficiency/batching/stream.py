@@ -19,7 +19,7 @@ from transformers.utils import logging
 
 from .._validation import check_int, check_keys, expect_mapping
 from ..config import CurriculumConfig, DynamicBatchingConfig
-from ..curriculum.sampler import state_fingerprint
+from ..curriculum.sampler import check_sampler_state, state_fingerprint
 from ..curriculum.streaming import Picked, StepCandidates, StepSelection, StreamGeometry, StreamingCurriculum
 from ..curriculum.transforms import MAX_TOKENS_KEY, POSITION_KEY
 from .budget import StepTotals, TokenBudget
@@ -45,6 +45,8 @@ class StreamTokenBudget(StepSelection):
     """
 
     total_names = tuple(StepTotals.__dataclass_fields__)
+    state_kind = "stream"
+    _fingerprint_changes = "the dynamic_batching config, the batch geometry or the stream"
 
     def __init__(
         self,
@@ -194,7 +196,7 @@ class StreamTokenBudget(StepSelection):
         stats = self._stats.get(steps)
         return {
             "version": STATE_VERSION,
-            "kind": "stream",
+            "kind": self.state_kind,
             "position": steps,
             "fingerprint": self._fingerprint,
             "step_stats": asdict(stats) if stats is not None else None,
@@ -203,17 +205,7 @@ class StreamTokenBudget(StepSelection):
     def check_state(self, state: Any, path: str = "dynamic_batching") -> int:
         """Validate ``state`` against this stream's budget and geometry; returns its position (steps)."""
         state = expect_mapping(state, path)
-        check_keys(state, _STATE_KEYS, path, required=_STATE_KEYS)
-        if state["version"] != STATE_VERSION or state["kind"] != "stream":
-            raise ValueError(
-                f"{path} (version={state['version']!r}, kind={state['kind']!r}) is not a streaming dynamic-batching "
-                f"state; allowed: version {STATE_VERSION}, kind 'stream'."
-            )
-        if state["fingerprint"] != self._fingerprint:
-            raise ValueError(
-                f"{path}.fingerprint does not match: the dynamic_batching config, the batch geometry or the stream "
-                "changed since the checkpoint; resume with the same data and config."
-            )
+        check_sampler_state(self, state, path, _STATE_KEYS, STATE_VERSION)
         return check_int(state["position"], f"{path}.position", minimum=0)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

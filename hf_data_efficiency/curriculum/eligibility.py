@@ -210,11 +210,10 @@ def eligibility_curve(
     num_samples: int,
 ) -> EligibilityCurve:
     """Eligible counts at ``steps`` for the sampling ``metrics`` with their ``schedules`` (``{name: schedule}``)."""
+    from .sampler import read_metric_values  # the sampler module builds on this one
+
     filtering = filtering_metrics(metrics)
-    arrays = {m.name: metric_array(values[m.name], f"metric {m.name!r}") for m in filtering}
-    for name, arr in arrays.items():
-        if arr.size != num_samples:
-            raise ValueError(f"metric {name!r} has {arr.size} values; expected one per sample ({num_samples}).")
+    arrays = read_metric_values(values, filtering, num_samples)[0]
     pacing = DifficultyPacing(schedules)
     at = pacing.levels_at(steps)
 

@@ -41,9 +41,17 @@ from transformers.utils import logging
 
 from .._validation import check_list, check_number, check_state_int, check_state_keys, state_int
 from ..config import CurriculumConfig
-from ..schedules import DifficultySchedule
-from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array
-from .sampler import EpochStreamSampler, dataset_column, sampler_state, state_fingerprint, whole_number
+from .eligibility import DifficultyPacing, admission_levels, filtering_metrics
+from .sampler import (
+    INT64_MAX,
+    EpochStreamSampler,
+    check_sampler_state,
+    curriculum_schedules,
+    read_metric_values,
+    sampler_state,
+    state_fingerprint,
+    whole_number,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -77,7 +85,6 @@ _TRACKER_KEYS = (
     "counts",
     "pending",
 )
-_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -252,20 +259,13 @@ class PassRateTracker:
         """Restore a :meth:`state_dict`, checked against this tracker; a problem raises ``ValueError``/``TypeError``
         and leaves the tracker as it was."""
         where = "pass-rate"
-        state = check_state_keys(where, state, _TRACKER_KEYS)
-        if state["version"] != STATE_VERSION:
-            raise ValueError(f"{where} state version={state['version']!r} is not supported; allowed: {STATE_VERSION}.")
-        for key, mine in (("num_prompts", self.num_prompts), ("lag", self.lag), ("config", self.config.to_dict())):
-            if state[key] != mine:
-                raise ValueError(
-                    f"{where} state has {key}={state[key]!r} but this run has {key}={mine!r}; resume with the same "
-                    "dataset, batch geometry and pass_rate_* settings."
-                )
-        applied = state_int(where, "applied_through", state["applied_through"], -1, _INT64_MAX)
-        recorded = state_int(where, "recorded_through", state["recorded_through"], applied, _INT64_MAX)
+        same = {"num_prompts": self.num_prompts, "lag": self.lag, "config": self.config.to_dict()}
+        check_sampler_state(self, state, "pass_rates", _TRACKER_KEYS, STATE_VERSION, same)
+        applied = state_int(where, "applied_through", state["applied_through"], -1, INT64_MAX)
+        recorded = state_int(where, "recorded_through", state["recorded_through"], applied, INT64_MAX)
         prompts = self._index_list(state["prompts"], f"{where} state: prompts")
         rates = self._fraction_list(state["rates"], f"{where} state: rates", len(prompts))
-        counts = [state_int(where, f"counts[{i}]", c, 1, _INT64_MAX) for i, c in enumerate(state["counts"])]
+        counts = [state_int(where, f"counts[{i}]", c, 1, INT64_MAX) for i, c in enumerate(state["counts"])]
         if len(counts) != len(prompts):
             raise ValueError(f"{where} state: {len(counts)} counts for {len(prompts)} prompts.")
         if not isinstance(state["pending"], list):
@@ -273,7 +273,7 @@ class PassRateTracker:
         pending = []
         for i, entry in enumerate(state["pending"]):
             entry = check_state_keys(f"{where} pending[{i}]", entry, ("generation", "prompts", "pass_fractions"))
-            generation = state_int(f"{where} pending[{i}]", "generation", entry["generation"], 0, _INT64_MAX)
+            generation = state_int(f"{where} pending[{i}]", "generation", entry["generation"], 0, INT64_MAX)
             if generation != applied + 1 + i:
                 raise ValueError(
                     f"{where} state: pending[{i}] is generation {generation}, expected {applied + 1 + i}."
@@ -330,6 +330,8 @@ class GroupedPromptSampler(EpochStreamSampler):
         metric_values: ``{metric name: 1-D array}`` or a ``datasets.Dataset`` with the metric columns.
         pass_rates: a :class:`PassRateTracker` whose weights the draws follow (``None``: uniform).
     """
+
+    _fingerprint_changes = "the metric values or the curriculum"
 
     def __init__(
         self,
@@ -404,27 +406,9 @@ class GroupedPromptSampler(EpochStreamSampler):
                 "batches; prompts for generation are not truncated: use sampling metrics (curriculum_metrics)."
             )
         self._metrics = filtering_metrics(config.sampling_metrics)
-        schedules = {
-            m.name: DifficultySchedule(
-                m.min_difficulty, m.max_difficulty, m.schedule_type, dict(m.schedule_config), m.schedule_fn
-            )
-            for m in config.sampling_metrics
-        }
-        self._pacing = DifficultyPacing(schedules)
-        is_dataset = hasattr(metric_values, "column_names") and hasattr(metric_values, "data")
-        for m in self._metrics:
-            if metric_values is None or m.name not in (
-                metric_values.column_names if is_dataset else metric_values.keys()
-            ):
-                raise ValueError(f"metric_values has no column/array for curriculum metric {m.name!r}.")
-            raw = dataset_column(metric_values, m.name) if is_dataset else metric_values[m.name]
-            values = metric_array(raw, f"metric_values[{m.name!r}]")
-            if len(values) != self.num_prompts:
-                raise ValueError(
-                    f"metric_values[{m.name!r}] has {len(values)} values for {self.num_prompts} prompts; every "
-                    "metric needs one value per prompt."
-                )
-            self._values[m.name] = values
+        self._pacing = DifficultyPacing(curriculum_schedules(config)[0])
+        if self._metrics:
+            self._values = read_metric_values(metric_values, self._metrics, self.num_prompts, "prompt")[0]
         self._levels = admission_levels(self._values, self._metrics, self._pacing, self.num_prompts)
 
     # ------------------------------------------------------------------ steps and generations
@@ -503,20 +487,5 @@ class GroupedPromptSampler(EpochStreamSampler):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the stream of ``state`` after checking that it is this sampler's (seed, prompts, geometry,
         metric values and curriculum)."""
-        state = check_state_keys("prompt sampler", state, _SAMPLER_KEYS)
-        if state["version"] != STATE_VERSION:
-            raise ValueError(
-                f"prompt sampler state version={state['version']!r} is not supported; allowed: {STATE_VERSION}."
-            )
-        for key in _SAMPLER_KEYS[2:-1]:
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"prompt sampler state has {key}={state[key]!r} but this run has {key}={getattr(self, key)!r}; "
-                    "resume with the same seed, dataset and generation geometry."
-                )
-        if state["fingerprint"] != self._fingerprint:
-            raise ValueError(
-                "prompt sampler state fingerprint does not match: the metric values or the curriculum changed since "
-                "the checkpoint; resume with the same dataset metrics and config."
-            )
-        self._position = state_int("prompt sampler", "position", state["position"], 0, _INT64_MAX)
+        check_sampler_state(self, state, "sampler", _SAMPLER_KEYS, STATE_VERSION, _SAMPLER_KEYS[2:-1])
+        self._position = check_state_int(state["position"], "sampler.position", 0, INT64_MAX)

@@ -40,24 +40,28 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from transformers.utils import logging
 
-from .._validation import check_same_geometry, check_state_int, check_state_keys, did_you_mean
+from .._validation import check_state_int, did_you_mean
 from ..config import CurriculumConfig, MixingConfig, check_groups
-from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array
+from .eligibility import DifficultyPacing, admission_levels, filtering_metrics
 from .sampler import (
+    INT64_MAX,
     STEP_ALLOWED,
     CurriculumQueries,
     EpochStreamSampler,
+    batch_geometry,
+    check_sampler_state,
     curriculum_schedules,
-    dataset_column,
+    read_metric_values,
     sampler_state,
     state_fingerprint,
+    state_position,
     whole_number,
 )
 from .transforms import GROUP_KEY, MAX_TOKENS_KEY
@@ -268,16 +272,10 @@ class GroupMixer:
 
     def load_state_dict(self, state: Any, path: str = "mixing") -> None:
         """Restore a :meth:`state_dict` (checked first: the same groups and strategy, values in range)."""
-        state = check_state_keys(path, state, _MIXER_KEYS)
-        if state["version"] != STATE_VERSION:
-            raise ValueError(f"{path}.version={state['version']!r} is not supported; allowed: [{STATE_VERSION}].")
-        for key, mine in (("strategy", self.config.strategy), ("groups", self.groups)):
-            if state[key] != mine:
-                raise ValueError(
-                    f"{path}.{key}={state[key]!r} but this run has {mine!r}; resume with the same data and mixing."
-                )
+        same = {"strategy": self.config.strategy, "groups": self.groups}
+        check_sampler_state(self, state, path, _MIXER_KEYS, STATE_VERSION, same)
         k = self.num_groups
-        last = check_state_int(state["last_step"], f"{path}.last_step", 0, 2**63 - 1)
+        last = check_state_int(state["last_step"], f"{path}.last_step", 0, INT64_MAX)
         averages = {}
         for key in ("fast", "slow"):
             values = state[key]
@@ -382,6 +380,9 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
         tag_groups: tag each index with its group id, which the collator puts into the batch (online mixing).
     """
 
+    state_kind = "mixing"
+    _fingerprint_changes = "the groups, the metric values or the mixing config"
+
     def __init__(
         self,
         group_ids: np.ndarray,
@@ -399,9 +400,9 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
         self._groups = np.asarray(group_ids, dtype=np.int64)
         self.num_samples = int(self._groups.size)
         self.seed = mixer.seed
-        self.batch_size, self.world_size = int(batch_size), int(world_size)
-        self.gradient_accumulation_steps = int(gradient_accumulation_steps)
-        self.global_batch_size = self.batch_size * self.world_size * self.gradient_accumulation_steps
+        self.batch_size, self.world_size, self.gradient_accumulation_steps, self.global_batch_size = batch_geometry(
+            batch_size, world_size, gradient_accumulation_steps
+        )
         if self.global_batch_size > self.num_samples:
             raise ValueError(
                 f"global batch size {self.global_batch_size} is larger than the data ({self.num_samples} samples); "
@@ -414,15 +415,7 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
             raise ValueError("return_max_tokens=True needs a seqlen_truncate or seqlen_reshape curriculum transform.")
         self.return_max_tokens, self.tag_groups = bool(return_max_tokens), bool(tag_groups)
         self._metrics = filtering_metrics(curriculum.sampling_metrics) if curriculum is not None else []
-        values = {}
-        for m in self._metrics:
-            raw = (
-                metric_values[m.name] if isinstance(metric_values, Mapping) else dataset_column(metric_values, m.name)
-            )
-            values[m.name] = metric_array(raw, f"metric_values[{m.name!r}]")
-            if values[m.name].size != self.num_samples:
-                raise ValueError(f"metric {m.name!r} has {values[m.name].size} values for {self.num_samples} samples.")
-        self._values = values
+        self._values = read_metric_values(metric_values, self._metrics, self.num_samples)[0] if self._metrics else {}
         self._pacing = DifficultyPacing(schedules)
         self._pacing.extend(1)
         self._build_clusters()
@@ -459,14 +452,9 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)])[:-1]
         self._shuffles = {}
 
-    # ----- queries ------------------------------------------------------------------------------------------
-    def _level(self, step: int) -> int:
-        known = len(self._pacing.steps)
-        level = int(self._pacing.levels_at([step])[0])
-        if len(self._pacing.steps) != known:  # new levels (custom schedules): new clusters after the known ones
-            self._build_clusters()
-        return level
+    _new_levels = _build_clusters  # new levels (custom schedules): new clusters after the known ones
 
+    # ----- queries ------------------------------------------------------------------------------------------
     def _eligible(self, step: int) -> np.ndarray:
         """Eligible samples per group at ``step``."""
         k = self.mixer.num_groups
@@ -577,35 +565,20 @@ class GroupMixingSampler(CurriculumQueries, EpochStreamSampler):
             raise ValueError(
                 f"group mixing: no walk counters are kept for step {step} (kept: {list(self._walked_after)})."
             )
-        state = sampler_state(self, STATE_VERSION, _SAMPLER_KEYS[3:-2], step * self.global_batch_size, "mixing")
+        state = sampler_state(self, STATE_VERSION, _SAMPLER_KEYS[3:-2], step * self.global_batch_size, self.state_kind)
         return {**state, "walked": walked.tolist()}
 
     def load_state_dict(self, state: Any, path: str = "sampler") -> None:
         """Continue after the step of ``state`` (checked first: seed, data, groups and geometry)."""
-        state = check_state_keys(path, state, _SAMPLER_KEYS)
-        if state["version"] != STATE_VERSION or state["kind"] != "mixing":
-            raise ValueError(
-                f"{path} (version={state['version']!r}, kind={state['kind']!r}) is not a group-mixing sampler state; "
-                f"allowed: version {STATE_VERSION}, kind 'mixing'."
-            )
-        check_same_geometry(state, path, self, _SAMPLER_KEYS[3:-2])
-        if state["fingerprint"] != self._fingerprint:
-            raise ValueError(
-                f"{path}.fingerprint does not match: the groups, the metric values or the mixing config changed "
-                "since the checkpoint; resume with the same data and config."
-            )
-        position = check_state_int(state["position"], f"{path}.position", 0, 2**63 - 1)
-        if position % self.global_batch_size:
-            raise ValueError(
-                f"{path}.position={position} is not a multiple of the global batch {self.global_batch_size}."
-            )
+        check_sampler_state(self, state, path, _SAMPLER_KEYS, STATE_VERSION, _SAMPLER_KEYS[3:-2])
+        position = state_position(state["position"], f"{path}.position", self.global_batch_size)
         step = position // self.global_batch_size
         self._level(max(step, 1))
         walked = state["walked"]
         if not isinstance(walked, list) or len(walked) > self._sizes.size:
             raise ValueError(f"{path}.walked must be a list of at most {self._sizes.size} counters.")
         counters = np.zeros(self._sizes.size, dtype=np.int64)
-        counters[: len(walked)] = [check_state_int(v, f"{path}.walked", 0, 2**63 - 1) for v in walked]
+        counters[: len(walked)] = [check_state_int(v, f"{path}.walked", 0, INT64_MAX) for v in walked]
         self._walked, self._drawn, self._position = counters, step, position
         self._draws.clear()
         self._walked_after = OrderedDict([(step, counters.copy())])

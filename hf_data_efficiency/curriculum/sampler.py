@@ -32,6 +32,7 @@ import numpy as np
 from torch.utils.data import Sampler
 from transformers.utils import logging
 
+from .._validation import check_state_int, check_state_keys
 from ..config import CurriculumConfig
 from ..schedules import DifficultySchedule
 from .eligibility import (
@@ -49,8 +50,10 @@ STATE_VERSION = 1
 _DRAWS_PER_BLOCK = 8192  # a block holds max(1, _DRAWS_PER_BLOCK // G) steps; part of the stream definition
 _RNG_DRAW, _RNG_WALK, _RNG_SHUFFLE = 0, 1, 2
 _STATE_KEYS = ("version", "position", "seed", "num_samples", "global_batch_size", "fingerprint")
+_GEOMETRY = ("batch_size", "world_size", "gradient_accumulation_steps")
 #: what a 1-based optimizer step must be, for messages
 STEP_ALLOWED = "a 1-based optimizer step (an integer >= 1)"
+INT64_MAX = 2**63 - 1
 
 
 def whole_number(value: Any, name: str, minimum: int = 0, allowed: str | None = None) -> int:
@@ -86,6 +89,56 @@ def sampler_state(
     }
 
 
+def batch_geometry(batch_size: Any, world_size: Any, gradient_accumulation_steps: Any) -> tuple[int, int, int, int]:
+    """``batch_size``, ``world_size`` and ``gradient_accumulation_steps`` checked as integers >= 1, and the global
+    batch (their product)."""
+    b, w, a = (
+        whole_number(v, name, 1) for v, name in zip((batch_size, world_size, gradient_accumulation_steps), _GEOMETRY)
+    )
+    return b, w, a, b * w * a
+
+
+def check_sampler_state(
+    sampler: Any,
+    state: Any,
+    path: str,
+    keys: Sequence[str],
+    version: int,
+    same: Iterable[str] | Mapping[str, Any] = (),
+) -> Mapping[str, Any]:
+    """Check the state ``path`` of ``sampler`` (or any other stateful part) read back from a checkpoint, before
+    anything is restored: exactly ``keys``, its ``version`` (and ``kind``, when ``keys`` has one: the part's
+    ``state_kind``), the values of ``same`` (``{key: this run's value}``, or keys of the part's own attributes: its
+    seed, data size and geometry) and its ``fingerprint`` when ``keys`` has one (``sampler._fingerprint_changes`` says
+    what a mismatch means changed). Returns ``state``."""
+    state = check_state_keys(path, state, keys)
+    wanted = {"version": version, **({"kind": sampler.state_kind} if "kind" in keys else {})}
+    found = {key: state[key] for key in wanted}
+    if isinstance(state["version"], bool) or found != wanted:
+        raise ValueError(f"{path} state {found} is not supported; allowed: {wanted}.")
+    same = same if isinstance(same, Mapping) else {key: getattr(sampler, key) for key in same}
+    for key, mine in same.items():
+        if state[key] != mine:
+            raise ValueError(
+                f"{path}.{key}={state[key]!r} but this run has {key}={mine!r}; resume with the same data, batch "
+                "geometry and config."
+            )
+    if "fingerprint" in keys and state["fingerprint"] != sampler._fingerprint:
+        raise ValueError(
+            f"{path}.fingerprint does not match: {sampler._fingerprint_changes} changed since the checkpoint; resume "
+            "with the same data and config."
+        )
+    return state
+
+
+def state_position(value: Any, path: str, global_batch_size: int) -> int:
+    """A state's ``position`` (``path``), checked as a whole number of global batches."""
+    position = check_state_int(value, path, 0, INT64_MAX)
+    if position % global_batch_size:
+        raise ValueError(f"{path}={position} is not a multiple of the global batch {global_batch_size}.")
+    return position
+
+
 def dataset_column(dataset: Any, name: str, compute: Callable[[Any], Any] | None = None) -> np.ndarray:
     """A numeric column of a ``datasets.Dataset`` (or ``compute`` of it: an Arrow compute function) as numpy,
     honouring an indices mapping (select/shuffle)."""
@@ -95,6 +148,48 @@ def dataset_column(dataset: Any, name: str, compute: Callable[[Any], Any] | None
     if indices is not None:
         column = column[indices.column(0).to_numpy()]
     return column
+
+
+def is_dataset(values: Any) -> bool:
+    """Whether ``values`` is a ``datasets.Dataset`` (read by column) rather than a mapping of arrays."""
+    return hasattr(values, "column_names") and hasattr(values, "data")
+
+
+def read_metric_values(
+    metric_values: Any, metrics: Sequence[Any], num_samples: int | None, unit: str = "sample"
+) -> tuple[dict[str, np.ndarray], int | None]:
+    """The ``metrics``' values (``{name: 1-D array}``, booleans as ``uint8``) read from ``metric_values`` (a mapping
+    ``{metric name: 1-D array}`` or a ``datasets.Dataset`` with the metric columns), each checked by
+    :func:`metric_array` and to hold one value per ``unit`` (``num_samples`` of them; ``None``: as many as the first
+    array), and that count."""
+    dataset = is_dataset(metric_values)
+    if not dataset and not isinstance(metric_values, Mapping):
+        raise ValueError(
+            "metric_values must be a mapping {metric name: 1-D array} or a datasets.Dataset with the metric "
+            f"columns, got {type(metric_values).__name__}."
+        )
+    available = list(metric_values.column_names if dataset else metric_values.keys())
+    values: dict[str, np.ndarray] = {}
+    source = "the dataset"
+    for m in metrics:
+        if m.name not in available:
+            raise ValueError(
+                f"metric_values has no column/array for curriculum metric {m.name!r}; available: {available}. "
+                "Compute it with hf_data_efficiency.compute_metrics or pass it in metric_values."
+            )
+        raw = dataset_column(metric_values, m.name) if dataset else metric_values[m.name]
+        arr = metric_array(raw, f"metric_values[{m.name!r}]")
+        if arr.dtype.kind == "b":
+            arr = arr.astype(np.uint8)
+        if num_samples is None:
+            num_samples, source = len(arr), f"metric_values[{m.name!r}]"
+        elif len(arr) != num_samples:
+            raise ValueError(
+                f"metric_values[{m.name!r}] has {len(arr)} values but {source} has {num_samples} {unit}s; "
+                f"every metric needs exactly one value per {unit}."
+            )
+        values[m.name] = arr
+    return values, num_samples
 
 
 def curriculum_schedules(
@@ -136,6 +231,15 @@ class CurriculumQueries:
     config: CurriculumConfig | None
     _pacing: DifficultyPacing
     _transform_schedule: DifficultySchedule | None
+
+    def _level(self, step: int) -> int:
+        """The level in force at 1-based ``step``. Levels that become known here (custom schedules), whoever asks
+        (:meth:`difficulty_at` too), go to the draw's ``_new_levels`` at once."""
+        known = len(self._pacing.steps)
+        level = int(self._pacing.levels_at([step])[0])
+        if len(self._pacing.steps) != known:
+            self._new_levels()
+        return level
 
     @property
     def transform(self) -> Any:
@@ -213,6 +317,8 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
           of that epoch; iterating again without ``set_epoch`` continues with the next epoch.
     """
 
+    _fingerprint_changes = "the metric values or the curriculum config"
+
     def __init__(
         self,
         metric_values: Mapping[str, Any] | Any,
@@ -231,12 +337,11 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
                 f"curriculum_config must be a CurriculumConfig, got {type(curriculum_config).__name__} "
                 "(use DataEfficiencyConfig.from_deepspeed(...).curriculum)."
             )
-        self.batch_size = whole_number(batch_size, "batch_size", 1)
-        self.world_size = whole_number(world_size, "world_size", 1)
-        self.gradient_accumulation_steps = whole_number(gradient_accumulation_steps, "gradient_accumulation_steps", 1)
+        self.batch_size, self.world_size, self.gradient_accumulation_steps, self.global_batch_size = batch_geometry(
+            batch_size, world_size, gradient_accumulation_steps
+        )
         self.seed = whole_number(curriculum_config.seed if seed is None else seed, "seed")
         self.config = curriculum_config
-        self.global_batch_size = self.batch_size * self.world_size * self.gradient_accumulation_steps
 
         schedules, self._transform_schedule = curriculum_schedules(curriculum_config, schedule_fns)
         if return_max_tokens and self._transform_schedule is None:
@@ -286,38 +391,12 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
 
     # ------------------------------------------------------------------ construction
     def _read_metrics(self, metric_values: Any, num_samples: int | None) -> dict[str, np.ndarray]:
-        is_dataset = hasattr(metric_values, "column_names") and hasattr(metric_values, "data")
-        if not is_dataset and not isinstance(metric_values, Mapping):
-            raise ValueError(
-                "metric_values must be a mapping {metric name: 1-D array} or a datasets.Dataset with the metric "
-                f"columns, got {type(metric_values).__name__}."
-            )
-        available = list(metric_values.column_names if is_dataset else metric_values.keys())
-        if is_dataset:
+        if is_dataset(metric_values):
             length = len(metric_values)
             if num_samples is not None and num_samples != length:
                 raise ValueError(f"num_samples={num_samples} but the dataset has {length} samples.")
             num_samples = length
-        values: dict[str, np.ndarray] = {}
-        source = "the dataset"
-        for m in self._clustered:
-            if m.name not in available:
-                raise ValueError(
-                    f"metric_values has no column/array for curriculum metric {m.name!r}; available: {available}. "
-                    "Compute it with hf_data_efficiency.compute_metrics or pass it in metric_values."
-                )
-            raw = dataset_column(metric_values, m.name) if is_dataset else metric_values[m.name]
-            arr = metric_array(raw, f"metric_values[{m.name!r}]")
-            if arr.dtype.kind == "b":
-                arr = arr.astype(np.uint8)
-            if num_samples is None:
-                num_samples, source = len(arr), f"metric_values[{m.name!r}]"
-            elif len(arr) != num_samples:
-                raise ValueError(
-                    f"metric_values[{m.name!r}] has {len(arr)} values but {source} has {num_samples} samples; "
-                    "every metric needs exactly one value per sample."
-                )
-            values[m.name] = arr
+        values, num_samples = read_metric_values(metric_values, self._clustered, num_samples)
         if num_samples is None:
             raise ValueError(
                 "no metric array is needed by this curriculum, so pass num_samples=len(dataset) "
@@ -505,20 +584,5 @@ class CurriculumSampler(CurriculumQueries, EpochStreamSampler):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the stream of ``state``: the next iteration starts at its position and runs to that epoch's end."""
-        missing = sorted(set(_STATE_KEYS) - set(state))
-        if missing:
-            raise ValueError(f"sampler state is missing the key(s) {missing}.")
-        if state["version"] != STATE_VERSION:
-            raise ValueError(f"sampler state version={state['version']} is not supported; allowed: {STATE_VERSION}.")
-        for key in _STATE_KEYS[2:-1]:
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"sampler state has {key}={state[key]} but this sampler has {key}={getattr(self, key)}; "
-                    "resume with the same seed, dataset and batch geometry."
-                )
-        if state["fingerprint"] != self._fingerprint:
-            raise ValueError(
-                "sampler state fingerprint does not match: the metric values or curriculum config changed since "
-                "the checkpoint; resume with the same dataset metrics and config."
-            )
+        check_sampler_state(self, state, "sampler", _STATE_KEYS, STATE_VERSION, _STATE_KEYS[2:-1])
         self._position = whole_number(state["position"], "sampler state position")

@@ -62,18 +62,26 @@ import pyarrow as pa
 import torch
 from transformers.utils import logging
 
-from .._validation import check_state_int, check_state_keys
+from .._validation import check_state_int, check_state_keys, expect_mapping
 from ..config import CurriculumConfig, StreamingConfig
 from . import metrics
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics, metric_array, percentile_count
 from .index import load_metric, metric_paths
 from .mixing import mixed_order, unknown_group_error
-from .sampler import CurriculumQueries, curriculum_schedules
+from .sampler import (
+    INT64_MAX,
+    CurriculumQueries,
+    batch_geometry,
+    check_sampler_state,
+    curriculum_schedules,
+    state_position,
+)
 from .transforms import GROUP_KEY, MAX_TOKENS_KEY, POSITION_KEY
 
 logger = logging.get_logger(__name__)
 
 STATE_VERSION = 1
+_STATE_KEYS = ("version", "kind", "position", "ranks")
 #: Steps whose state is kept, so a checkpoint can be written while the DataLoader has run a few steps ahead.
 SNAPSHOT_STEPS = 16
 COUNTS_FILE = "token_counts.npy"
@@ -393,6 +401,8 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         tag_groups: tag every sample with its group id (``GROUP_KEY``), for online mixing's per-group losses.
     """
 
+    state_kind = "stream"
+
     def __init__(
         self,
         source: Any,
@@ -420,10 +430,10 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
             raise ValueError("a mixed stream needs mixing_column, the sample field naming each sample's group.")
         self._group_ids = {name: i for i, name in enumerate(mixer.groups)} if mixer is not None else {}
         self._warned_mixture = False
-        self.batch_size, self.world_size = int(batch_size), int(world_size)
-        self.gradient_accumulation_steps, self.rank = int(gradient_accumulation_steps), int(rank)
-        self.local_batch_size = self.batch_size * self.gradient_accumulation_steps
-        self.global_batch_size = self.local_batch_size * self.world_size
+        self.batch_size, self.world_size, self.gradient_accumulation_steps, self.global_batch_size = batch_geometry(
+            batch_size, world_size, gradient_accumulation_steps
+        )
+        self.rank, self.local_batch_size = int(rank), self.batch_size * self.gradient_accumulation_steps
         self.device = device
         self.tag_positions = tag_positions
         self.geometry = StreamGeometry(
@@ -496,7 +506,7 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         folder = self.streaming.metrics_dir
         for m in self._pct_metrics:
             if folder is not None and metric_paths(folder, m.name)["values"].is_file():
-                refs[m.name] = np.sort(metric_array(load_metric(folder, m.name), f"{folder}/{m.name}.npy"))
+                refs[m.name] = np.sort(load_metric(folder, m.name))  # checked there: 1-D, numeric, finite
         return refs
 
     def _read_counts(self) -> np.ndarray | None:
@@ -553,9 +563,10 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
     def buffered(self) -> int:
         return int(self._ids.size)
 
-    def _level(self, step: int) -> int:
-        """The level in force at 1-based ``step`` (not re-bucketing the buffer: see :meth:`_level_at`)."""
-        return int(self._pacing.levels_at([step])[0])
+    def _new_levels(self) -> None:
+        """Re-bucket the buffer for levels that became known (see :meth:`_level`)."""
+        self._update_thresholds()
+        self._levels = self._level_of(self._values, self._ids.size) if self._ids.size else self._levels
 
     def stream_logs(self, step: int) -> dict[str, int]:
         """Buffer size and counts (summed over processes by the caller) after ``step``."""
@@ -693,14 +704,6 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         self._drop(candidates)
 
     # ------------------------------------------------------------------ steps
-    def _level_at(self, step: int) -> int:
-        known = len(self._pacing.steps)
-        level = self._level(step)
-        if len(self._pacing.steps) != known:  # new levels (custom schedules): re-bucket
-            self._update_thresholds()
-            self._levels = self._level_of(self._values, self._ids.size) if self._ids.size else self._levels
-        return level
-
     def _read_for(self, step: int, level: int) -> bool:
         """Read a chunk while forming ``step`` (see :meth:`StepCandidates.read_more`); whether one was read."""
         if self._exhausted:
@@ -755,7 +758,7 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         while True:
             step = self._step + 1
             # this process's part of the step, chosen by the selection hook (None: no full step is left)
-            picked = self.selection.select(StepCandidates(self, step, self._level_at(step)))
+            picked = self.selection.select(StepCandidates(self, step, self._level(step)))
             local = picked.totals if picked is not None else [0] * len(self.selection.total_names)
             ended, *totals = sum_over_processes([int(picked is None), *local], self.device)
             if ended:  # some process cannot fill the step: every process ends here
@@ -865,8 +868,7 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue after the step of ``state`` (before iterating); a changed setup or source raises."""
-        if not isinstance(state, Mapping) or state.get("kind") != "stream" or state.get("version") != STATE_VERSION:
-            raise ValueError(f"sampler state is not a streaming curriculum state of version {STATE_VERSION}.")
+        check_sampler_state(self, expect_mapping(state, "sampler"), "sampler", _STATE_KEYS, STATE_VERSION)
         if len(state["ranks"]) != self.world_size:
             raise ValueError(
                 f"streaming curriculum state has {len(state['ranks'])} process shard(s) but this run has world_size="
@@ -893,12 +895,9 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         names = tuple(StreamCounters.__dataclass_fields__)
         counts = check_state_keys("streaming curriculum counters", state["counters"], names)
         counters = StreamCounters(
-            **{k: check_state_int(counts[k], f"sampler.counters.{k}", 0, 2**63 - 1) for k in names}
+            **{k: check_state_int(counts[k], f"sampler.counters.{k}", 0, INT64_MAX) for k in names}
         )
-        if check_state_int(position, "sampler.position", 0, 2**63 - 1) % self.global_batch_size:
-            raise ValueError(
-                f"sampler.position={position} is not a multiple of the global batch {self.global_batch_size}."
-            )
+        state_position(position, "sampler.position", self.global_batch_size)
         self._pending_source_state = copy.deepcopy(state["source_state"])
         self._exhausted = bool(state["exhausted"])
         self.counters = counters
@@ -919,7 +918,7 @@ class StreamingCurriculum(CurriculumQueries, torch.utils.data.IterableDataset):
         self._values = {m.name: np.asarray(values[m.name]) for m in self._metrics}
         self._sizes = self.selection.measure(rows, None) if rows else np.zeros(0, dtype=np.int64)
         self._groups = self._group_of(rows)
-        self._level_at(max(1, position // self.global_batch_size))
+        self._level(max(1, position // self.global_batch_size))
         self._levels = self._level_of(self._values, len(rows)) if rows else np.zeros(0, dtype=np.int64)
         self._step = position // self.global_batch_size
         self._snapshots.clear()

@@ -138,8 +138,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "sampler-fingerprint-not-checked",
         SAMPLER,
-        'if state["fingerprint"] != self._fingerprint:',
-        'if state["fingerprint"] is None:',
+        'if "fingerprint" in keys and state["fingerprint"] != sampler._fingerprint:',
+        'if "fingerprint" in keys and state["fingerprint"] is None:',
         [T_SAMPLER],
         "a state from other metric values or another curriculum config is accepted",
     ),
