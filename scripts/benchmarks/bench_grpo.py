@@ -49,9 +49,10 @@ sys.path.insert(0, str(ROOT / "scripts" / "examples"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _examples import char_gpt2  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from offline_data import char_tokenizer  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import GPT2LMHeadModel  # noqa: E402
 
 OPERANDS = 20
 ARMS = ("uniform", "pass_rate")
@@ -96,17 +97,7 @@ def warm_model(args: argparse.Namespace, tokenizer: Any, seed: int, out: Path) -
     from trl import SFTConfig, SFTTrainer
 
     torch.manual_seed(seed)
-    config = GPT2Config(
-        n_layer=args.layers,
-        n_embd=args.width,
-        n_head=4,
-        vocab_size=len(tokenizer),
-        n_positions=32,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = GPT2LMHeadModel(config)
+    model = char_gpt2(tokenizer, args.layers, args.width, 32)
     sft = SFTConfig(
         **common_args(out / "warmup", seed),
         max_steps=args.warmup_steps,

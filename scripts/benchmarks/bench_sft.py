@@ -40,9 +40,8 @@ sys.path.insert(0, str(ROOT / "scripts" / "examples"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _examples import CurveRecorder  # noqa: E402
+from _examples import CurveRecorder, char_gpt2  # noqa: E402
 from offline_data import char_tokenizer, load_ptb  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from hf_data_efficiency import RandomLTDScheduler  # noqa: E402
 from hf_data_efficiency.recipe import recipe_sections  # noqa: E402
@@ -77,18 +76,7 @@ def run(arm: str, seed: int, steps: int, data: Any, valid: Any, tokenizer: Any, 
     from hf_data_efficiency.integrations.trl import DataEfficiencySFTConfig, DataEfficiencySFTTrainer
 
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=args.layers,
-            n_embd=args.width,
-            n_head=4,
-            vocab_size=len(tokenizer),
-            n_positions=MAX_LENGTH,
-            bos_token_id=tokenizer.eos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    model = char_gpt2(tokenizer, args.layers, args.width, MAX_LENGTH)
     out = Path(tempfile.mkdtemp(prefix=f"bench_sft_{arm}_"))
     config = DataEfficiencySFTConfig(
         output_dir=str(out),

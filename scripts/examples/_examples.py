@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, TrainerCallback
+from transformers import GPT2Config, GPT2LMHeadModel, HfArgumentParser, TrainerCallback
 from transformers.utils import logging
 
 from hf_data_efficiency import find_layers
@@ -78,6 +78,21 @@ def training_classes() -> tuple[type, type]:
     import hf_data_efficiency as hfde
 
     return hfde.DataEfficiencyTrainingArguments, hfde.DataEfficiencyTrainer
+
+
+def char_gpt2(tokenizer: Any, n_layer: int, n_embd: int, n_positions: int) -> GPT2LMHeadModel:
+    """A GPT-2 from scratch for a character tokenizer (its EOS also the BOS): the trl example and benchmarks' model."""
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=4,
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
 
 
 def accuracy(eval_pred) -> dict[str, float]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel, set_seed
+from transformers import GPT2LMHeadModel, set_seed
 from transformers.utils import logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,17 +77,7 @@ def exact_reward(completions: list[str], answer: list[str], **kwargs: Any) -> li
 def build_model(script: ScriptArguments, tokenizer: Any) -> GPT2LMHeadModel:
     if script.model_name_or_path is not None:
         return GPT2LMHeadModel.from_pretrained(script.model_name_or_path)
-    config = GPT2Config(
-        n_layer=script.n_layer,
-        n_embd=script.n_embd,
-        n_head=4,
-        vocab_size=len(tokenizer),
-        n_positions=32,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return GPT2LMHeadModel(config)
+    return _examples.char_gpt2(tokenizer, script.n_layer, script.n_embd, 32)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
