@@ -929,15 +929,22 @@ class DataEfficiencyEngine:
         return inputs.pop(GROUP_KEY)
 
     def observe_losses(
-        self, groups: torch.Tensor | None, logits: torch.Tensor, labels: torch.Tensor, *, causal: bool
+        self,
+        groups: torch.Tensor | None,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        causal: bool,
+        token_losses: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """Add one micro-batch's per-group token losses (``logits``/``labels`` of its forward; ``causal``: a causal
-        LM, whose labels are shifted) to this process's sums for the current step. A no-op without group tags."""
+        LM, whose labels are shifted; ``token_losses``: its shifted token losses when already computed) to this
+        process's sums for the current step. A no-op without group tags."""
         if groups is None or not self.online_mixing:
             return
         from .curriculum.mixing import group_loss_sums
 
-        sums = group_loss_sums(groups, logits, labels, self.mixer.num_groups, causal=causal)
+        sums = group_loss_sums(groups, logits, labels, self.mixer.num_groups, causal=causal, token_losses=token_losses)
         self._group_losses = (
             sums if self._group_losses is None else self._group_losses + sums.to(self._group_losses.device)
         )

@@ -315,7 +315,10 @@ class DataEfficiencyTrainer(Trainer):
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         if groups is not None:
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1]
-            self.engine.observe_losses(groups, logits, labels, causal=is_causal_lm(self.model))
+            token_losses = selection.last_token_losses if selection is not None else None  # computed once
+            self.engine.observe_losses(
+                groups, logits, labels, causal=is_causal_lm(self.model), token_losses=token_losses
+            )
         return (loss, outputs) if return_outputs else loss
 
     def _set_signature_columns_if_needed(self) -> None:

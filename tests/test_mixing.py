@@ -191,6 +191,23 @@ def test_group_loss_sums_match_per_row_cross_entropy():
         group_loss_sums(torch.tensor([0, 1, 0]), logits, labels, 3, causal=True)
 
 
+def test_group_loss_sums_in_chunks_equal_one_cross_entropy_over_all_logits_to_the_bit():
+    """A vocabulary large enough that the attribution reads the logits in several chunks: the sums are exactly those
+    of one cross-entropy over every shifted token (what bench_mixing_attribution.py times against)."""
+    torch.manual_seed(0)
+    logits, labels = torch.randn(4, 128, 4097), torch.randint(0, 4097, (4, 128))
+    labels[2, 100:] = -100
+    groups = torch.tensor([1, 0, 1, 2])
+    shifted = torch.cat([labels[:, 1:], labels.new_full((4, 1), -100)], dim=1)
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, 4097), shifted.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(4, 128)
+    expected = torch.zeros(2, 3, dtype=torch.float64)
+    expected[0].index_add_(0, groups, losses.sum(1, dtype=torch.float64))
+    expected[1].index_add_(0, groups, (shifted != -100).sum(1).to(torch.float64))
+    assert torch.equal(group_loss_sums(groups, logits, labels, 3, causal=True), expected)
+
+
 def test_mixed_order_takes_the_oldest_of_each_slots_group():
     slots = np.array([0, 1, 0, 2, 1, 0])
     got = mixed_order(slots, np.array([10, 11, 12, 13, 14]), np.array([0, 0, 1, 1, 0]))
@@ -264,11 +281,17 @@ def test_online_losses_are_the_steps_per_group_token_losses(tmp_path):
     assert_mixer_holds_the_per_group_losses(trainer, data, reference)
 
 
-def test_online_mixing_with_token_selection_trains_on_the_selected_tokens_and_learns_from_all(tmp_path):
+def test_online_mixing_with_token_selection_trains_on_the_selected_tokens_and_learns_from_all(tmp_path, monkeypatch):
     """Both on: the step's loss is token selection's (the from-scratch top-k recomputation of
     test_token_selection), and the mixer's per-group averages are the loss over every token (recomputed with the
-    initial model on the samples the step drew)."""
+    initial model on the samples the step drew), from the token losses selection computed: not a second time."""
     from test_token_selection import RATIO, CapturingTrainer, oracle_step_loss
+
+    from hf_data_efficiency.curriculum import mixing
+
+    recomputed = []
+    original = mixing.shifted_token_losses
+    monkeypatch.setattr(mixing, "shifted_token_losses", lambda *a: recomputed.append(1) or original(*a))
 
     data = _learnable_and_noise()
     args = DataEfficiencyTrainingArguments(
@@ -283,6 +306,7 @@ def test_online_mixing_with_token_selection_trains_on_the_selected_tokens_and_le
     oracle = oracle_step_loss(initial, reference, trainer.batches, RATIO)
     assert trainer.state.log_history[0]["loss"] == pytest.approx(oracle.item(), rel=1e-5)
     assert_mixer_holds_the_per_group_losses(trainer, data, initial)
+    assert recomputed == []
 
 
 def _run(tmp_path, name, flags, train, max_steps=6, resume=None, **extra):

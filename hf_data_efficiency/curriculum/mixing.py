@@ -50,6 +50,7 @@ from transformers.utils import logging
 from .._validation import check_state_int, did_you_mean
 from ..config import CurriculumConfig, MixingConfig, check_groups
 from .eligibility import DifficultyPacing, admission_levels, filtering_metrics
+from .reference import shifted_token_losses
 from .sampler import (
     INT64_MAX,
     STEP_ALLOWED,
@@ -322,11 +323,19 @@ def mixed_order(slots: np.ndarray, candidates: np.ndarray, candidate_groups: np.
 
 
 def group_loss_sums(
-    groups: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, num_groups: int, *, causal: bool
+    groups: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_groups: int,
+    *,
+    causal: bool,
+    token_losses: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``[2, num_groups]``: per group, the summed token losses and the number of label tokens of one micro-batch
     (row ``i`` belongs to group ``groups[i]``; labels of -100 are ignored; ``causal`` shifts them as a causal LM's
-    loss does). ``logits``: ``[rows, classes]`` with ``[rows]`` labels, or ``[rows, tokens, vocab]``."""
+    loss does). ``logits``: ``[rows, classes]`` with ``[rows]`` labels, or ``[rows, tokens, vocab]``.
+    ``token_losses``: a causal LM's ``(losses, mask)`` from :func:`shifted_token_losses` for these logits, when the
+    caller has them already (token selection computes them for its loss), so they are not computed twice."""
     rows = logits.shape[0]
     if groups.dim() != 1 or groups.shape[0] != rows:
         raise ValueError(
@@ -336,9 +345,11 @@ def group_loss_sums(
         )
     with torch.no_grad():
         logits = logits.detach()
-        if logits.dim() == 3:
-            if causal:  # shift the labels, not the logits (a view of all the logits, no copy)
-                labels = torch.cat([labels[:, 1:], labels.new_full((rows, 1), -100)], dim=1)
+        if logits.dim() == 3 and causal:
+            losses, valid = token_losses if token_losses is not None else shifted_token_losses(logits, labels)
+            row_loss = losses.detach().sum(1, dtype=torch.float64)
+            row_tokens = valid.sum(1).to(torch.float64)
+        elif logits.dim() == 3:
             token_loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="none"
             ).view(rows, -1)

@@ -195,6 +195,7 @@ class ExcessLossSelection:
         outputs = model(**model_inputs)
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
         train, valid = shifted_token_losses(logits, labels)
+        self.last_token_losses = (train.detach(), valid)
         reference = self.reference_losses(inputs, labels).to(train.device)
         if self.reference is None and bool((valid & ~torch.isfinite(reference)).any()):
             raise ValueError(
@@ -290,6 +291,8 @@ class ExcessLossSelection:
         self.reference_tokens = 0  # all processes, after sync
         self._local_reference_tokens = 0
         self._stats: torch.Tensor | None = None
+        #: the last micro-batch's training token losses and label mask (online mixing reuses them)
+        self.last_token_losses: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class ReferenceColumnCollator:

@@ -736,8 +736,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "mixing-losses-unshifted",
         "curriculum/mixing.py",
-        "labels = torch.cat([labels[:, 1:], labels.new_full((rows, 1), -100)], dim=1)",
-        "labels = labels",
+        "else shifted_token_losses(logits, labels)",
+        "else shifted_token_losses(logits, torch.cat([labels[:, :1], labels[:, :-1]], dim=1))",
         [f"{T_MIXING}::test_online_losses_are_the_steps_per_group_token_losses"],
         "a causal LM's per-group losses compare each logit with its own input token instead of the next one",
     ),
