@@ -355,6 +355,7 @@ def test_two_processes_draw_the_single_process_stream(tmp_path):
         capture_output=True,
         text=True,
         env=env,
+        timeout=300,  # a hung gloo shutdown fails the test instead of stalling the suite
     )
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run(
@@ -370,6 +371,7 @@ def test_two_processes_draw_the_single_process_stream(tmp_path):
         capture_output=True,
         text=True,
         env=env,
+        timeout=300,  # a hung gloo shutdown fails the test instead of stalling the suite
     )
     assert one.returncode == 0, one.stderr[-3000:]
     rows = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("two", "one")]
